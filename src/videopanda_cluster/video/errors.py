@@ -1,0 +1,36 @@
+"""Typed decode errors with stable reason codes."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Stable reason codes; they appear in JSON output and result rows, so never rename one."""
+
+    NOT_FOUND = "not_found"  # the path does not exist or is not a regular file
+    EMPTY = "empty_file"  # zero bytes
+    NOT_A_VIDEO = "not_a_video"  # no container format recognised (e.g. a text file named .mp4)
+    TRUNCATED = "truncated"  # a recognised container whose data ends early
+    NO_VIDEO_STREAM = "no_video_stream"  # e.g. audio-only, or only cover art
+    UNSUPPORTED_CODEC = "unsupported_codec"  # no decoder for the stream's codec in this build
+    BAD_DIMENSIONS = "bad_dimensions"  # zero, negative or absurd width/height in the header
+    NO_FRAMES = "no_frames"  # a video stream from which no frame could be decoded
+    DECODE_FAILED = "decode_failed"  # the decoder failed on data it should handle
+    TIMEOUT = "timeout"  # the decode overran its deadline and was stopped
+    CRASHED = "decoder_crashed"  # the isolated decode process died
+
+
+class VideoDecodeError(Exception):
+    """A video that cannot become model input; ``reason`` is a stable :class:`Reason` code."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(f"{reason.value}: {message}")
+        self.reason = Reason(reason)
+        self.message = message
+
+    def to_dict(self) -> dict[str, str]:
+        return {"error": self.reason.value, "message": self.message}
+
+    def __reduce__(self):  # keep the reason across process boundaries (pickling)
+        return (VideoDecodeError, (self.reason, self.message))

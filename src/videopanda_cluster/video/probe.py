@@ -1,0 +1,223 @@
+"""Open a video with PyAV, classify failures, and index its frames in presentation order.
+
+The frame count and frame timestamps come from the demuxed packets of the video stream (no
+decoding), because container metadata can be missing (Matroska/WebM) or wrong (a truncated MP4
+still declares its full length). Frame ``i`` is the frame with the i-th smallest timestamp, the
+same numbering a full sequential decode produces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+
+from .errors import Reason, VideoDecodeError
+
+VideoSource = str | os.PathLike | BinaryIO
+
+# Leading bytes of containers we recognise; a file that starts like one of these but cannot be
+# opened is reported as truncated rather than as "not a video".
+_SIGNATURES: tuple[tuple[int, bytes], ...] = (
+    (4, b"ftyp"), (4, b"moov"), (4, b"mdat"), (4, b"free"), (4, b"wide"), (4, b"skip"),
+    (0, b"\x1a\x45\xdf\xa3"),  # EBML: Matroska / WebM
+    (0, b"RIFF"), (0, b"OggS"), (0, b"FLV"), (0, b"YUV4MPEG2"), (0, b"\x00\x00\x01\xba"),
+)
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Guards against hostile headers and stuck decodes."""
+
+    max_side: int = 16384  # largest accepted width or height
+    max_pixels: int = 8192 * 8192  # largest accepted width × height
+    max_frames: int = 10_000_000  # largest accepted frame count (about 4 days at 30 fps)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container and its packets say about the first video stream."""
+
+    num_frames: int
+    fps: float
+    duration: float  # seconds: presentation span of the frames plus one frame interval
+    width: int
+    height: int
+    codec: str
+    container: str
+    time_base: Fraction
+    frame_pts: tuple[int, ...] = field(repr=False)  # presentation order, stream time base
+    keyframe_pts: tuple[int, ...] = field(repr=False)  # sorted
+
+    def seconds(self, index: int) -> float:
+        """Presentation time of frame ``index`` relative to the first frame, in seconds."""
+        return float((self.frame_pts[index] - self.frame_pts[0]) * self.time_base)
+
+
+class Deadline:
+    """A wall-clock budget checked between packets and frames."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self._end = None if seconds is None else time.monotonic() + seconds
+        self.seconds = seconds
+
+    def check(self) -> None:
+        if self._end is not None and time.monotonic() > self._end:
+            raise VideoDecodeError(Reason.TIMEOUT, f"decode exceeded {self.seconds:g} s")
+
+
+def _sniff(source: VideoSource) -> bytes:
+    """First bytes of the source (restoring a file object's position)."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as fh:
+            return fh.read(16)
+    pos = source.tell()
+    try:
+        return source.read(16)
+    finally:
+        source.seek(pos)
+
+
+def _check_present(source: VideoSource) -> None:
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise VideoDecodeError(Reason.NOT_FOUND, f"no such file: {path}")
+        if path.stat().st_size == 0:
+            raise VideoDecodeError(Reason.EMPTY, f"file is empty: {path}")
+        return
+    if not (hasattr(source, "read") and hasattr(source, "seek")):
+        raise TypeError(f"expected a path or a seekable binary file object, got {type(source)!r}")
+    pos = source.tell()
+    end = source.seek(0, os.SEEK_END)
+    source.seek(pos)
+    if end == 0:
+        raise VideoDecodeError(Reason.EMPTY, "stream is empty")
+
+
+@contextlib.contextmanager
+def open_container(source: VideoSource) -> Iterator[av.container.InputContainer]:
+    """Open ``source`` for reading; failures become :class:`VideoDecodeError`."""
+    _check_present(source)
+    try:
+        container = av.open(source, mode="r", metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        head = _sniff(source)
+        known = any(head[off : off + len(sig)] == sig for off, sig in _SIGNATURES)
+        if known:
+            raise VideoDecodeError(
+                Reason.TRUNCATED, f"container header found but the file is incomplete: {exc}"
+            ) from None
+        raise VideoDecodeError(Reason.NOT_A_VIDEO, f"no video container recognised: {exc}") from None
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def video_stream(container: av.container.InputContainer, limits: DecodeLimits) -> av.VideoStream:
+    """The first real video stream (cover art is skipped), checked for a decoder and sane size."""
+    streams = [
+        s for s in container.streams.video
+        if not s.disposition & av.stream.Disposition.attached_pic
+    ]
+    if not streams:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        raise VideoDecodeError(
+            Reason.NO_VIDEO_STREAM, f"no video stream (streams: {', '.join(kinds)})"
+        )
+    stream = streams[0]
+    ctx = stream.codec_context
+    codec_name = ctx.name if ctx is not None else "unknown"
+    try:
+        av.codec.Codec(codec_name, "r")
+    except Exception:
+        raise VideoDecodeError(
+            Reason.UNSUPPORTED_CODEC, f"no decoder for codec {codec_name!r} in this FFmpeg build"
+        ) from None
+    width, height = ctx.width, ctx.height
+    if width <= 0 or height <= 0:
+        raise VideoDecodeError(Reason.BAD_DIMENSIONS, f"invalid frame size {width}x{height}")
+    if max(width, height) > limits.max_side or width * height > limits.max_pixels:
+        raise VideoDecodeError(
+            Reason.BAD_DIMENSIONS,
+            f"frame size {width}x{height} exceeds the limits "
+            f"(side {limits.max_side}, pixels {limits.max_pixels})",
+        )
+    stream.thread_type = "AUTO"
+    return stream
+
+
+def _frame_rate(stream: av.VideoStream, frame_pts: list[int], tb: Fraction) -> float:
+    """Average frame rate as the reference reads it (avg_frame_rate), with fallbacks."""
+    for rate in (stream.average_rate, stream.guessed_rate):
+        if rate and rate > 0:
+            return float(rate)
+    span = float((frame_pts[-1] - frame_pts[0]) * tb)
+    return (len(frame_pts) - 1) / span if span > 0 else 1.0
+
+
+def index_frames(
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    limits: DecodeLimits,
+    deadline: Deadline,
+) -> VideoInfo:
+    """Demux (without decoding) the stream's packets to count and time-stamp its frames."""
+    pts: list[int] = []
+    keys: list[int] = []
+    demux_error: Exception | None = None
+    missing_ts = False
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.is_discard:
+                continue  # flush packets, and packets an edit list tells the decoder to drop
+            deadline.check()
+            ts = packet.pts if packet.pts is not None else packet.dts
+            if ts is None:
+                missing_ts = True
+                break
+            pts.append(ts)
+            if packet.is_keyframe:
+                keys.append(ts)
+            if len(pts) > limits.max_frames:
+                raise VideoDecodeError(
+                    Reason.BAD_DIMENSIONS, f"more than {limits.max_frames} frames"
+                )
+    except av.error.FFmpegError as exc:
+        demux_error = exc
+    if missing_ts:
+        raise VideoDecodeError(Reason.DECODE_FAILED, "packets carry no timestamps")
+    declared = stream.frames
+    if demux_error is not None or (declared > 0 and len(pts) < declared):
+        raise VideoDecodeError(
+            Reason.TRUNCATED,
+            f"stream ends early: {len(pts)} of {declared or '?'} frames present"
+            + (f" ({demux_error})" if demux_error else ""),
+        )
+    if not pts:
+        raise VideoDecodeError(Reason.NO_FRAMES, "the video stream holds no frames")
+    pts.sort()
+    tb = stream.time_base or Fraction(1, 1)
+    fps = _frame_rate(stream, pts, tb)
+    duration = float((pts[-1] - pts[0]) * tb) + 1.0 / fps
+    return VideoInfo(
+        num_frames=len(pts),
+        fps=fps,
+        duration=duration,
+        width=stream.codec_context.width,
+        height=stream.codec_context.height,
+        codec=stream.codec_context.name,
+        container=container.format.name,
+        time_base=tb,
+        frame_pts=tuple(pts),
+        keyframe_pts=tuple(sorted(keys)) or (pts[0],),
+    )
+
