@@ -26,7 +26,7 @@ def _rgb(frame: av.VideoFrame) -> np.ndarray:
 
 def _rotation(frame: av.VideoFrame) -> int:
     try:
-        return int(round(frame.rotation)) % 360
+        return round(frame.rotation) % 360
     except (AttributeError, TypeError, ValueError):
         return 0
 

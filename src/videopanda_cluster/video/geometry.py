@@ -51,9 +51,9 @@ def compute_geometry(width: int, height: int, size: int = 448) -> Geometry:
     landscape = width > height
     # Same float expression and evaluation order as the reference: ((224*H)/W)/14.
     if landscape:
-        v = int(math.ceil(BASE_SIZE * height / width / PATCH))
+        v = math.ceil(BASE_SIZE * height / width / PATCH)
     else:
-        v = int(math.ceil(BASE_SIZE * width / height / PATCH))
+        v = math.ceil(BASE_SIZE * width / height / PATCH)
     pre = ((GRID - v) // 2) * PATCH * ratio
     valid = v * PATCH * ratio
     long_side = BASE_SIZE * ratio

@@ -18,17 +18,30 @@ from pathlib import Path
 from typing import BinaryIO
 
 import av
+import av.logging
 
 from .errors import Reason, VideoDecodeError
 
 VideoSource = str | os.PathLike | BinaryIO
 
+# FFmpeg's own log lines are silenced: every failure surfaces as a VideoDecodeError instead.
+av.logging.set_level(None)
+
 # Leading bytes of containers we recognise; a file that starts like one of these but cannot be
 # opened is reported as truncated rather than as "not a video".
 _SIGNATURES: tuple[tuple[int, bytes], ...] = (
-    (4, b"ftyp"), (4, b"moov"), (4, b"mdat"), (4, b"free"), (4, b"wide"), (4, b"skip"),
+    (4, b"ftyp"),
+    (4, b"moov"),
+    (4, b"mdat"),
+    (4, b"free"),
+    (4, b"wide"),
+    (4, b"skip"),
     (0, b"\x1a\x45\xdf\xa3"),  # EBML: Matroska / WebM
-    (0, b"RIFF"), (0, b"OggS"), (0, b"FLV"), (0, b"YUV4MPEG2"), (0, b"\x00\x00\x01\xba"),
+    (0, b"RIFF"),
+    (0, b"OggS"),
+    (0, b"FLV"),
+    (0, b"YUV4MPEG2"),
+    (0, b"\x00\x00\x01\xba"),
 )
 
 
@@ -88,11 +101,11 @@ def _sniff(source: VideoSource) -> bytes:
 def _check_present(source: VideoSource) -> None:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.is_file():
+        if not path.exists() or path.is_dir():
             raise VideoDecodeError(Reason.NOT_FOUND, f"no such file: {path}")
-        if path.stat().st_size == 0:
+        if path.is_file() and path.stat().st_size == 0:
             raise VideoDecodeError(Reason.EMPTY, f"file is empty: {path}")
-        return
+        return  # pipes and devices pass; a stalled one is stopped by the timeout
     if not (hasattr(source, "read") and hasattr(source, "seek")):
         raise TypeError(f"expected a path or a seekable binary file object, got {type(source)!r}")
     pos = source.tell()
@@ -108,14 +121,17 @@ def open_container(source: VideoSource) -> Iterator[av.container.InputContainer]
     _check_present(source)
     try:
         container = av.open(source, mode="r", metadata_errors="ignore")
-    except av.error.FFmpegError as exc:
+    except av.error.InvalidDataError as exc:
         head = _sniff(source)
-        known = any(head[off : off + len(sig)] == sig for off, sig in _SIGNATURES)
-        if known:
+        if any(head[off : off + len(sig)] == sig for off, sig in _SIGNATURES):
             raise VideoDecodeError(
                 Reason.TRUNCATED, f"container header found but the file is incomplete: {exc}"
             ) from None
-        raise VideoDecodeError(Reason.NOT_A_VIDEO, f"no video container recognised: {exc}") from None
+        raise VideoDecodeError(
+            Reason.NOT_A_VIDEO, f"no video container recognised: {exc}"
+        ) from None
+    except av.error.FFmpegError as exc:
+        raise VideoDecodeError(Reason.DECODE_FAILED, f"cannot open the container: {exc}") from None
     try:
         yield container
     finally:
@@ -125,8 +141,7 @@ def open_container(source: VideoSource) -> Iterator[av.container.InputContainer]
 def video_stream(container: av.container.InputContainer, limits: DecodeLimits) -> av.VideoStream:
     """The first real video stream (cover art is skipped), checked for a decoder and sane size."""
     streams = [
-        s for s in container.streams.video
-        if not s.disposition & av.stream.Disposition.attached_pic
+        s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
     ]
     if not streams:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
@@ -208,6 +223,12 @@ def index_frames(
     tb = stream.time_base or Fraction(1, 1)
     fps = _frame_rate(stream, pts, tb)
     duration = float((pts[-1] - pts[0]) * tb) + 1.0 / fps
+    expected = _declared_duration(container, stream)
+    if expected is not None and duration < expected - max(1.0, 0.05 * expected):
+        raise VideoDecodeError(
+            Reason.TRUNCATED,
+            f"frames cover {duration:.2f} s of the declared {expected:.2f} s",
+        )
     return VideoInfo(
         num_frames=len(pts),
         fps=fps,
@@ -221,3 +242,18 @@ def index_frames(
         keyframe_pts=tuple(sorted(keys)) or (pts[0],),
     )
 
+
+def _declared_duration(
+    container: av.container.InputContainer, stream: av.VideoStream
+) -> float | None:
+    """The video stream's duration as its headers declare it, in seconds, when knowable."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION")  # Matroska per-track statistics tag
+    if tag:
+        with contextlib.suppress(ValueError):
+            h, m, s = tag.split(":")
+            return int(h) * 3600 + int(m) * 60 + float(s)
+    if len(container.streams) == 1 and container.duration:
+        return container.duration / av.time_base
+    return None

@@ -16,8 +16,12 @@ import numpy as np
 
 CODE_BITS = 16
 COLOURS = {
-    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220),
-    "yellow": (230, 210, 40), "magenta": (200, 50, 200), "cyan": (40, 200, 210),
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 80, 220),
+    "yellow": (230, 210, 40),
+    "magenta": (200, 50, 200),
+    "cyan": (40, 200, 210),
 }
 BACKGROUNDS = ((30, 30, 30), (60, 60, 90), (90, 70, 50), (40, 80, 70))
 
@@ -52,8 +56,9 @@ def default_specs(long: bool = False) -> list[SampleSpec]:
         SampleSpec("hd_1280x720_90f_30fps.mp4", 1280, 720, 90, f(30), "libx264"),
         SampleSpec("portrait_240x320_60f_30fps.webm", 240, 320, 60, f(30), "libvpx"),
         SampleSpec("portrait_720x1280_45f_30fps.mp4", 720, 1280, 45, f(30), "libx264"),
-        SampleSpec("rotated_640x480_60f_30fps_rot90.mp4", 640, 480, 60, f(30), "libx264",
-                   rotation=90),
+        SampleSpec(
+            "rotated_640x480_60f_30fps_rot90.mp4", 640, 480, 60, f(30), "libx264", rotation=90
+        ),
         SampleSpec("single_frame_640x480.mp4", 640, 480, 1, f(25), "libx264"),
         SampleSpec("vfr_640x480_120f.mkv", 640, 480, 120, f(30), "libx264", vfr=True),
         SampleSpec("vfr_340x256_90f.mp4", 340, 256, 90, f(24), "libx264", vfr=True),
@@ -77,8 +82,9 @@ class _Scene:
         self.background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
         names = list(COLOURS)
         self.shapes = []
-        for kind, colour in zip(("circle", "square", "diamond"),
-                                rng.choice(names, size=3, replace=False), strict=True):
+        for kind, colour in zip(
+            ("circle", "square", "diamond"), rng.choice(names, size=3, replace=False), strict=True
+        ):
             r = max(4, int(min(width, height) * rng.uniform(0.08, 0.15)))
             pos = rng.uniform([r, r], [width - r, height - r])
             vel = rng.uniform(-1, 1, size=2) * min(width, height) * 0.02
@@ -89,8 +95,10 @@ class _Scene:
         frame = np.empty((self.height, self.width, 3), dtype=np.uint8)
         frame[:] = self.background
         for kind, colour, r, pos, vel in self.shapes:
-            cx, cy = (_bounce(pos[i] + vel[i] * index, r, size)
-                      for i, size in enumerate((self.width, self.height)))
+            cx, cy = (
+                _bounce(pos[i] + vel[i] * index, r, size)
+                for i, size in enumerate((self.width, self.height))
+            )
             x0, x1 = max(0, int(cx - r)), min(self.width, int(cx + r) + 1)
             y0, y1 = max(0, int(cy - r)), min(self.height, int(cy + r) + 1)
             dx, dy = self.xx[y0:y1, x0:x1] - cx, self.yy[y0:y1, x0:x1] - cy
@@ -129,7 +137,9 @@ def read_code(frame: np.ndarray) -> int:
     band, cell = _code_band(frame.shape[1], frame.shape[0])
     value = 0
     for bit in range(CODE_BITS):
-        patch = frame[band // 4 : 3 * band // 4, bit * cell + cell // 4 : (bit + 1) * cell - cell // 4]
+        patch = frame[
+            band // 4 : 3 * band // 4, bit * cell + cell // 4 : (bit + 1) * cell - cell // 4
+        ]
         value = (value << 1) | int(patch.mean() > 127)
     return value
 

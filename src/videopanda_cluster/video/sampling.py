@@ -17,7 +17,7 @@ def sample_positions(num_frames: int, fps: float, num_samples: int = 8) -> list[
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    stride = max(1, int(round(fps / 1)))  # Python round(): ties to even, as the reference
+    stride = max(1, round(fps / 1))  # Python round(): ties to even, as the reference
     grid = range(0, num_frames, stride)
     if len(grid) > num_samples:
         picks = np.linspace(0, len(grid) - 1, num_samples, dtype=int)

@@ -1,32 +1,14 @@
-"""Resize, pad, mask and normalise frames exactly like the reference processor (spec §4.2–4.3)."""
+"""Mask channel, CLIP normalisation and frame-count padding of the reference (spec §4.2–4.3)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .geometry import Geometry
 
-PAD_RGB = (122, 116, 104)  # int(255 * CLIP mean) per channel
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def letterbox(frames: list[np.ndarray], geom: Geometry) -> np.ndarray:
-    """PIL-bicubic resize each (H, W, 3) uint8 frame and paste it on the pad colour.
-
-    Returns (T, S, S, 3) uint8 with S = ``geom.size``.
-    """
-    out = np.empty((len(frames), geom.size, geom.size, 3), dtype=np.uint8)
-    for t, frame in enumerate(frames):
-        image = Image.fromarray(frame).resize(geom.resize, Image.Resampling.BICUBIC)
-        if not geom.is_square:
-            canvas = Image.new("RGB", (geom.size, geom.size), PAD_RGB)
-            canvas.paste(image, geom.offset)
-            image = canvas
-        out[t] = np.asarray(image)
-    return out
 
 
 def valid_mask(geom: Geometry) -> torch.Tensor:
