@@ -14,21 +14,26 @@ from .probe import Deadline, VideoInfo
 
 @dataclass
 class DecodedFrames:
-    """RGB frames (H, W, 3) uint8 in the requested order, plus the display rotation tag."""
+    """RGB frames (H, W, 3) uint8 in the requested order and their display rotation tag."""
 
     frames: list[np.ndarray]
-    rotation: int
-
-
-def _rgb(frame: av.VideoFrame) -> np.ndarray:
-    return frame.to_ndarray(format="rgb24")
+    rotation: int  # degrees counter-clockwise, from the display matrix (0 if none)
+    rotated: bool  # whether the frames were turned upright by it
 
 
 def _rotation(frame: av.VideoFrame) -> int:
+    """Counter-clockwise display rotation from the frame's display matrix, in degrees."""
     try:
         return round(frame.rotation) % 360
     except (AttributeError, TypeError, ValueError):
         return 0
+
+
+def _rgb(frame: av.VideoFrame, upright: bool) -> np.ndarray:
+    """RGB24 pixels, turned by the display rotation when ``upright`` (as the reference decoder)."""
+    pixels = frame.to_ndarray(format="rgb24")
+    quarter_turns = round(_rotation(frame) / 90) % 4 if upright else 0
+    return np.ascontiguousarray(np.rot90(pixels, quarter_turns)) if quarter_turns else pixels
 
 
 def read_frames(
@@ -54,7 +59,9 @@ def read_frames(
         found = _sequential(container, stream, info, wanted, deadline)
     except av.error.FFmpegError as exc:
         raise VideoDecodeError(Reason.DECODE_FAILED, f"decoder error: {exc}") from None
-    return DecodedFrames([_rgb(found[i]) for i in indices], _rotation(found[wanted[0]]))
+    rotation = _rotation(found[wanted[0]])
+    frames = [_rgb(found[i], info.upright) for i in indices]
+    return DecodedFrames(frames, rotation, info.upright and rotation != 0)
 
 
 class _SeekMissed(Exception):
@@ -111,6 +118,8 @@ def _sequential(container, stream, info, wanted, deadline) -> dict[int, av.Video
     )
 
 
-def decode_all(container: av.container.InputContainer, stream: av.VideoStream) -> list[np.ndarray]:
+def decode_all(
+    container: av.container.InputContainer, stream: av.VideoStream, upright: bool
+) -> list[np.ndarray]:
     """Every frame of the stream in output order (for verification and baselines only)."""
-    return [_rgb(frame) for frame in container.decode(stream)]
+    return [_rgb(frame, upright) for frame in container.decode(stream)]

@@ -5,6 +5,7 @@ No torch here, so the isolated worker process starts quickly.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -12,7 +13,8 @@ import av
 import numpy as np
 
 from .decode import read_frames
-from .geometry import Geometry, compute_geometry
+from .geometry import PADDED_FRAME_TOKENS, Geometry, compute_geometry
+from .isolation import IsolatedRunner
 from .letterbox import letterbox
 from .probe import Deadline, DecodeLimits, VideoSource, index_frames, open_container, video_stream
 from .sampling import sample_positions
@@ -59,19 +61,26 @@ class Provenance:
     duration: float
     sampled_indices: list[int]
     sampled_pts: list[float]
-    source_size: list[int]  # [W, H] of the decoded frames (rotation tag not applied)
+    source_size: list[int]  # [W, H] of the decoded frames (after rotation, when applied)
     valid_box: list[int]  # [x0, y0, x1, y1] at input scale
     token_grid: list[int]  # [h, w] after STAB's LSD
     tokens_per_frame: int
     padded_frames: int
     flipped: bool
-    rotation: int
+    rotation: int  # display rotation tag in degrees
+    rotated: bool  # whether frames were turned by it (MP4/MOV, as the reference decoder)
     codec: str
     container: str
     decoder: str
 
+    @property
+    def visual_tokens(self) -> int:
+        """Tokens the whole clip gives the LLM, padded frames included."""
+        real = len(self.sampled_indices) * self.tokens_per_frame
+        return real + self.padded_frames * PADDED_FRAME_TOKENS
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "visual_tokens": self.visual_tokens}
 
 
 @dataclass
@@ -106,8 +115,34 @@ def extract(source: VideoSource, options: PreprocessOptions) -> Extracted:
         padded_frames=options.num_frames - len(indices),
         flipped=False,
         rotation=decoded.rotation,
+        rotated=decoded.rotated,
         codec=info.codec,
         container=info.container,
         decoder=decoder_version(),
     )
     return Extracted(letterbox(decoded.frames, geom), geom, provenance)
+
+
+_default_runner: IsolatedRunner | None = None
+
+
+def default_runner() -> IsolatedRunner:
+    """This process's shared decode worker (started on first use)."""
+    global _default_runner
+    if _default_runner is None:
+        _default_runner = IsolatedRunner()
+    return _default_runner
+
+
+def extract_video(
+    source: VideoSource, options: PreprocessOptions, runner: IsolatedRunner | None = None
+) -> Extracted:
+    """:func:`extract`, in the killable worker for paths when ``options.isolate`` is set.
+
+    File objects are decoded in-process, where the timeout is checked between packets and frames
+    (a read that blocks forever inside FFmpeg cannot be interrupted there).
+    """
+    if options.isolate and isinstance(source, (str, os.PathLike)):
+        runner = runner or default_runner()
+        return runner.call(extract, os.fspath(source), options, timeout=options.timeout)
+    return extract(source, options)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 BASE_SIZE = 224  # teacher scale the reference computes the geometry at
 PATCH = 14  # teacher patch size
 GRID = BASE_SIZE // PATCH  # 16 cells on the long side at teacher scale
+PADDED_FRAME_TOKENS = 1 + 8 * (8 + 1)  # an all-zero frame keeps the top-left 8×8 grid (spec §8.7)
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 
 import torch
 
-from .extract import PreprocessOptions, Provenance, extract
+from .extract import PreprocessOptions, Provenance, extract_video
 from .isolation import IsolatedRunner
 from .normalize import to_model_input
 from .probe import VideoSource
@@ -22,16 +21,6 @@ class VideoInput:
     provenance: Provenance
 
 
-_default_runner: IsolatedRunner | None = None
-
-
-def _runner() -> IsolatedRunner:
-    global _default_runner
-    if _default_runner is None:
-        _default_runner = IsolatedRunner()
-    return _default_runner
-
-
 def load_video(
     source: VideoSource,
     options: PreprocessOptions | None = None,
@@ -40,16 +29,10 @@ def load_video(
     """Turn a path or seekable binary file object into model input, or raise VideoDecodeError.
 
     Paths are decoded in a killable child process (``options.isolate``) that is stopped after
-    ``options.timeout`` seconds. File objects are decoded in-process, where the timeout is
-    checked between packets and frames.
+    ``options.timeout`` seconds; see :func:`extract_video`.
     """
     options = options or PreprocessOptions()
-    if options.isolate and isinstance(source, (str, os.PathLike)):
-        extracted = (runner or _runner()).call(
-            extract, os.fspath(source), options, timeout=options.timeout
-        )
-    else:
-        extracted = extract(source, options)
+    extracted = extract_video(source, options, runner)
     flip = options.flip == "reference" and random.Random(options.flip_seed).random() < 0.5
     extracted.provenance.flipped = flip
     pixels = to_model_input(extracted.frames, extracted.geometry, options.num_frames, flip)

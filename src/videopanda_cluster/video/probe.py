@@ -24,6 +24,10 @@ from .errors import Reason, VideoDecodeError
 
 VideoSource = str | os.PathLike | BinaryIO
 
+# The reference decoder (decord with its FFmpeg) applies the display rotation of MP4/MOV files only;
+# a Matroska/WebM rotation tag is recorded but not applied, for parity.
+ROTATING_FORMATS = frozenset({"mov", "mp4"})
+
 # FFmpeg's own log lines are silenced: every failure surfaces as a VideoDecodeError instead.
 av.logging.set_level(None)
 
@@ -65,6 +69,7 @@ class VideoInfo:
     height: int
     codec: str
     container: str
+    upright: bool  # turn frames by their display rotation (MP4/MOV only, as the reference decoder)
     time_base: Fraction
     frame_pts: tuple[int, ...] = field(repr=False)  # presentation order, stream time base
     keyframe_pts: tuple[int, ...] = field(repr=False)  # sorted
@@ -237,6 +242,7 @@ def index_frames(
         height=stream.codec_context.height,
         codec=stream.codec_context.name,
         container=container.format.name,
+        upright=bool(ROTATING_FORMATS & set(container.format.name.split(","))),
         time_base=tb,
         frame_pts=tuple(pts),
         keyframe_pts=tuple(sorted(keys)) or (pts[0],),

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install the project with pinned dependencies.
+#   scripts/setup.sh          runtime only
+#   scripts/setup.sh --test   plus test tools and Azurite (npm, into ./node_modules)
+# PyTorch: the CPU build is installed by default. For a GPU machine, install the CUDA build of the
+# same version into .venv first (see README, "GPU"); this script then leaves it in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "Python >= 3.11 is required (found $("$PYTHON" --version 2>&1))" >&2; exit 1; }
+
+want_test=0
+[[ "${1:-}" == "--test" ]] && want_test=1
+
+if [[ ! -x .venv/bin/python ]]; then
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+
+# Reinstall only when the dependency pins change.
+extras=""
+[[ $want_test == 1 ]] && extras="[test]"
+stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)${extras:+-test}"
+if [[ ! -f "$stamp" ]]; then
+  # torch first and exactly pinned, so pip never resolves a multi-GB CUDA build on its own.
+  .venv/bin/python -c 'import torch' 2>/dev/null || "${PIP[@]}" install "torch==2.13.0"
+  "${PIP[@]}" install -e ".${extras}"
+  touch "$stamp"
+fi
+
+if [[ $want_test == 1 && ! -x node_modules/.bin/azurite ]]; then
+  command -v npm >/dev/null 2>&1 || { echo "npm is required for the test suite (Azurite)" >&2; exit 1; }
+  npm ci --no-audit --no-fund --loglevel=error
+fi

@@ -1,0 +1,108 @@
+"""The ``videopanda`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .video.errors import VideoDecodeError
+from .video.extract import PreprocessOptions, extract_video
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console() if sys.stdout.isatty() else Console(width=160)
+
+TimeoutOpt = Annotated[
+    float, typer.Option(help="Per-video decode timeout in seconds (0 disables).", min=0)
+]
+
+
+@app.command()
+def samples(
+    directory: Annotated[Path, typer.Argument(help="Where to write the sample videos.")],
+    seed: Annotated[int, typer.Option(help="Seed of the scenes.")] = 0,
+    long: Annotated[bool, typer.Option(help="Also write 1- and 5-minute 720p files.")] = False,
+) -> None:
+    """Write the deterministic sample corpus (moving coloured shapes) and its manifest.json."""
+    from .video.samples import write_corpus
+
+    rows = write_corpus(directory, seed=seed, long=long)
+    console.print(f"wrote {len(rows)} videos and manifest.json to {directory}")
+
+
+@app.command()
+def inspect(
+    video: Annotated[Path, typer.Argument(help="Video file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    timeout: TimeoutOpt = 60.0,
+) -> None:
+    """Show the frames the reference preprocessing samples from VIDEO and its token grid."""
+    options = PreprocessOptions(timeout=timeout or None)
+    try:
+        info = extract_video(video, options).provenance.to_dict()
+    except VideoDecodeError as exc:
+        if as_json:
+            print(json.dumps(exc.to_dict()))
+        else:
+            console.print(f"[red]{exc.reason.value}[/red]: {exc.message}")
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(info))
+        return
+    table = Table(show_header=False, title=str(video))
+    for key, value in info.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option(help="Sample corpus directory.")] = Path("samples"),
+    timeout: TimeoutOpt = 60.0,
+) -> None:
+    """Generate the sample corpus, decode and preprocess every video, and print a table."""
+    from .video.load import load_video
+    from .video.samples import write_corpus
+
+    rows = write_corpus(directory)
+    options = PreprocessOptions(timeout=timeout or None)
+    table = Table(title=f"{len(rows)} sample videos → model input (8, 4, 448, 448)")
+    for col in ("video", "frames", "fps", "size", "grid", "tokens", "sampled", "ms", "status"):
+        table.add_column(col)
+    failures = 0
+    for row in rows:
+        path = directory / row["name"]
+        start = time.perf_counter()
+        try:
+            result = load_video(path, options)
+        except VideoDecodeError as exc:
+            failures += 1
+            ms = f"{(time.perf_counter() - start) * 1e3:.0f}"
+            table.add_row(path.name, *[""] * 6, ms, f"[red]{exc.reason.value}[/red]")
+            continue
+        ms = f"{(time.perf_counter() - start) * 1e3:.0f}"
+        p = result.provenance
+        table.add_row(
+            path.name,
+            str(p.num_frames),
+            f"{p.fps:.2f}",
+            "x".join(map(str, p.source_size)),
+            "x".join(map(str, p.token_grid)),
+            str(p.visual_tokens),
+            ",".join(map(str, p.sampled_indices)),
+            ms,
+            "[green]ok[/green]",
+        )
+    console.print(table)
+    if failures:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,76 @@
+"""Shared fixtures: the generated sample corpus and a set of hostile files built from it."""
+
+from __future__ import annotations
+
+import json
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from videopanda_cluster.video.samples import write_corpus
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("corpus")
+    write_corpus(directory, seed=7)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def manifest(corpus) -> dict[str, dict]:
+    rows = json.loads((corpus / "manifest.json").read_text())
+    for row in rows:
+        row["fps"] = Fraction(row["fps"])
+    return {row["name"]: row for row in rows}
+
+
+def _patch(data: bytes, old: bytes, new: bytes) -> bytes:
+    at = data.index(old)
+    return data[:at] + new + data[at + len(old) :]
+
+
+@pytest.fixture(scope="session")
+def bad_files(corpus, tmp_path_factory) -> dict[str, Path]:
+    """One file per bad-input kind, keyed by the reason code it must produce."""
+    d = tmp_path_factory.mktemp("bad")
+    mp4 = (corpus / "square_500x500_300f_30fps.mp4").read_bytes()
+    mkv = (corpus / "vga_640x480_150f_30fps.mkv").read_bytes()
+    files: dict[str, Path] = {}
+
+    def put(reason: str, name: str, data: bytes) -> None:
+        (d / name).write_bytes(data)
+        files[reason] = d / name
+
+    files["not_found"] = d / "missing.mp4"
+    put("empty_file", "empty.mp4", b"")
+    put("truncated", "truncated.mp4", mp4[: len(mp4) // 2])
+    put("not_a_video", "notes.mp4", b"this is a text file, not a video\n" * 50)
+    # Matroska keeps the frame size in PixelWidth (0xB0) / PixelHeight (0xBA): claim 65535 x 65535.
+    huge = _patch(mkv, b"\xb0\x82\x02\x80", b"\xb0\x82\xff\xff")
+    put("bad_dimensions", "absurd_size.mkv", _patch(huge, b"\xba\x82\x01\xe0", b"\xba\x82\xff\xff"))
+    # A codec id this FFmpeg build has no decoder for.
+    put(
+        "unsupported_codec",
+        "unknown_codec.mkv",
+        _patch(mkv, b"V_MPEG4/ISO/ASP", b"V_MPEG4/ISO/XYZ"),
+    )
+    audio = d / "audio_only.m4a"
+    with av.open(str(audio), "w") as c:
+        s = c.add_stream("aac", rate=16000)
+        for i in range(20):
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+            )
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+    files["no_video_stream"] = audio
+    fifo = d / "stalled.mp4"  # a named pipe nobody writes to: opening it blocks forever
+    os.mkfifo(fifo)
+    files["timeout"] = fifo
+    return files
