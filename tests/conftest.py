@@ -50,9 +50,16 @@ def bad_files(corpus, tmp_path_factory) -> dict[str, Path]:
     put("empty_file", "empty.mp4", b"")
     put("truncated", "truncated.mp4", mp4[: len(mp4) // 2])
     put("not_a_video", "notes.mp4", b"this is a text file, not a video\n" * 50)
-    # Matroska keeps the frame size in PixelWidth (0xB0) / PixelHeight (0xBA): claim 65535 x 65535.
-    huge = _patch(mkv, b"\xb0\x82\x02\x80", b"\xb0\x82\xff\xff")
-    put("bad_dimensions", "absurd_size.mkv", _patch(huge, b"\xba\x82\x01\xe0", b"\xba\x82\xff\xff"))
+    # Uncompressed video takes its frame size from Matroska's PixelWidth (0xB0) / PixelHeight
+    # (0xBA) elements: rewrite 320 x 256 as 20000 x 12000 (240 Mpx per frame).
+    raw = d / "raw.mkv"
+    with av.open(str(raw), "w") as c:
+        s = c.add_stream("rawvideo", rate=25)
+        s.width, s.height, s.pix_fmt = 320, 256, "yuv420p"
+        c.mux(s.encode(av.VideoFrame.from_ndarray(np.zeros((256, 320, 3), np.uint8), "rgb24")))
+        c.mux(s.encode(None))
+    huge = _patch(raw.read_bytes(), b"\xb0\x82\x01\x40", b"\xb0\x82\x4e\x20")
+    put("bad_dimensions", "absurd_size.mkv", _patch(huge, b"\xba\x82\x01\x00", b"\xba\x82\x2e\xe0"))
     # A codec id this FFmpeg build has no decoder for.
     put(
         "unsupported_codec",

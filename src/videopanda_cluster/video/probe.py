@@ -91,16 +91,13 @@ class Deadline:
             raise VideoDecodeError(Reason.TIMEOUT, f"decode exceeded {self.seconds:g} s")
 
 
-def _sniff(source: VideoSource) -> bytes:
-    """First bytes of the source (restoring a file object's position)."""
+def _sniff(source: VideoSource, start: int) -> bytes:
+    """The first bytes of the source, from ``start`` for a file object."""
     if isinstance(source, (str, os.PathLike)):
         with open(source, "rb") as fh:
             return fh.read(16)
-    pos = source.tell()
-    try:
-        return source.read(16)
-    finally:
-        source.seek(pos)
+    source.seek(start)
+    return source.read(16)
 
 
 def _check_present(source: VideoSource) -> None:
@@ -124,10 +121,11 @@ def _check_present(source: VideoSource) -> None:
 def open_container(source: VideoSource) -> Iterator[av.container.InputContainer]:
     """Open ``source`` for reading; failures become :class:`VideoDecodeError`."""
     _check_present(source)
+    start = 0 if isinstance(source, (str, os.PathLike)) else source.tell()
     try:
         container = av.open(source, mode="r", metadata_errors="ignore")
     except av.error.InvalidDataError as exc:
-        head = _sniff(source)
+        head = _sniff(source, start)
         if any(head[off : off + len(sig)] == sig for off, sig in _SIGNATURES):
             raise VideoDecodeError(
                 Reason.TRUNCATED, f"container header found but the file is incomplete: {exc}"

@@ -161,16 +161,20 @@ def _timestamps(spec: SampleSpec) -> list[int]:
 def write_video(path: Path, spec: SampleSpec, seed: int) -> None:
     """Encode ``spec`` to ``path`` with a scene seeded by ``seed``."""
     scene = _Scene(spec.width, spec.height, seed)
-    with av.open(str(path), mode="w") as container:
+    # bitexact: no random Matroska segment UID or other run-dependent bytes
+    with av.open(str(path), mode="w", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(spec.codec, rate=spec.fps)
         stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, "yuv420p"
         tick = 1 / spec.fps
         stream.codec_context.gop_size = spec.gop or max(1, int(2 * spec.fps))
-        stream.codec_context.bit_rate = 2_000_000
+        stream.codec_context.thread_count = 1  # repeatable output, byte for byte
         if spec.codec.startswith("libvpx"):
+            stream.codec_context.bit_rate = 2_000_000
             stream.codec_context.options = {"deadline": "realtime", "cpu-used": "8"}
         elif spec.codec == "libx264":
-            stream.codec_context.options = {"preset": "veryfast"}
+            stream.codec_context.options = {"preset": "veryfast", "crf": "20"}
+        else:
+            stream.codec_context.bit_rate = 2_000_000
         if spec.rotation:
             stream.set_display_rotation(spec.rotation)
         for index, stamp in enumerate(_timestamps(spec)):

@@ -1,0 +1,90 @@
+"""Bad input: a typed error with a stable reason code, within the timeout, never a crash or hang."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import pytest
+
+from videopanda_cluster.video.errors import Reason, VideoDecodeError
+from videopanda_cluster.video.extract import PreprocessOptions, extract
+from videopanda_cluster.video.isolation import IsolatedRunner
+from videopanda_cluster.video.load import load_video
+
+TIMEOUT = 5.0
+KINDS = [
+    "not_found",
+    "empty_file",
+    "truncated",
+    "not_a_video",
+    "bad_dimensions",
+    "unsupported_codec",
+    "no_video_stream",
+    "timeout",
+]
+
+
+@pytest.fixture(scope="module")
+def runner():
+    with IsolatedRunner(timeout=TIMEOUT) as r:
+        yield r
+
+
+@pytest.mark.parametrize("reason", KINDS)
+def test_each_bad_kind_gives_its_reason_within_the_timeout(bad_files, runner, reason):
+    start = time.monotonic()
+    with pytest.raises(VideoDecodeError) as info:
+        load_video(bad_files[reason], PreprocessOptions(timeout=TIMEOUT), runner=runner)
+    elapsed = time.monotonic() - start
+    assert info.value.reason == Reason(reason)
+    assert info.value.message
+    assert elapsed < TIMEOUT + 3.0
+
+
+def test_worker_recovers_after_a_timeout(bad_files, corpus, runner):
+    with pytest.raises(VideoDecodeError):
+        load_video(bad_files["timeout"], PreprocessOptions(timeout=1.0), runner=runner)
+    ok = load_video(corpus / "qcif_176x144_5f_10fps.mp4", PreprocessOptions(), runner=runner)
+    assert ok.provenance.num_frames == 5
+
+
+def test_crashed_worker_is_reported_and_replaced(corpus, runner):
+    with pytest.raises(VideoDecodeError) as info:
+        runner.call(os._exit, 3)
+    assert info.value.reason == Reason.CRASHED
+    ok = load_video(corpus / "qcif_176x144_5f_10fps.mp4", PreprocessOptions(), runner=runner)
+    assert ok.pixels.shape == (8, 4, 448, 448)
+
+
+@pytest.mark.parametrize("reason", ["truncated", "not_a_video", "unsupported_codec", "empty_file"])
+def test_file_objects_get_the_same_reasons(bad_files, reason):
+    data = bad_files[reason].read_bytes()
+    with pytest.raises(VideoDecodeError) as info:
+        extract(io.BytesIO(data), PreprocessOptions(isolate=False))
+    assert info.value.reason == Reason(reason)
+
+
+def test_cooperative_deadline_stops_long_in_process_decodes(corpus):
+    path = corpus / "long_176x144_2min_25fps.mp4"
+    with pytest.raises(VideoDecodeError) as info:
+        extract(path, PreprocessOptions(isolate=False, timeout=1e-4))
+    assert info.value.reason == Reason.TIMEOUT
+
+
+def test_truncated_matroska_is_detected(corpus, tmp_path):
+    data = (corpus / "vfr_640x480_120f.mkv").read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(VideoDecodeError) as info:
+        extract(cut, PreprocessOptions(isolate=False))
+    assert info.value.reason == Reason.TRUNCATED
+
+
+def test_errors_survive_pickling():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(VideoDecodeError(Reason.TRUNCATED, "cut")))
+    assert err.reason == Reason.TRUNCATED and err.message == "cut"
+    assert err.to_dict() == {"error": "truncated", "message": "cut"}
