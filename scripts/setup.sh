@@ -2,8 +2,9 @@
 # Create .venv (if missing) and install the project with pinned dependencies.
 #   scripts/setup.sh          runtime only
 #   scripts/setup.sh --test   plus test tools and Azurite (npm, into ./node_modules)
-# PyTorch: the CPU build is installed by default. For a GPU machine, install the CUDA build of the
-# same version into .venv first (see README, "GPU"); this script then leaves it in place.
+# PyTorch: `pip install torch==2.13.0` as configured on this project's machines (the CPU build).
+# GPU machines: set TORCH_INDEX_URL to PyTorch's wheel index for your CUDA version, or install the
+# CUDA build into .venv before running this script; an installed torch is left in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +27,9 @@ extras=""
 stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)${extras:+-test}"
 if [[ ! -f "$stamp" ]]; then
   # torch first and exactly pinned, so pip never resolves a multi-GB CUDA build on its own.
-  .venv/bin/python -c 'import torch' 2>/dev/null || "${PIP[@]}" install "torch==2.13.0"
+  if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
+    "${PIP[@]}" install "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+  fi
   "${PIP[@]}" install -e ".${extras}"
   touch "$stamp"
 fi

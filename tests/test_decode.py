@@ -106,3 +106,27 @@ def test_matches_the_reference_decoder(corpus, name):
     theirs = reader.get_batch(p.sampled_indices).asnumpy()
     for i, frame in zip(p.sampled_indices, theirs, strict=True):
         np.testing.assert_array_equal(ours[i], frame)
+
+
+def test_token_grids_of_real_files_follow_the_spec_table(corpus, manifest):
+    from tests.test_geometry import SPEC_TABLE
+
+    table = {size: (box, grid) for size, box, grid, _ in SPEC_TABLE}
+    seen = set()
+    for name in manifest:
+        p = extract(corpus / name, IN_PROCESS).provenance
+        size = tuple(p.source_size)
+        if size in table:
+            box, grid = table[size]
+            assert (tuple(p.valid_box), tuple(p.token_grid)) == (box, grid), name
+            seen.add(size)
+    # every size the ingestion issue lists is present in the corpus
+    assert seen >= {
+        (500, 500),
+        (640, 480),
+        (340, 256),
+        (176, 144),
+        (1280, 720),
+        (240, 320),
+        (720, 1280),
+    }
