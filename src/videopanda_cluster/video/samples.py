@@ -60,7 +60,11 @@ def default_specs(long: bool = False) -> list[SampleSpec]:
             "rotated_640x480_60f_30fps_rot90.mp4", 640, 480, 60, f(30), "libx264", rotation=90
         ),
         SampleSpec(
-            "rotated_480x360_30f_25fps_rot270.mkv", 480, 360, 30, f(25), "libx264", rotation=270
+            "rotated_480x360_30f_25fps_rot270.mp4", 480, 360, 30, f(25), "libx264", rotation=270
+        ),
+        # Matroska rotation tags are recorded but not applied (as the reference decoder)
+        SampleSpec(
+            "rotated_320x240_20f_25fps_rot90.mkv", 320, 240, 20, f(25), "libx264", rotation=90
         ),
         SampleSpec("single_frame_640x480.mp4", 640, 480, 1, f(25), "libx264"),
         SampleSpec("vfr_640x480_120f.mkv", 640, 480, 120, f(30), "libx264", vfr=True),
