@@ -88,3 +88,31 @@ def test_errors_survive_pickling():
     err = pickle.loads(pickle.dumps(VideoDecodeError(Reason.TRUNCATED, "cut")))
     assert err.reason == Reason.TRUNCATED and err.message == "cut"
     assert err.to_dict() == {"error": "truncated", "message": "cut"}
+
+
+def test_header_claiming_more_frames_than_present_is_truncated(tmp_path):
+    """An MP4 with its index up front (faststart) cut short: the header lies about the length."""
+    import av
+
+    from videopanda_cluster.video.samples import _Scene
+
+    path = tmp_path / "faststart.mp4"
+    scene = _Scene(320, 240, seed=1)
+    with av.open(str(path), "w", options={"movflags": "+faststart"}) as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
+        for i in range(100):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(scene.render(i), format="rgb24")))
+        c.mux(s.encode(None))
+    data = path.read_bytes()
+    assert extract(path, PreprocessOptions(isolate=False)).provenance.num_frames == 100
+    with pytest.raises(VideoDecodeError) as info:
+        extract(io.BytesIO(data[: int(len(data) * 0.8)]), PreprocessOptions(isolate=False))
+    assert info.value.reason == Reason.TRUNCATED and "of 100 frames" in info.value.message
+
+
+def test_single_frame_video_is_input_not_a_crash(corpus):
+    """The reference divides by zero on N == 1; we give one real frame and seven padded ones."""
+    x = load_video(corpus / "single_frame_640x480.mp4", PreprocessOptions(isolate=False))
+    assert x.provenance.sampled_indices == [0] and x.provenance.padded_frames == 7
+    assert x.pixels[0].abs().sum() > 0 and x.pixels[1:].count_nonzero() == 0
