@@ -1,0 +1,248 @@
+"""Spatio-Temporal Alignment Block (STAB), the encoder-free video tower (spec §2).
+
+Parameter names equal the released checkpoint's keys below ``model.video_tower.``.
+
+    pixels (B, T, 4, H, W)           B clips of T frames; channel 3 is the validity mask
+    -> patch embedding               P: (B·T, C, gh, gw)
+    -> LSTE (T > 1)                  X2 = X1 + dpe(X1), X1 = X + lmhra1(X), per clip
+    -> GSTRA (T > 1)                 G: (B, C), one video-level token per clip
+    -> dense skip (T > 1)            P = X2 + P
+    -> crop to the valid patches     (C, H', W') per frame
+    -> LSD                           S: (h·w, C), 2×2 windows, query = pooled window
+    -> FSRA                          c: (C,), shared learned query over S
+    -> rows + split tokens           (h·(w+1), C)
+    -> context fusion (T > 1)        ctx = proj(α·c + (1−α)·G[clip]), α = sigmoid(balance)
+    => per frame (1 + h·(w+1), C)    [ctx, row 0, split, row 1, split, ...]
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import VideoPandaConfig
+
+PADDED_FRAME_CROP = 16  # a fully padded frame keeps its top-left 16×16 patches (spec §8 #7)
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class LocalMHRA(nn.Module):
+    """LSTE temporal branch: BN3d → 1×1×1 down → depthwise temporal (3,1,1) conv → 1×1×1 up."""
+
+    def __init__(self, width: int, reduction: float = 1.5) -> None:
+        super().__init__()
+        reduced = int(width // reduction)
+        self.pos_embed = nn.Sequential(
+            nn.BatchNorm3d(width),
+            nn.Conv3d(width, reduced, kernel_size=1),
+            nn.Conv3d(reduced, reduced, kernel_size=(3, 1, 1), padding=(1, 0, 0), groups=reduced),
+            nn.Conv3d(reduced, width, kernel_size=1),
+        )
+        nn.init.zeros_(self.pos_embed[3].weight)
+        nn.init.zeros_(self.pos_embed[3].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, h, w) -> same
+        return self.pos_embed(x)
+
+
+class GSTRA(nn.Module):
+    """One pre-LN transformer block whose single query attends to all tokens of a clip.
+
+    Multi-head attention uses ``attn``'s packed projections and the usual 1/sqrt(head_dim) scale,
+    then a 4× QuickGELU MLP.
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.5):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, heads)  # parameters only; maths in forward
+        self.ln_1 = nn.LayerNorm(width)
+        self.ln_2 = nn.LayerNorm(width)
+        self.ln_3 = nn.LayerNorm(width)
+        hidden = round(mlp_ratio * width)
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                c_fc=nn.Linear(width, hidden),
+                gelu=QuickGELU(),
+                dropout=nn.Dropout(dropout),
+                c_proj=nn.Linear(hidden, width),
+            )
+        )
+        for layer in (self.attn.out_proj, self.mlp.c_proj):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        # query (B, 1, C), tokens (B, L, C) -> (B, 1, C)
+        x = query + self._attention(self.ln_1(query), self.ln_3(tokens))
+        return x + self.mlp(self.ln_2(x))
+
+    def _attention(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        width, heads = x.shape[-1], self.attn.num_heads
+        w_q, w_k, w_v = self.attn.in_proj_weight.split(width)
+        b_q, b_k, b_v = self.attn.in_proj_bias.split(width)
+        q = F.linear(x, w_q, b_q).unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, h, 1, d)
+        k = F.linear(y, w_k, b_k).unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, h, L, d)
+        v = F.linear(y, w_v, b_v).unflatten(-1, (heads, -1)).transpose(1, 2)  # (B, h, L, d)
+        affinity = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)
+        out = (affinity @ v).transpose(1, 2).flatten(2)  # (B, 1, C)
+        return self.attn.out_proj(out)
+
+
+class QueryAttention(nn.Module):
+    """Queries attend to keys; logits scaled by 1/sqrt(C) (full width, not head dim); residual
+    to the raw query: ``query + proj(attention)``. No biases in q and kv."""
+
+    def __init__(self, width: int, heads: int = 8) -> None:
+        super().__init__()
+        self.heads = heads
+        self.scale = width**-0.5
+        self.q = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width, bias=False))
+        self.kv = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * width, bias=False))
+        self.proj = nn.Linear(width, width)
+
+    def attend(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        # query (..., Q, C), keys (..., N, C) -> (..., Q, C)
+        q = self.q(query).unflatten(-1, (self.heads, -1))  # (..., Q, h, d)
+        k, v = self.kv(keys).unflatten(-1, (2, self.heads, -1)).unbind(-3)  # (..., N, h, d)
+        logits = torch.einsum("...qhd,...nhd->...hqn", q * self.scale, k)
+        out = torch.einsum("...hqn,...nhd->...qhd", logits.softmax(dim=-1), v)
+        return query + self.proj(out.flatten(-2))
+
+
+class LSD(QueryAttention):
+    """Local spatial downsampling: each s×s window becomes one token (query = the pooled window)."""
+
+    def __init__(self, width: int, window: int = 2, heads: int = 8) -> None:
+        super().__init__(width, heads)
+        self.window = window
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (G, C, H, W) -> (G, h·w, C)
+        s = self.window
+        g, c, height, width = x.shape
+        h, w = height // s, width // s
+        x = x[:, :, : h * s, : w * s]
+        pooled = F.avg_pool2d(x, kernel_size=s, stride=s).flatten(2).transpose(1, 2)  # (G, hw, C)
+        windows = x.reshape(g, c, h, s, w, s).permute(0, 2, 4, 3, 5, 1).reshape(g, h * w, s * s, c)
+        return self.attend(pooled.unsqueeze(2), windows).squeeze(2)
+
+
+class FSRA(QueryAttention):
+    """Frame-wise spatial relation aggregator: one shared learned query over a frame's tokens."""
+
+    def forward(self, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        # query (C,), tokens (G, N, C) -> (G, C)
+        q = query.expand(tokens.shape[0], 1, -1)
+        return self.attend(q, tokens)[:, 0]
+
+
+class STAB(nn.Module):
+    """The video tower: clips to per-frame token sequences (before the projector)."""
+
+    def __init__(self, config: VideoPandaConfig) -> None:
+        super().__init__()
+        width = config.stab_width
+        self.patch_stride = config.patch_stride
+        self.patch_embedding = nn.Conv2d(
+            3, width, kernel_size=config.patch_stride, stride=config.patch_stride, bias=False
+        )
+        self.class_embedding = nn.Parameter(torch.randn(width))
+        self.split_embedding = nn.Parameter(torch.randn(width))
+        self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.lmhra1 = LocalMHRA(width, config.dw_reduction)  # LSTE
+        # Unused by the forward pass (as in the reference); kept so the released checkpoint loads
+        # strictly. Its BN stats stay at mean 0 / var 1, a quick integrity check of a checkpoint.
+        self.lmhra2 = LocalMHRA(width, config.dw_reduction)
+        self.dpe = nn.Conv3d(width, width, kernel_size=3, padding=1, groups=width)  # LSTE
+        nn.init.zeros_(self.dpe.bias)
+        self.dec = GSTRA(width, config.gstra_heads, config.mlp_ratio, config.dropout)
+        self.proj = nn.Sequential(
+            nn.LayerNorm(width), nn.Dropout(config.dropout), nn.Linear(width, width)
+        )
+        self.balance = nn.Parameter(torch.zeros(width))
+        self.local_attention = LSD(width, config.conv_stride, config.stab_heads)
+        self.global_attention = FSRA(width, config.stab_heads)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
+    def forward(
+        self, pixels: torch.Tensor, group_frames: bool = True
+    ) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+        """(B, T, 4, H, W) → per frame (1 + h·(w+1), C) tokens and (h, w), clip-major order.
+
+        Frames whose crops share a size go through LSD/FSRA together (``group_frames``);
+        without it every frame runs alone (same numbers, slower).
+        """
+        b, t = pixels.shape[:2]
+        x = pixels.flatten(0, 1).to(self.dtype)  # (B·T, 4, H, W)
+        patches = self.patch_embedding(x[:, :3])  # (B·T, C, gh, gw)
+        masks = F.avg_pool2d(x[:, 3:], self.patch_stride, self.patch_stride)[:, 0]  # (B·T, gh, gw)
+
+        clip_tokens = None
+        if t > 1:
+            raw = patches
+            v = patches.unflatten(0, (b, t)).transpose(1, 2)  # (B, C, T, gh, gw)
+            v = v + self.lmhra1(v)  # LSTE, temporal conv zero-padded at clip edges
+            v = v + self.dpe(v)
+            tokens = v.flatten(2).transpose(1, 2)  # (B, T·gh·gw, C), t-major
+            query = self.temporal_cls_token.expand(b, 1, -1)
+            clip_tokens = self.dec(query, tokens)[:, 0]  # GSTRA: (B, C)
+            patches = v.transpose(1, 2).flatten(0, 1) + raw  # dense skip
+
+        boxes = [_crop_box(m) for m in masks.cpu()]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, box in enumerate(boxes):
+            key = tuple(_crop(patches[i], box).shape[1:]) if group_frames else (i,)
+            groups.setdefault(key, []).append(i)
+
+        out: list[torch.Tensor | None] = [None] * len(boxes)
+        grids: list[tuple[int, int]] = [(0, 0)] * len(boxes)
+        for frames in groups.values():
+            crops = torch.stack([_crop(patches[i], boxes[i]) for i in frames])
+            idx = torch.tensor(frames, device=patches.device)
+            tokens, grid = self._frame_tokens(crops, clip_tokens, idx // t if t > 1 else None)
+            for j, i in enumerate(frames):
+                out[i], grids[i] = tokens[j], grid
+        return out, grids  # type: ignore[return-value]
+
+    def _frame_tokens(
+        self, crops: torch.Tensor, clip_tokens: torch.Tensor | None, clip_index: torch.Tensor | None
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """LSD, FSRA, split-token rows and context fusion for G crops of one size."""
+        g, c, height, width = crops.shape
+        s = self.local_attention.window
+        h, w = height // s, width // s
+        spatial = self.local_attention(crops)  # (G, h·w, C)
+        context = self.global_attention(self.class_embedding.to(self.dtype), spatial)  # (G, C)
+        split = self.split_embedding.to(self.dtype).expand(g, h, 1, c)
+        rows = torch.cat([spatial.view(g, h, w, c), split], dim=2).flatten(1, 2)  # (G, h(w+1), C)
+        if clip_tokens is not None:
+            alpha = torch.sigmoid(self.balance)
+            context = self.proj(alpha * context + (1 - alpha) * clip_tokens[clip_index])
+        return torch.cat([context.unsqueeze(1), rows], dim=1), (h, w)
+
+
+def _crop_box(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """(h1, w1, h2, w2), end-exclusive: from the first to the last nonzero patch in row-major
+    order (the reference's rule); the top-left 16×16 for a fully padded frame."""
+    nonzero = torch.nonzero(mask.flatten())
+    if nonzero.numel() == 0:
+        return 0, 0, PADDED_FRAME_CROP, PADDED_FRAME_CROP
+    cols = mask.shape[1]
+    h1, w1 = divmod(int(nonzero[0]), cols)
+    h2, w2 = divmod(int(nonzero[-1]), cols)
+    return h1, w1, h2 + 1, w2 + 1
+
+
+def _crop(patches: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    h1, w1, h2, w2 = box
+    return patches[:, h1:h2, w1:w2]
