@@ -104,5 +104,57 @@ def demo(
         sys.exit(1)
 
 
+@app.command("model-info")
+def model_info_cmd(
+    preset: Annotated[
+        str | None, typer.Option(help="Built-in configuration: official or tiny.")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="HF-layout checkpoint folder (reads config.json only).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Parameter counts per block and multiply-adds of STAB + projector per 8-frame video."""
+    from .model.config import VideoPandaConfig
+    from .model.info import model_info
+
+    if (preset is None) == (checkpoint is None):
+        raise typer.BadParameter("give exactly one of --preset or --checkpoint")
+    try:
+        config = (
+            VideoPandaConfig.preset(preset)
+            if preset
+            else VideoPandaConfig.from_pretrained(checkpoint)
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    info = model_info(config)
+    if as_json:
+        print(json.dumps(info))
+        return
+    table = Table(title="Video-Panda model", show_header=False)
+    for key, value in info.items():
+        table.add_row(key, f"{value:,}")
+    console.print(table)
+
+
+@app.command()
+def convert(
+    src: Annotated[Path, typer.Argument(help="Checkpoint folder (.bin or .safetensors shards).")],
+    dst: Annotated[Path, typer.Argument(help="Output folder.")],
+    shard_gb: Annotated[float, typer.Option(help="Largest shard size in GiB.", min=0.01)] = 2.0,
+) -> None:
+    """Re-save a checkpoint as safetensors shards (keys unchanged) with config and tokenizer."""
+    from .model.checkpoint import CheckpointError
+    from .model.checkpoint import convert as convert_checkpoint
+
+    try:
+        names = convert_checkpoint(src, dst, int(shard_gb * 2**30))
+    except CheckpointError as exc:
+        console.print(f"[red]error[/red]: {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"wrote {len(names)} shard(s) to {dst}")
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,1 @@
+"""The Video-Panda model: STAB video tower, projector, Llama backbone, checkpoints, generation."""

@@ -1,0 +1,284 @@
+"""HF-layout checkpoints: shard discovery, key mapping (spec §3), loading without double copies.
+
+Checkpoint keys → our module names:
+    model.video_tower.*       → video_tower.*       (alias model.vision_tower.*: fallback only)
+    model.video_projector.*   → video_projector.*   (alias model.mm_projector.*: fallback only)
+    model.* / lm_head.*       → llm.model.* / llm.lm_head.*
+    model.video_tower_compressor.*, model.video_teacher.*, model.image_teacher.*,
+    model.vision_tower_compressor.*  → skipped (training only)
+    *.rotary_emb.inv_freq     → ignored (recomputed)
+Prefixes are matched with their trailing dot: ``model.video_tower_compressor.`` is not part of
+``model.video_tower``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import VideoPandaConfig
+
+SKIPPED_PREFIXES = (
+    "model.video_tower_compressor.",
+    "model.video_teacher.",
+    "model.image_teacher.",
+    "model.vision_tower_compressor.",
+)
+PRIMARY = {"model.video_tower.": "video_tower.", "model.video_projector.": "video_projector."}
+ALIASES = {
+    "model.vision_tower.": "model.video_tower.",
+    "model.mm_projector.": "model.video_projector.",
+}
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+AUX_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "README.md",
+)
+
+
+class CheckpointError(Exception):
+    """A checkpoint folder that cannot be loaded; the message names the file and key."""
+
+
+@dataclass
+class LoadReport:
+    files: list[str] = field(default_factory=list)
+    loaded: int = 0
+    skipped: int = 0  # compressor / teacher tensors
+    ignored: int = 0  # recomputed buffers
+    from_alias: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+
+
+def internal_name(key: str) -> str | None:
+    """Our parameter name for checkpoint ``key`` (aliases resolve to the primary); None if the
+    key belongs to no part of the model."""
+    for alias, primary in ALIASES.items():
+        if key.startswith(alias):
+            key = primary + key[len(alias) :]
+    for prefix, ours in PRIMARY.items():
+        if key.startswith(prefix):
+            return ours + key[len(prefix) :]
+    if key.startswith(("model.", "lm_head.")):
+        return "llm." + key
+    return None
+
+
+def checkpoint_name(name: str) -> str:
+    """Inverse of :func:`internal_name` for primary keys."""
+    for prefix, ours in PRIMARY.items():
+        if name.startswith(ours):
+            return prefix + name[len(ours) :]
+    if name.startswith("llm."):
+        return name[len("llm.") :]
+    raise ValueError(f"not a model parameter name: {name}")
+
+
+def checkpoint_files(folder: str | Path) -> list[Path]:
+    """The weight files of an HF-layout folder, from its index when there is one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {folder}")
+    for index_name in INDEX_FILES:
+        index = folder / index_name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (ValueError, KeyError) as exc:
+                raise CheckpointError(f"{index}: not a valid index ({exc})") from None
+            files = [folder / name for name in sorted(set(weight_map.values()))]
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise CheckpointError(f"{index} lists missing shard file(s): {', '.join(missing)}")
+            return files
+    for name in SINGLE_FILES:
+        if (folder / name).is_file():
+            return [folder / name]
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise CheckpointError(f"no .safetensors or pytorch_model*.bin weights in {folder}")
+    return files
+
+
+def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, tensor) pairs of one weight file, read lazily (mmap for .bin)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    yield key, handle.get_tensor(key)
+        else:
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            if not isinstance(state, dict):
+                raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
+            yield from state.items()
+    except CheckpointError:
+        raise
+    except Exception as exc:  # truncated or corrupt files surface as various library errors
+        raise CheckpointError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+
+
+def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    module_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    if attr in module._parameters:
+        module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+    else:
+        module._buffers[attr] = tensor
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_pretrained(
+    path: str | Path,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    strict: bool = True,
+):
+    """Build the model on the meta device and fill it tensor by tensor from the shards.
+
+    Each tensor is cast and moved as it is read, so peak memory is the model plus one tensor.
+    fp32 on CPU and fp16 on GPU by default (the reference's inference dtype).
+    """
+    from .modeling import VideoPanda
+    from .prompt import load_tokenizer
+
+    folder = Path(path)
+    files = checkpoint_files(folder)
+    config = VideoPandaConfig.from_pretrained(folder)
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or (torch.float32 if device.type == "cpu" else torch.float16)
+    with torch.device("meta"):
+        model = VideoPanda(config)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    report = LoadReport(files=[f.name for f in files])
+    done: set[str] = set()
+    aliased: dict[str, tuple[Path, str]] = {}
+
+    def put(name: str, key: str, file: Path, tensor: torch.Tensor) -> None:
+        if tuple(tensor.shape) != tuple(expected[name]):
+            raise CheckpointError(
+                f"{key} in {file.name}: shape {tuple(tensor.shape)}, "
+                f"expected {tuple(expected[name])}"
+            )
+        target = dtype if tensor.is_floating_point() else tensor.dtype
+        _assign(model, name, tensor.to(device=device, dtype=target))
+        done.add(name)
+
+    for file in files:
+        for key, tensor in iter_tensors(file):
+            if key.endswith(".rotary_emb.inv_freq"):
+                report.ignored += 1
+            elif key.startswith(SKIPPED_PREFIXES):
+                report.skipped += 1
+            elif (name := internal_name(key)) is None or name not in expected:
+                report.unmatched.append(key)
+            elif key.startswith(tuple(ALIASES)):
+                aliased.setdefault(name, (file, key))
+            else:
+                put(name, key, file, tensor)
+                report.loaded += 1
+    for name, (file, key) in aliased.items():  # aliases only fill what the primary keys lacked
+        if name not in done:
+            put(name, key, file, dict(iter_tensors(file))[key])
+            report.from_alias.append(key)
+            report.loaded += 1
+    missing = sorted(set(expected) - done)
+    if missing and strict:
+        shown = ", ".join(checkpoint_name(n) for n in missing[:10])
+        raise CheckpointError(f"{len(missing)} weight(s) missing from {folder}: {shown}")
+    _finish(model, device, dtype)
+    model.load_report = report
+    if (folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file():
+        model.tokenizer = load_tokenizer(folder)
+    return model
+
+
+def _finish(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Recompute non-persistent buffers (rotary frequencies) and re-tie shared weights."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    llm = model.llm
+    llm.model.rotary_emb = LlamaRotaryEmbedding(config=llm.config, device=device)
+    if llm.config.tie_word_embeddings:
+        llm.tie_weights()
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_meta:
+            # a weight left unloaded (non-strict load): initialise it for real
+            _assign(model, name, torch.zeros(tensor.shape, device=device, dtype=dtype))
+    model.eval()
+
+
+def save_pretrained(model, path: str | Path, max_shard_bytes: int = 2 * 2**30) -> None:
+    """Config, safetensors shards (+ index when sharded) under checkpoint key names, tokenizer."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save(folder)
+    state = ((checkpoint_name(k), v) for k, v in model.state_dict().items())
+    _write_shards(state, folder, max_shard_bytes)
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(folder)
+
+
+def _write_shards(
+    tensors: Iterator[tuple[str, torch.Tensor]], folder: Path, max_shard_bytes: int
+) -> list[str]:
+    """Write tensors into model-XXXXX.safetensors shards of at most ``max_shard_bytes``."""
+    from safetensors.torch import save_file
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor.detach().to("cpu").contiguous().clone()
+        size += nbytes
+    if len(shards) == 1:
+        names = ["model.safetensors"]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    weight_map = {}
+    for name, shard in zip(names, shards, strict=True):
+        save_file(shard, str(folder / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    if len(shards) > 1:
+        index = {"metadata": {}, "weight_map": weight_map}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return names
+
+
+def convert(src: str | Path, dst: str | Path, max_shard_bytes: int = 2 * 2**30) -> list[str]:
+    """Re-save every tensor of a checkpoint folder (any format) as safetensors shards, keys
+    unchanged; copies config and tokenizer files."""
+    src, dst = Path(src), Path(dst)
+    files = checkpoint_files(src)
+    dst.mkdir(parents=True, exist_ok=True)
+
+    def every_tensor() -> Iterator[tuple[str, torch.Tensor]]:
+        for file in files:
+            yield from iter_tensors(file)
+
+    names = _write_shards(every_tensor(), dst, max_shard_bytes)
+    for aux in AUX_FILES:
+        if (src / aux).is_file():
+            shutil.copy2(src / aux, dst / aux)
+    return names

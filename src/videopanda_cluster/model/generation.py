@@ -1,0 +1,97 @@
+"""Splice visual tokens into prompts and generate, batched with left padding (spec §1.3, §5.3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .prompt import IMAGE_TOKEN_INDEX
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Decoding settings. The defaults are the reference eval's: greedy, up to 1024 new tokens,
+    stop at EOS."""
+
+    max_new_tokens: int = 1024
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = field(default_factory=tuple)  # extra stop strings besides EOS
+    seed: int | None = None  # for sampling
+    batch_size: int = 8  # (video, question) pairs per generate call
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError("temperature must be > 0 when sampling")
+
+
+def splice(
+    embed: torch.nn.Embedding, ids: Sequence[int], frames: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Replace the i-th placeholder id by frame i's tokens; embed the text pieces. → (L, D)."""
+    ids_t = torch.tensor(ids, device=embed.weight.device)
+    slots = (ids_t == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
+    if len(slots) != len(frames):
+        raise ValueError(f"prompt has {len(slots)} placeholders for {len(frames)} frames")
+    pieces, start = [], 0
+    for slot, frame in zip(slots, frames, strict=True):
+        pieces += [embed(ids_t[start:slot]), frame.to(embed.weight.dtype)]
+        start = slot + 1
+    pieces.append(embed(ids_t[start:]))
+    return torch.cat(pieces)
+
+
+def left_pad(sequences: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (L_i, D) sequences into (B, L, D) padded on the left, plus the (B, L) mask."""
+    length = max(s.shape[0] for s in sequences)
+    first = sequences[0]
+    batch = first.new_zeros(len(sequences), length, first.shape[1])
+    mask = torch.zeros(len(sequences), length, dtype=torch.long, device=first.device)
+    for i, s in enumerate(sequences):
+        batch[i, length - s.shape[0] :] = s
+        mask[i, length - s.shape[0] :] = 1
+    return batch, mask
+
+
+@torch.no_grad()
+def generate(
+    llm, tokenizer, embeds: Sequence[torch.Tensor], options: GenerationOptions
+) -> list[list[int]]:
+    """Generate new token ids for each spliced prompt embedding (KV cache, batched)."""
+    results: list[list[int]] = []
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    pad = eos if pad is None else pad
+    if options.seed is not None:
+        torch.manual_seed(options.seed)
+    for start in range(0, len(embeds), options.batch_size):
+        inputs, mask = left_pad(embeds[start : start + options.batch_size])
+        kwargs = dict(
+            inputs_embeds=inputs,
+            attention_mask=mask,
+            max_new_tokens=options.max_new_tokens,
+            do_sample=options.do_sample,
+            num_beams=1,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            use_cache=True,
+        )
+        if options.do_sample:
+            kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k)
+        else:  # plain greedy: no temperature/top-p/top-k processors at all
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if options.stop:
+            kwargs.update(stop_strings=list(options.stop), tokenizer=tokenizer)
+        out = llm.generate(**kwargs)
+        for row in out.tolist():
+            if eos in row:
+                row = row[: row.index(eos)]
+            results.append(row)
+    return results

@@ -1,0 +1,144 @@
+"""VideoPanda: STAB + projector + Llama, with the library API users call.
+
+pixels (N, 8, 4, 448, 448) -> 2 clips of 4 frames per video -> STAB -> projector
+-> per video: frame-major tokens, each frame [CTX, rows with split tokens]
+-> spliced at the 8 placeholder ids of the prompt -> LlamaForCausalLM.generate
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import VideoPandaConfig
+from .generation import GenerationOptions, generate, splice
+from .projector import build_projector
+from .prompt import SYSTEM_PROMPT_EVAL, build_prompt, decode_new_tokens, tokenize_prompt
+from .stab import STAB
+
+
+class VideoPanda(nn.Module):
+    """The whole model. ``video_tower`` is the STAB module; ``llm`` a transformers Llama."""
+
+    def __init__(self, config: VideoPandaConfig) -> None:
+        super().__init__()
+        from transformers import LlamaForCausalLM
+
+        self.config = config
+        self.video_tower = STAB(config)
+        self.video_projector = build_projector(
+            config.projector_type, config.stab_width, config.llm_width
+        )
+        llama = config.to_llama_config()
+        llama._attn_implementation = (
+            "eager"  # softmax in fp32, as the reference (transformers 4.31)
+        )
+        self.llm = LlamaForCausalLM(llama)
+        self.tokenizer = None  # set by from_pretrained
+
+    # aliases of the reference (same objects, not registered twice)
+    @property
+    def vision_tower(self) -> STAB:
+        return self.video_tower
+
+    @property
+    def mm_projector(self) -> nn.Module:
+        return self.video_projector
+
+    @property
+    def device(self) -> torch.device:
+        return self.video_tower.patch_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.video_tower.dtype
+
+    # -- vision ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_frames(self, pixels: torch.Tensor) -> tuple[list[list[torch.Tensor]], list]:
+        """(N, F, 4, H, W) → per video, per frame projected tokens (1 + h(w+1), D), and grids.
+
+        All clips of all videos go through one STAB call.
+        """
+        n, f = pixels.shape[:2]
+        chunk = self.config.chunk_size
+        if f % chunk:
+            raise ValueError(f"{f} frames per video is not a multiple of chunk_size {chunk}")
+        clips = pixels.reshape(n * f // chunk, chunk, *pixels.shape[2:]).to(self.device)
+        frames, grids = self.video_tower(clips)
+        lengths = [t.shape[0] for t in frames]
+        projected = self.video_projector(torch.cat(frames)).split(lengths)
+        per_video = [list(projected[v * f : (v + 1) * f]) for v in range(n)]
+        return per_video, [grids[v * f : (v + 1) * f] for v in range(n)]
+
+    def encode_video(self, pixels: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Projected visual tokens, frame-major with CTX first (spec §1.3).
+
+        (8, 4, H, W) → one (L, D) tensor; (N, 8, 4, H, W) → a list of N such tensors.
+        """
+        single = pixels.dim() == 4
+        per_video, _ = self.encode_frames(pixels[None] if single else pixels)
+        tokens = [torch.cat(frames) for frames in per_video]
+        return tokens[0] if single else tokens
+
+    # -- language --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def answer(
+        self,
+        videos: torch.Tensor | Sequence[torch.Tensor],
+        questions: Sequence[str] | Sequence[Sequence[str]],
+        system: str = SYSTEM_PROMPT_EVAL,
+        **generation,
+    ) -> list[str] | list[list[str]]:
+        """Answer questions about videos; each video is encoded once for all its questions.
+
+        ``videos``: (N, 8, 4, H, W) or N tensors (8, 4, H, W). ``questions``: one string per
+        video (returns N strings) or a list of strings per video (returns N lists).
+        ``generation``: fields of :class:`GenerationOptions` (greedy by default).
+        """
+        if self.tokenizer is None:
+            raise RuntimeError("no tokenizer: load the model with VideoPanda.from_pretrained")
+        options = GenerationOptions(**generation)
+        stacked = videos if isinstance(videos, torch.Tensor) else torch.stack(list(videos))
+        if len(questions) != stacked.shape[0]:
+            raise ValueError(f"{stacked.shape[0]} videos but {len(questions)} question entries")
+        nested = [[q] if isinstance(q, str) else list(q) for q in questions]
+        per_video, _ = self.encode_frames(stacked)
+        embed = self.llm.get_input_embeddings()
+        embeds, owners = [], []
+        for v, qs in enumerate(nested):
+            for q in qs:
+                ids = tokenize_prompt(build_prompt(q, len(per_video[v]), system), self.tokenizer)
+                embeds.append(splice(embed, ids, per_video[v]))
+                owners.append(v)
+        outputs = generate(self.llm, self.tokenizer, embeds, options)
+        texts = [decode_new_tokens(self.tokenizer, ids) for ids in outputs]
+        grouped: list[list[str]] = [[] for _ in nested]
+        for v, text in zip(owners, texts, strict=True):
+            grouped[v].append(text)
+        if all(isinstance(q, str) for q in questions):
+            return [g[0] for g in grouped]
+        return grouped
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        strict: bool = True,
+    ) -> VideoPanda:
+        """Load an HF-layout folder (released Video-Panda-7B or ours); see ``checkpoint.py``."""
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(path, device=device, dtype=dtype, strict=strict)
+
+    def save_pretrained(self, path: str | Path, max_shard_bytes: int = 2 * 2**30) -> None:
+        """Write config.json, safetensors shards (checkpoint key names) and the tokenizer."""
+        from .checkpoint import save_pretrained
+
+        save_pretrained(self, path, max_shard_bytes)
