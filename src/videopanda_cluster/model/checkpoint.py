@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,20 +113,24 @@ def checkpoint_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def iter_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """(key, tensor) pairs of one weight file, read lazily (mmap for .bin)."""
+def iter_tensors(
+    path: Path, only: Container[str] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(key, tensor) pairs of one weight file (the keys in ``only`` when given), read lazily
+    (mmap for .bin); tensors not asked for are never read."""
     try:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt", device="cpu") as handle:
                 for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                    yield key, handle.get_tensor(key)
+                    if only is None or key in only:
+                        yield key, handle.get_tensor(key)
         else:
             state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
             if not isinstance(state, dict):
                 raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
-            yield from state.items()
+            yield from ((k, t) for k, t in state.items() if only is None or k in only)
     except CheckpointError:
         raise
     except Exception as exc:  # truncated or corrupt files surface as various library errors
@@ -195,9 +199,13 @@ def load_pretrained(
             else:
                 put(name, key, file, tensor)
                 report.loaded += 1
-    for name, (file, key) in aliased.items():  # aliases only fill what the primary keys lacked
+    fallback: dict[Path, dict[str, str]] = {}  # aliases only fill what the primary keys lacked
+    for name, (file, key) in aliased.items():
         if name not in done:
-            put(name, key, file, dict(iter_tensors(file))[key])
+            fallback.setdefault(file, {})[key] = name
+    for file, names in fallback.items():  # one pass per file, reading only the alias tensors
+        for key, tensor in iter_tensors(file, names):
+            put(names[key], key, file, tensor)
             report.from_alias.append(key)
             report.loaded += 1
     missing = sorted(set(expected) - done)

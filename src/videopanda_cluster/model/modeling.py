@@ -115,7 +115,7 @@ class VideoPanda(nn.Module):
                 embeds.append(splice(embed, ids, per_video[v]))
                 owners.append(v)
         outputs = generate(self.llm, self.tokenizer, embeds, options)
-        texts = [decode_new_tokens(self.tokenizer, ids) for ids in outputs]
+        texts = [_cut_stop(decode_new_tokens(self.tokenizer, ids), options.stop) for ids in outputs]
         grouped: list[list[str]] = [[] for _ in nested]
         for v, text in zip(owners, texts, strict=True):
             grouped[v].append(text)
@@ -142,3 +142,11 @@ class VideoPanda(nn.Module):
         from .checkpoint import save_pretrained
 
         save_pretrained(self, path, max_shard_bytes)
+
+
+def _cut_stop(text: str, stops: Sequence[str]) -> str:
+    """Drop the stop string generation ended on (EOS is already removed)."""
+    for stop in stops:
+        if stop and stop in text:
+            text = text[: text.index(stop)].strip()
+    return text
