@@ -142,7 +142,7 @@ def model_info_cmd(
 def convert(
     src: Annotated[Path, typer.Argument(help="Checkpoint folder (.bin or .safetensors shards).")],
     dst: Annotated[Path, typer.Argument(help="Output folder.")],
-    shard_gb: Annotated[float, typer.Option(help="Largest shard size in GiB.", min=0.01)] = 2.0,
+    shard_gb: Annotated[float, typer.Option(help="Largest shard size in GiB.", min=0.0001)] = 2.0,
 ) -> None:
     """Re-save a checkpoint as safetensors shards (keys unchanged) with config and tokenizer."""
     from .model.checkpoint import CheckpointError
