@@ -155,11 +155,14 @@ def load_pretrained(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     strict: bool = True,
+    with_llm: bool = True,
 ):
     """Build the model on the meta device and fill it tensor by tensor from the shards.
 
     Each tensor is cast and moved as it is read, so peak memory is the model plus one tensor.
-    fp32 on CPU and fp16 on GPU by default (the reference's inference dtype).
+    fp32 on CPU and fp16 on GPU by default (the reference's inference dtype). ``with_llm=False``
+    loads only STAB and the projector (the LLM stays unmaterialised on the meta device), for
+    workers that only encode video.
     """
     from .modeling import VideoPanda
     from .prompt import load_tokenizer
@@ -171,7 +174,9 @@ def load_pretrained(
     dtype = dtype or (torch.float32 if device.type == "cpu" else torch.float16)
     with torch.device("meta"):
         model = VideoPanda(config)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+    expected = {
+        k: v.shape for k, v in model.state_dict().items() if with_llm or not k.startswith("llm.")
+    }
     report = LoadReport(files=[f.name for f in files])
     done: set[str] = set()
     aliased: dict[str, tuple[Path, str]] = {}
@@ -192,8 +197,11 @@ def load_pretrained(
                 report.ignored += 1
             elif key.startswith(SKIPPED_PREFIXES):
                 report.skipped += 1
-            elif (name := internal_name(key)) is None or name not in expected:
+            elif (name := internal_name(key)) is None:
                 report.unmatched.append(key)
+            elif name not in expected:
+                if with_llm or not name.startswith("llm."):
+                    report.unmatched.append(key)
             elif key.startswith(tuple(ALIASES)):
                 aliased.setdefault(name, (file, key))
             else:
@@ -212,23 +220,24 @@ def load_pretrained(
     if missing and strict:
         shown = ", ".join(checkpoint_name(n) for n in missing[:10])
         raise CheckpointError(f"{len(missing)} weight(s) missing from {folder}: {shown}")
-    _finish(model, device, dtype)
+    _finish(model, device, dtype, with_llm)
     model.load_report = report
     if (folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file():
         model.tokenizer = load_tokenizer(folder)
     return model
 
 
-def _finish(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+def _finish(model: nn.Module, device: torch.device, dtype: torch.dtype, with_llm: bool) -> None:
     """Recompute non-persistent buffers (rotary frequencies) and re-tie shared weights."""
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
     llm = model.llm
-    llm.model.rotary_emb = LlamaRotaryEmbedding(config=llm.config, device=device)
-    if llm.config.tie_word_embeddings:
-        llm.tie_weights()
+    if with_llm:
+        llm.model.rotary_emb = LlamaRotaryEmbedding(config=llm.config, device=device)
+        if llm.config.tie_word_embeddings:
+            llm.tie_weights()
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.is_meta:
+        if tensor.is_meta and (with_llm or not name.startswith("llm.")):
             # a weight left unloaded (non-strict load): initialise it for real
             _assign(model, name, torch.zeros(tensor.shape, device=device, dtype=dtype))
     model.eval()

@@ -95,3 +95,11 @@ def generate(
                 row = row[: row.index(eos)]
             results.append(row)
     return results
+
+
+def cut_stop(text: str, stops: Sequence[str]) -> str:
+    """Drop the stop string generation ended on (EOS is already removed)."""
+    for stop in stops:
+        if stop and stop in text:
+            text = text[: text.index(stop)].strip()
+    return text

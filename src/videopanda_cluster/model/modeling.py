@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import VideoPandaConfig
-from .generation import GenerationOptions, generate, splice
+from .generation import GenerationOptions, cut_stop, generate, splice
 from .projector import build_projector
 from .prompt import SYSTEM_PROMPT_EVAL, build_prompt, decode_new_tokens, tokenize_prompt
 from .stab import STAB
@@ -115,7 +115,7 @@ class VideoPanda(nn.Module):
                 embeds.append(splice(embed, ids, per_video[v]))
                 owners.append(v)
         outputs = generate(self.llm, self.tokenizer, embeds, options)
-        texts = [_cut_stop(decode_new_tokens(self.tokenizer, ids), options.stop) for ids in outputs]
+        texts = [cut_stop(decode_new_tokens(self.tokenizer, ids), options.stop) for ids in outputs]
         grouped: list[list[str]] = [[] for _ in nested]
         for v, text in zip(owners, texts, strict=True):
             grouped[v].append(text)
@@ -131,22 +131,16 @@ class VideoPanda(nn.Module):
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         strict: bool = True,
+        with_llm: bool = True,
     ) -> VideoPanda:
-        """Load an HF-layout folder (released Video-Panda-7B or ours); see ``checkpoint.py``."""
+        """Load an HF-layout folder (released Video-Panda-7B or ours); see ``checkpoint.py``.
+        ``with_llm=False`` loads only the visual path (STAB + projector)."""
         from .checkpoint import load_pretrained
 
-        return load_pretrained(path, device=device, dtype=dtype, strict=strict)
+        return load_pretrained(path, device=device, dtype=dtype, strict=strict, with_llm=with_llm)
 
     def save_pretrained(self, path: str | Path, max_shard_bytes: int = 2 * 2**30) -> None:
         """Write config.json, safetensors shards (checkpoint key names) and the tokenizer."""
         from .checkpoint import save_pretrained
 
         save_pretrained(self, path, max_shard_bytes)
-
-
-def _cut_stop(text: str, stops: Sequence[str]) -> str:
-    """Drop the stop string generation ended on (EOS is already removed)."""
-    for stop in stops:
-        if stop and stop in text:
-            text = text[: text.index(stop)].strip()
-    return text

@@ -1,0 +1,1 @@
+"""The distributed pipeline on Ray: one actor kind per stage, and the job driver."""

@@ -1,0 +1,198 @@
+"""The pipeline's stage workers. Each class becomes one Ray actor kind (see ``driver.py``).
+
+DecodeWorker    video URI -> sampled, letterboxed uint8 frames + provenance     (CPU, many)
+EncodeWorker    frames -> STAB tokens per frame, via the feature cache           (GPU if any)
+GenerateWorker  STAB tokens + questions -> answers (projector + Llama, batched)  (GPU if any)
+WriterWorker    rows -> JSONL + Parquet shard, committed atomically              (I/O)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import time
+from typing import Any
+
+import torch
+
+from ..video.errors import Reason, VideoDecodeError
+from ..video.extract import PreprocessOptions
+from .fingerprint import stream_sha256
+
+
+def worker_id() -> str:
+    """host:pid of this worker, recorded in every row."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class DecodeWorker:
+    """Decode and letterbox one video; failures come back as data with a reason code."""
+
+    def __init__(self, options: PreprocessOptions) -> None:
+        from ..video.isolation import IsolatedRunner
+
+        self.options = options
+        self.runner = IsolatedRunner(options.timeout)
+        self.stores: dict = {}
+
+    def decode(self, video_id: str, uri: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """(metadata, payload): the driver reads only the small metadata; the payload (frames,
+        geometry) goes from the object store straight to an encoder."""
+        from ..video.extract import extract, extract_video
+        from .sources import open_uri
+
+        start = time.perf_counter()
+        out: dict[str, Any] = {"video_id": video_id, "uri": uri, "decode_worker": worker_id()}
+        payload = None
+        try:
+            with open_uri(uri, self.stores) as source:
+                if isinstance(source, str):
+                    if not os.path.isfile(source):
+                        raise VideoDecodeError(Reason.NOT_FOUND, f"no such file: {source}")
+                    with open(source, "rb") as fh:
+                        out["content_hash"] = stream_sha256(fh)
+                    extracted = extract_video(source, self.options, self.runner)
+                else:
+                    out["content_hash"] = stream_sha256(source)
+                    extracted = extract(source, self.options)
+            out.update(ok=True, provenance=extracted.provenance.to_dict())
+            payload = {"frames": extracted.frames, "geometry": extracted.geometry}
+        except VideoDecodeError as exc:
+            out.update(ok=False, error=exc.reason.value, message=exc.message)
+        except Exception as exc:  # storage errors etc.: still data, never a crash
+            out.update(ok=False, error="source_unreadable", message=f"{type(exc).__name__}: {exc}")
+        out["decode_s"] = time.perf_counter() - start
+        return out, payload
+
+
+class EncodeWorker:
+    """STAB over batches of videos; reads and fills the feature cache."""
+
+    def __init__(
+        self, checkpoint: str, device: str | None, options: PreprocessOptions, cache_url: str | None
+    ) -> None:
+        from ..model.modeling import VideoPanda
+        from .features import FeatureCache
+
+        self.model = VideoPanda.from_pretrained(checkpoint, device=device, with_llm=False)
+        self.options = options
+        self.cache = FeatureCache.open(cache_url, self.model, options) if cache_url else None
+
+    def encode(
+        self, content_hashes: list[str], *payloads: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], list[list[torch.Tensor]]]:
+        """(metadata, tokens): STAB tokens per frame (CPU) for each video, via the cache."""
+        from ..video.normalize import to_model_input
+
+        start = time.perf_counter()
+        tokens: list[list[torch.Tensor]] = [[] for _ in payloads]
+        hits = [False] * len(payloads)
+        todo = []
+        for i, content_hash in enumerate(content_hashes):
+            cached = self.cache.get(content_hash) if self.cache else None
+            if cached is not None:
+                tokens[i], hits[i] = cached, True
+            else:
+                todo.append(i)
+        if todo:
+            n = self.options.num_frames
+            pixels = torch.stack(
+                [to_model_input(payloads[i]["frames"], payloads[i]["geometry"], n) for i in todo]
+            )
+            chunk = self.model.config.chunk_size
+            clips = pixels.reshape(-1, chunk, *pixels.shape[2:]).to(self.model.device)
+            with torch.no_grad():
+                frames, _ = self.model.video_tower(clips)
+            for j, i in enumerate(todo):
+                tokens[i] = [f.to("cpu") for f in frames[j * n : (j + 1) * n]]
+                if self.cache:
+                    self.cache.put(content_hashes[i], tokens[i])
+        elapsed = (time.perf_counter() - start) / max(1, len(payloads))
+        metas = [
+            {
+                "cache_hit": hit,
+                "feature_key": self.cache.key(h) if self.cache else None,
+                "encode_s": elapsed,
+                "encode_worker": worker_id(),
+            }
+            for hit, h in zip(hits, content_hashes, strict=True)
+        ]
+        return metas, tokens
+
+
+class GenerateWorker:
+    """Projector + Llama: answer every prompt of a batch of videos."""
+
+    def __init__(self, checkpoint: str, device: str | None) -> None:
+        from ..model.modeling import VideoPanda
+
+        self.model = VideoPanda.from_pretrained(checkpoint, device=device)
+
+    def generate(
+        self,
+        requests: list[dict[str, Any]],
+        options: dict[str, Any],
+        tokens: list[list[torch.Tensor]],
+    ) -> list[dict]:
+        """requests: {video_id, index (into ``tokens``), prompts: [{question_id, question}]}
+        → one {video_id, question_id, question, prompt, answer} per prompt."""
+        from ..model.generation import GenerationOptions, cut_stop, generate, splice
+        from ..model.prompt import build_prompt, decode_new_tokens, tokenize_prompt
+
+        start = time.perf_counter()
+        gen = GenerationOptions(**options)
+        model = self.model
+        embed = model.llm.get_input_embeddings()
+        embeds, meta = [], []
+        with torch.no_grad():
+            for req in requests:
+                frames = [
+                    model.video_projector(f.to(model.device, model.dtype))
+                    for f in tokens[req["index"]]
+                ]
+                for p in req["prompts"]:
+                    prompt = build_prompt(p["question"], len(frames))
+                    ids = tokenize_prompt(prompt, model.tokenizer)
+                    embeds.append(splice(embed, ids, frames))
+                    meta.append({"video_id": req["video_id"], **p, "prompt": prompt})
+        if gen.seed is not None:
+            torch.manual_seed(gen.seed)
+        outputs = generate(model.llm, model.tokenizer, embeds, gen) if embeds else []
+        elapsed = (time.perf_counter() - start) / max(1, len(meta))
+        rows = []
+        for m, ids in zip(meta, outputs, strict=True):
+            answer = cut_stop(decode_new_tokens(model.tokenizer, ids), gen.stop)
+            rows.append(
+                {**m, "answer": answer, "generate_s": elapsed, "generate_worker": worker_id()}
+            )
+        return rows
+
+
+class WriterWorker:
+    """Writes a shard's rows as JSONL and Parquet under deterministic names (atomic puts)."""
+
+    def __init__(self, store_url: str) -> None:
+        from ..storage.open import open_store
+
+        self.store = open_store(store_url)
+
+    def write(self, prefix: str, shard_id: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        jsonl = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
+        flat = [
+            {
+                k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
+                for k, v in r.items()
+            }
+            for r in rows
+        ]
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(flat), buf)
+        # Parquet first, JSONL last: the JSONL file is what readers and the ledger trust.
+        self.store.put(f"{prefix}/shard-{shard_id}.parquet", buf.getvalue())
+        self.store.put(f"{prefix}/shard-{shard_id}.jsonl", jsonl.encode())
+        return {"rows": len(rows), "failed": sum(r.get("status") != "ok" for r in rows)}
