@@ -1,0 +1,306 @@
+"""The job driver: inputs → shards → ledger → stage actors on Ray → committed result shards.
+
+Shards are the unit of work and of commit. Up to ``max_in_flight`` shards are in the pipeline at
+once (bounded memory); within a shard, videos are decoded in parallel, encoded in batches of
+``encode_batch`` and answered in batches of ``generate_batch`` prompts. Each video is encoded once
+for all its questions. A shard whose actors die is retried (actors restart, possibly on another
+node); a committed shard is never written again, so every row exists exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..video.extract import PreprocessOptions
+from .rows import answer_row, error_rows, feature_row
+
+MAX_ATTEMPTS = 4
+TINY_MODEL_DIR = Path(os.environ.get("VIDEOPANDA_CACHE", ".cache")) / "tiny-random-model"
+
+
+@dataclass
+class JobPlan:
+    job_id: str
+    prefix: str  # store prefix of this job
+    items: dict[str, Any]  # video_id -> VideoItem
+    questions: dict[str, list[dict]]  # video_id -> [{question_id, question}]
+    job: dict[str, Any]  # fields copied into every row
+    checkpoint: str
+
+
+@dataclass
+class Stats:
+    rows: int = 0
+    failed: int = 0
+    videos: int = 0
+    shards: int = 0
+    stage_s: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, shard: dict[str, Any]) -> None:
+        with self.lock:
+            self.rows += shard["rows"]
+            self.failed += shard["failed"]
+            self.videos += shard["videos"]
+            self.shards += 1
+            self.stage_s.update(shard["stage_s"])
+            self.errors.update(shard["errors"])
+
+
+def _questions_for(cfg, item) -> list[dict]:
+    if cfg.kind == "caption":
+        return [{"question_id": f"{item.video_id}#caption", "question": cfg.caption_prompt}]
+    if cfg.kind == "features":
+        return []
+    qs = [{"question_id": q.question_id, "question": q.text} for q in item.questions]
+    if not qs:
+        qs = [
+            {"question_id": f"{item.video_id}#{i}", "question": t}
+            for i, t in enumerate(cfg.questions)
+        ]
+    return qs
+
+
+def start_ray(cfg) -> None:
+    """Join ``cfg.address`` or start a local Ray bound to loopback, sized for the stage actors."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.address:
+        ray.init(address=cfg.address, log_to_driver=False)
+        return
+    cpus = cfg.decode_workers + cfg.encode_workers + cfg.generate_workers + 1
+    ray.init(
+        num_cpus=max(cpus, os.cpu_count() or 1),
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+
+
+class Pipeline:
+    """The stage actors of one job and the per-shard flow through them."""
+
+    def __init__(self, cfg, plan: JobPlan, ledger, store_url: str) -> None:
+        import ray
+
+        from .stages import DecodeWorker, EncodeWorker, GenerateWorker, WriterWorker
+
+        self.cfg, self.plan, self.ledger = cfg, plan, ledger
+        self.options = PreprocessOptions(flip=cfg.flip, timeout=cfg.decode_timeout)
+        restart = {"max_restarts": -1, "max_task_retries": 3}
+        device = cfg.device
+        cache = store_url if cfg.use_feature_cache else None
+        self.decoders = [
+            ray.remote(DecodeWorker).options(num_cpus=1, **restart).remote(self.options)
+            for _ in range(cfg.decode_workers)
+        ]
+        self.encoders = [
+            ray.remote(EncodeWorker)
+            .options(num_cpus=1, num_gpus=cfg.num_gpus_encode, **restart)
+            .remote(plan.checkpoint, device, self.options, cache)
+            for _ in range(cfg.encode_workers)
+        ]
+        self.generators = []
+        if cfg.kind != "features":
+            self.generators = [
+                ray.remote(GenerateWorker)
+                .options(num_cpus=1, num_gpus=cfg.num_gpus_generate, **restart)
+                .remote(plan.checkpoint, device)
+                for _ in range(cfg.generate_workers)
+            ]
+        self.writer = ray.remote(WriterWorker).options(num_cpus=0, **restart).remote(store_url)
+        self.generation = {
+            "max_new_tokens": cfg.max_new_tokens,
+            "do_sample": cfg.do_sample,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "top_k": cfg.top_k,
+            "seed": cfg.seed,
+            "batch_size": cfg.generate_batch,
+        }
+
+    def run_shard(self, shard_id: str) -> dict[str, Any]:
+        """Process and commit one shard, retrying when a worker dies."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        last: Exception | None = None
+        for _ in range(MAX_ATTEMPTS):
+            self.ledger.record_attempt(shard_id)
+            try:
+                rows, videos, stage_s = self._process(shard_id)
+                stats = ray.get(self.writer.write.remote(self.plan.prefix, shard_id, rows))
+                errors = Counter(r["error"] for r in rows if r["status"] != "ok")
+                self.ledger.commit(
+                    shard_id, rows=stats["rows"], failed=stats["failed"], counters=dict(errors)
+                )
+                return {**stats, "videos": videos, "stage_s": stage_s, "errors": errors}
+            except (RayActorError, RayTaskError, ray.exceptions.ObjectLostError) as exc:
+                last = exc
+        raise RuntimeError(f"shard {shard_id} failed after {MAX_ATTEMPTS} attempts: {last}")
+
+    def _process(self, shard_id: str) -> tuple[list[dict], int, Counter]:
+        import ray
+
+        video_ids = self.ledger.shard_videos(shard_id)
+        offset = int(shard_id) if shard_id.isdigit() else 0
+        calls = [
+            self.decoders[(offset + i) % len(self.decoders)]
+            .decode.options(num_returns=2)
+            .remote(vid, self.plan.items[vid].uri)
+            for i, vid in enumerate(video_ids)
+        ]
+        metas = ray.get([meta for meta, _ in calls])
+        stage_s = Counter(decode_s=sum(m["decode_s"] for m in metas))
+        rows: list[dict] = []
+        ok = []
+        for i, meta in enumerate(metas):
+            if meta["ok"]:
+                ok.append(i)
+            else:
+                rows += error_rows(self.plan.job, meta, self.plan.questions[meta["video_id"]])
+        batch = self.cfg.encode_batch
+        pending = []
+        for n, start in enumerate(range(0, len(ok), batch)):
+            members = ok[start : start + batch]
+            encoder = self.encoders[(offset + n) % len(self.encoders)]
+            enc_meta, enc_tokens = encoder.encode.options(num_returns=2).remote(
+                [metas[i]["content_hash"] for i in members], *[calls[i][1] for i in members]
+            )
+            gen = None
+            if self.generators:
+                requests = [
+                    {
+                        "video_id": metas[i]["video_id"],
+                        "index": j,
+                        "prompts": self.plan.questions[metas[i]["video_id"]],
+                    }
+                    for j, i in enumerate(members)
+                ]
+                generator = self.generators[(offset + n) % len(self.generators)]
+                gen = generator.generate.remote(requests, self.generation, enc_tokens)
+            pending.append((members, enc_meta, gen))
+        for members, enc_meta, gen in pending:
+            encoded = ray.get(enc_meta)
+            stage_s["encode_s"] += sum(e["encode_s"] for e in encoded)
+            by_video = {
+                metas[i]["video_id"]: (metas[i], e) for i, e in zip(members, encoded, strict=True)
+            }
+            if gen is None:
+                rows += [feature_row(self.plan.job, d, e) for d, e in by_video.values()]
+                continue
+            for answer in ray.get(gen):
+                decoded, enc = by_video[answer["video_id"]]
+                stage_s["generate_s"] += answer["generate_s"]
+                rows.append(answer_row(self.plan.job, decoded, enc, answer))
+        return rows, len(video_ids), stage_s
+
+    def close(self) -> None:
+        import ray
+
+        for actor in [*self.decoders, *self.encoders, *self.generators, self.writer]:
+            ray.kill(actor)
+
+
+def plan_job(cfg, store) -> tuple[JobPlan, Any]:
+    """Read inputs, fix the job id, and open (or resume) the ledger."""
+    from ..jobs.config import config_hash, default_job_id
+    from ..jobs.inputs import read_inputs
+    from ..jobs.ledger import Ledger, plan_shards
+    from ..model.tiny import ensure_tiny_checkpoint
+    from .fingerprint import checkpoint_fingerprint
+
+    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else ensure_tiny_checkpoint(TINY_MODEL_DIR)
+    ckpt_hash = checkpoint_fingerprint(checkpoint)
+    job_id = cfg.job_id or default_job_id(cfg)
+    job_hash = hashlib.sha256(f"{config_hash(cfg)}|{ckpt_hash}".encode()).hexdigest()
+    items = read_inputs(cfg.inputs, default_questions=cfg.questions or None)
+    if cfg.kind == "qa" and not cfg.questions and not any(it.questions for it in items):
+        raise ValueError("a qa job needs questions: in the manifest or with --question")
+    ledger = Ledger.open_or_create(
+        store, job_id, job_hash, plan_shards([it.video_id for it in items], cfg.shard_size)
+    )
+    job = {
+        "job_id": job_id,
+        "kind": cfg.kind,
+        "model": {
+            "id": checkpoint.name if cfg.checkpoint else "tiny-random (generated, untrained)",
+            "checkpoint_hash": ckpt_hash,
+        },
+        "generation": {
+            "max_new_tokens": cfg.max_new_tokens,
+            "do_sample": cfg.do_sample,
+            "temperature": cfg.temperature if cfg.do_sample else None,
+            "top_p": cfg.top_p if cfg.do_sample else None,
+            "top_k": cfg.top_k if cfg.do_sample else None,
+            "seed": cfg.seed,
+        },
+    }
+    plan = JobPlan(
+        job_id=job_id,
+        prefix=f"jobs/{job_id}/results",
+        items={it.video_id: it for it in items},
+        questions={it.video_id: _questions_for(cfg, it) for it in items},
+        job=job,
+        checkpoint=str(checkpoint),
+    )
+    return plan, ledger
+
+
+def run_job(cfg, on_progress=None) -> dict[str, Any]:
+    """Run (or resume) a job to completion; returns the summary (also stored as summary.json)."""
+    import json
+
+    from ..storage.open import open_store
+
+    started = time.time()
+    store = open_store(cfg.output)
+    plan, ledger = plan_job(cfg, store)
+    pending = ledger.pending()
+    progress = ledger.progress()
+    stats = Stats()
+    if pending:
+        start_ray(cfg)
+        pipeline = Pipeline(cfg, plan, ledger, store.url)
+        try:
+            with ThreadPoolExecutor(max_workers=cfg.max_in_flight) as pool:
+                futures = [pool.submit(pipeline.run_shard, s) for s in pending]
+                for future in as_completed(futures):
+                    stats.add(future.result())
+                    if on_progress:
+                        on_progress(stats, progress, time.time() - started)
+        finally:
+            pipeline.close()
+    final = ledger.progress()
+    elapsed = time.time() - started
+    summary = {
+        "job_id": plan.job_id,
+        "kind": cfg.kind,
+        "store": store.url,
+        "results": f"{plan.prefix}/",
+        "progress": final,
+        "this_run": {
+            "shards": stats.shards,
+            "videos": stats.videos,
+            "rows": stats.rows,
+            "failed_rows": stats.failed,
+            "errors": dict(stats.errors),
+            "stage_seconds": {k: round(v, 3) for k, v in stats.stage_s.items()},
+            "seconds": round(elapsed, 3),
+            "videos_per_s": round(stats.videos / elapsed, 3) if elapsed > 0 else None,
+        },
+        "model": plan.job["model"],
+    }
+    store.put(f"jobs/{plan.job_id}/summary.json", json.dumps(summary, indent=2).encode())
+    return summary

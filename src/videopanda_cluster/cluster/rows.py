@@ -1,0 +1,81 @@
+"""Result rows: one per (video, question) for QA, per video for captions and features.
+
+Every row carries its provenance; failures are rows with ``status = "error"`` and a reason code,
+never answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROW_FIELDS = (
+    "job_id", "kind", "video_id", "question_id", "question", "prompt", "answer", "status",
+    "error", "message", "uri", "content_hash", "provenance", "model", "generation", "timings",
+    "workers", "feature_cache_hit", "feature_key",
+)  # fmt: skip
+
+
+def base_row(job: dict[str, Any], decoded: dict[str, Any]) -> dict[str, Any]:
+    row = dict.fromkeys(ROW_FIELDS)
+    row.update(
+        job_id=job["job_id"],
+        kind=job["kind"],
+        video_id=decoded["video_id"],
+        uri=decoded["uri"],
+        content_hash=decoded.get("content_hash"),
+        provenance=decoded.get("provenance"),
+        model=job["model"],
+        generation=job["generation"] if job["kind"] != "features" else None,
+        timings={"decode_s": decoded.get("decode_s")},
+        workers={"decode": decoded.get("decode_worker")},
+    )
+    return row
+
+
+def error_rows(job: dict[str, Any], decoded: dict[str, Any], questions: list[dict]) -> list[dict]:
+    """One error row per question (per video for captions/features)."""
+    rows = []
+    for q in questions or [{"question_id": None, "question": None}]:
+        row = base_row(job, decoded)
+        row.update(
+            question_id=q["question_id"],
+            question=q["question"],
+            status="error",
+            error=decoded["error"],
+            message=decoded["message"],
+        )
+        rows.append(row)
+    return rows
+
+
+def encoded_fields(row: dict[str, Any], encoded: dict[str, Any]) -> None:
+    row["timings"]["encode_s"] = encoded["encode_s"]
+    row["workers"]["encode"] = encoded["encode_worker"]
+    row["feature_cache_hit"] = encoded["cache_hit"]
+    row["feature_key"] = encoded["feature_key"]
+
+
+def answer_row(
+    job: dict[str, Any], decoded: dict[str, Any], encoded: dict[str, Any], answer: dict[str, Any]
+) -> dict[str, Any]:
+    row = base_row(job, decoded)
+    encoded_fields(row, encoded)
+    row.update(
+        question_id=answer["question_id"],
+        question=answer["question"],
+        prompt=answer["prompt"],
+        answer=answer["answer"],
+        status="ok",
+    )
+    row["timings"]["generate_s"] = answer["generate_s"]
+    row["workers"]["generate"] = answer["generate_worker"]
+    return row
+
+
+def feature_row(
+    job: dict[str, Any], decoded: dict[str, Any], encoded: dict[str, Any]
+) -> dict[str, Any]:
+    row = base_row(job, decoded)
+    encoded_fields(row, encoded)
+    row["status"] = "ok"
+    return row
