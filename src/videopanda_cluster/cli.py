@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import jobs_cli
 from .video.errors import VideoDecodeError
 from .video.extract import PreprocessOptions, extract_video
 
@@ -155,6 +156,8 @@ def convert(
         raise typer.Exit(1) from None
     console.print(f"wrote {len(names)} shard(s) to {dst}")
 
+
+jobs_cli.register(app)
 
 if __name__ == "__main__":
     app()
