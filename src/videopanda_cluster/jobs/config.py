@@ -1,0 +1,152 @@
+"""Job configuration: a YAML or TOML file merged with command-line values, validated by pydantic.
+
+The configuration hash covers :data:`RESULT_FIELDS`: every field except the
+:data:`OPERATIONAL_FIELDS`, which only change where and how fast a job runs (``address``, the
+``*_workers`` counts, ``max_in_flight``, ``num_gpus_*``, ``device``) or name it (``output``,
+``job_id``). So a job resumes with other workers or GPUs, while a change of kind, inputs,
+checkpoint, prompts, questions, generation, preprocessing, batch sizes, shard size or feature
+cache use makes a new job.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .ledger import check_job_id
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+Positive = Annotated[int, Field(ge=1)]
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; ``errors`` holds (field, problem) pairs, all in the message."""
+
+    def __init__(self, message: str, errors: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class JobConfig(BaseModel):
+    """Every setting of a caption, qa or features job."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["caption", "qa", "features"]
+    inputs: NonEmpty  # directory, glob, manifest or az:// prefix
+    output: NonEmpty = "out"  # store url
+    job_id: str | None = None  # default: default_job_id(cfg)
+    checkpoint: str | None = None  # model folder; None = a tiny random model made on the fly
+    caption_prompt: NonEmpty = "Describe this video in detail."
+    questions: list[NonEmpty] = Field(default_factory=list)  # qa: for videos without questions
+    # generation
+    max_new_tokens: Positive = 64
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)  # 0 = off
+    seed: int = 0
+    # preprocessing
+    flip: Literal["off", "reference"] = "off"
+    decode_timeout: float = Field(60.0, gt=0)  # seconds per video
+    # stages
+    decode_workers: Positive = 2
+    encode_workers: Positive = 1
+    generate_workers: Positive = 1
+    encode_batch: Positive = 4  # videos per STAB call
+    generate_batch: Positive = 8  # prompts per generate call
+    num_gpus_encode: float = Field(0.0, ge=0)
+    num_gpus_generate: float = Field(0.0, ge=0)
+    shard_size: Positive = 16  # videos per shard
+    max_in_flight: Positive = 8  # shards in the pipeline at once
+    address: str | None = None  # Ray address
+    use_feature_cache: bool = True
+    device: str | None = None  # torch device of the model actors
+
+    @field_validator("job_id")
+    @classmethod
+    def _valid_job_id(cls, value: str | None) -> str | None:
+        return None if value is None else check_job_id(value)
+
+
+OPERATIONAL_FIELDS = frozenset(
+    {"address", "decode_workers", "encode_workers", "generate_workers", "max_in_flight",
+     "num_gpus_encode", "num_gpus_generate", "device", "output", "job_id"}
+)  # fmt: skip
+# Everything else, new fields included, is hashed.
+RESULT_FIELDS = frozenset(JobConfig.model_fields) - OPERATIONAL_FIELDS
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """The settings of a ``.yaml``/``.yml`` or ``.toml`` file (``-`` in keys read as ``_``).
+
+    Raises OSError if the file cannot be read, ConfigError if it is not a valid mapping.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".toml"):
+        raise ConfigError(f"{path}: unsupported config file type (use .yaml, .yml or .toml)")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: invalid {suffix[1:].upper()}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{path}: setting names must be strings, got {key!r}")
+        name = key.replace("-", "_")
+        if name in values:
+            raise ConfigError(f"{path}: setting `{name}` given twice")
+        values[name] = value
+    return values
+
+
+def build_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> JobConfig:
+    """Validate the file's settings overridden by every CLI value that is not None."""
+    merged = dict(file_values)
+    merged.update({k: v for k, v in cli_values.items() if v is not None})
+    try:
+        return JobConfig.model_validate(merged)
+    except ValidationError as exc:
+        errors = [(_field_name(e["loc"]), _problem(e)) for e in exc.errors()]
+        lines = "; ".join(f"field `{name}`: {problem}" for name, problem in errors)
+        raise ConfigError(f"invalid job configuration: {lines}", errors) from None
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or "(config)"
+
+
+def _problem(error: Any) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(error["loc"][0]), JobConfig.model_fields, n=1)
+        message = "unknown setting" + (f" (did you mean `{close[0]}`?)" if close else "")
+    return message
+
+
+def config_hash(cfg: JobConfig) -> str:
+    """sha256 (hex) of the canonical JSON of the :data:`RESULT_FIELDS` of ``cfg``."""
+    fields = cfg.model_dump(mode="json", exclude=set(OPERATIONAL_FIELDS))
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def default_job_id(cfg: JobConfig) -> str:
+    """``<kind>-<first 12 hex digits of the config hash>``: the same settings, the same job."""
+    return f"{cfg.kind}-{config_hash(cfg)[:12]}"

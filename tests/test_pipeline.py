@@ -1,0 +1,115 @@
+"""The main job end to end on a real local Ray with the local store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from videopanda_cluster.jobs.config import build_config
+
+QUESTIONS = ["what colour is the circle?", "which way does the square move?"]
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=4, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def inputs_dir(corpus, tmp_path_factory) -> Path:
+    """The sample corpus without its 2-minute file (14 videos) plus 2 corrupt files."""
+    d = tmp_path_factory.mktemp("inputs")
+    for video in sorted(corpus.iterdir()):
+        if video.suffix in {".mp4", ".mkv", ".webm"} and not video.name.startswith("long_"):
+            shutil.copy(video, d / video.name)
+    data = (corpus / "square_500x500_300f_30fps.mp4").read_bytes()
+    (d / "corrupt_truncated.mp4").write_bytes(data[: len(data) // 3])
+    (d / "corrupt_text.mkv").write_text("not a video\n" * 20)
+    return d
+
+
+def read_rows(store_dir: Path, job_id: str) -> list[dict]:
+    rows = []
+    for path in sorted((store_dir / "jobs" / job_id / "results").glob("shard-*.jsonl")):
+        rows += [json.loads(line) for line in path.read_text().splitlines()]
+    return rows
+
+
+def job(kind: str, inputs: Path, out: Path, **extra):
+    from videopanda_cluster.cluster.driver import run_job
+
+    values = {
+        "kind": kind,
+        "inputs": str(inputs),
+        "output": str(out),
+        "shard_size": 4,
+        "max_new_tokens": 6,
+        "decode_workers": 2,
+        "max_in_flight": 3,
+        **extra,
+    }
+    cfg = build_config({}, values)
+    return cfg, run_job(cfg)
+
+
+def test_caption_job_rows_errors_and_summary(ray_local, inputs_dir, tmp_path):
+    videos = sorted(p for p in inputs_dir.iterdir())
+    _, summary = job("caption", inputs_dir, tmp_path)
+    rows = read_rows(tmp_path, summary["job_id"])
+    assert len(rows) == len(videos) == 16
+    by_id = {r["video_id"]: r for r in rows}
+    assert len(by_id) == len(rows)  # exactly once
+    assert by_id["corrupt_truncated"]["status"] == "error"
+    assert by_id["corrupt_truncated"]["error"] == "truncated"
+    assert by_id["corrupt_text"]["error"] == "not_a_video"
+    assert by_id["corrupt_text"]["answer"] is None
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 14
+    for r in ok:
+        assert isinstance(r["answer"], str)
+        assert r["content_hash"] and len(r["content_hash"]) == 64
+        assert r["provenance"]["sampled_indices"] and r["provenance"]["decoder"].startswith("pyav")
+        assert r["model"]["checkpoint_hash"] and r["prompt"].endswith("ASSISTANT:")
+        assert set(r["timings"]) == {"decode_s", "encode_s", "generate_s"}
+        assert all(r["workers"].values())
+    assert summary["progress"]["committed_videos"] == 16
+    assert summary["this_run"]["failed_rows"] == 2
+    assert summary["this_run"]["errors"] == {"truncated": 1, "not_a_video": 1}
+    stored = json.loads((tmp_path / "jobs" / summary["job_id"] / "summary.json").read_text())
+    assert stored["this_run"]["rows"] == 16
+    parquet = sorted((tmp_path / "jobs" / summary["job_id"] / "results").glob("*.parquet"))
+    assert len(parquet) == 4  # 16 videos in shards of 4
+
+    # a rerun finds every shard committed: no new rows, same files
+    _, again = job("caption", inputs_dir, tmp_path)
+    assert again["this_run"]["shards"] == 0
+    assert read_rows(tmp_path, summary["job_id"]) == rows
+
+
+def test_qa_job_answers_every_question_and_reuses_features(ray_local, inputs_dir, tmp_path):
+    _, feats = job("features", inputs_dir, tmp_path)
+    frows = read_rows(tmp_path, feats["job_id"])
+    assert sum(r["status"] == "ok" for r in frows) == 14
+    assert all((tmp_path / r["feature_key"]).is_file() for r in frows if r["status"] == "ok")
+    _, summary = job("qa", inputs_dir, tmp_path, questions=QUESTIONS)
+    rows = read_rows(tmp_path, summary["job_id"])
+    assert len(rows) == 16 * len(QUESTIONS)
+    assert len({(r["video_id"], r["question_id"]) for r in rows}) == len(rows)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == 14 * 2 and all(r["feature_cache_hit"] for r in ok)
+    assert {r["question"] for r in ok} == set(QUESTIONS)
+
+
+def test_same_job_id_with_other_settings_is_refused(ray_local, inputs_dir, tmp_path):
+    from videopanda_cluster.jobs.ledger import LedgerConflict
+
+    job("caption", inputs_dir, tmp_path, job_id="fixed")
+    with pytest.raises(LedgerConflict, match="fixed"):
+        job("caption", inputs_dir, tmp_path, job_id="fixed", max_new_tokens=9)
