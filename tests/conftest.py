@@ -13,6 +13,10 @@ import pytest
 
 from videopanda_cluster.video.samples import write_corpus
 
+# Ray on loopback only (it otherwise advertises the machine's external address); set before
+# any test imports ray.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:

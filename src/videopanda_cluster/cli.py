@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -62,47 +61,31 @@ def inspect(
     console.print(table)
 
 
+DEMO_QUESTIONS = ["What colour is the circle?", "Which way does the square move?"]
+
+
 @app.command()
 def demo(
     directory: Annotated[Path, typer.Option(help="Sample corpus directory.")] = Path("samples"),
-    timeout: TimeoutOpt = 60.0,
+    output: Annotated[str, typer.Option(help="Result store.")] = "out",
+    checkpoint: Annotated[
+        str | None, typer.Option(help="Model folder (default: a tiny random model, untrained).")
+    ] = None,
 ) -> None:
-    """Generate the sample corpus, decode and preprocess every video, and print a table."""
-    from .video.load import load_video
+    """The main job on the embedded default: caption + QA over the sample corpus (local Ray,
+    local store)."""
     from .video.samples import write_corpus
 
     rows = write_corpus(directory)
-    options = PreprocessOptions(timeout=timeout or None)
-    table = Table(title=f"{len(rows)} sample videos → model input (8, 4, 448, 448)")
-    for col in ("video", "frames", "fps", "size", "grid", "tokens", "sampled", "ms", "status"):
-        table.add_column(col)
-    failures = 0
-    for row in rows:
-        path = directory / row["name"]
-        start = time.perf_counter()
-        try:
-            result = load_video(path, options)
-        except VideoDecodeError as exc:
-            failures += 1
-            ms = f"{(time.perf_counter() - start) * 1e3:.0f}"
-            table.add_row(path.name, *[""] * 6, ms, f"[red]{exc.reason.value}[/red]")
-            continue
-        ms = f"{(time.perf_counter() - start) * 1e3:.0f}"
-        p = result.provenance
-        table.add_row(
-            path.name,
-            str(p.num_frames),
-            f"{p.fps:.2f}",
-            "x".join(map(str, p.source_size)),
-            "x".join(map(str, p.token_grid)),
-            str(p.visual_tokens),
-            ",".join(map(str, p.sampled_indices)),
-            ms,
-            "[green]ok[/green]",
+    console.print(f"sample corpus: {len(rows)} videos in {directory}")
+    if checkpoint is None:
+        console.print(
+            "[yellow]model: a tiny RANDOM Video-Panda generated on the fly (untrained, its answers "
+            "are noise) until the bundled trained model ships[/yellow]"
         )
-    console.print(table)
-    if failures:
-        sys.exit(1)
+    base = {"inputs": str(directory), "output": output, "checkpoint": checkpoint}
+    jobs_cli.run({**base, "kind": "caption", "max_new_tokens": 16}, None)
+    jobs_cli.run({**base, "kind": "qa", "questions": DEMO_QUESTIONS, "max_new_tokens": 8}, None)
 
 
 @app.command("model-info")

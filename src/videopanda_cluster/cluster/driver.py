@@ -23,6 +23,7 @@ from ..video.extract import PreprocessOptions
 from .rows import answer_row, error_rows, feature_row
 
 MAX_ATTEMPTS = 4
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray uses 127.0.0.1 as the node address
 TINY_MODEL_DIR = Path(os.environ.get("VIDEOPANDA_CACHE", ".cache")) / "tiny-random-model"
 
 
@@ -79,10 +80,15 @@ def start_ray(cfg) -> None:
     if cfg.address:
         ray.init(address=cfg.address, log_to_driver=False)
         return
+    # Embedded mode stays on loopback: Ray otherwise advertises the machine's external address.
+    os.environ.setdefault(LOOPBACK_ENV, "0")
+    if os.environ[LOOPBACK_ENV] == "0":
+        import ray._private.ray_constants as ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # read at call time by Ray's IP lookup
     cpus = cfg.decode_workers + cfg.encode_workers + cfg.generate_workers + 1
     ray.init(
         num_cpus=max(cpus, os.cpu_count() or 1),
-        _node_ip_address="127.0.0.1",
         include_dashboard=False,
         log_to_driver=False,
     )
