@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from fractions import Fraction
 from pathlib import Path
 
@@ -85,3 +86,16 @@ def bad_files(corpus, tmp_path_factory) -> dict[str, Path]:
     os.mkfifo(fifo)
     files["timeout"] = fifo
     return files
+
+
+@pytest.fixture(scope="session")
+def inputs_dir(corpus, tmp_path_factory) -> Path:
+    """The sample corpus without its 2-minute file (14 videos) plus 2 corrupt files."""
+    d = tmp_path_factory.mktemp("inputs")
+    for video in sorted(corpus.iterdir()):
+        if video.suffix in {".mp4", ".mkv", ".webm"} and not video.name.startswith("long_"):
+            shutil.copy(video, d / video.name)
+    data = (corpus / "square_500x500_300f_30fps.mp4").read_bytes()
+    (d / "corrupt_truncated.mp4").write_bytes(data[: len(data) // 3])
+    (d / "corrupt_text.mkv").write_text("not a video\n" * 20)
+    return d

@@ -3,37 +3,27 @@
 from __future__ import annotations
 
 import json
-import shutil
+import os
 from pathlib import Path
 
 import pytest
 
+from tests.azurite import azurite as azurite_fixture  # noqa: F401
 from videopanda_cluster.jobs.config import build_config
 
 QUESTIONS = ["what colour is the circle?", "which way does the square move?"]
 
 
-@pytest.fixture(scope="session")
-def ray_local():
+@pytest.fixture(scope="module")
+def ray_local(azurite):
     import ray
 
+    # workers inherit the driver's environment: the Azure backend finds Azurite through it
+    os.environ["AZURE_STORAGE_CONNECTION_STRING"] = azurite.connection_string
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
     yield ray
     ray.shutdown()
-
-
-@pytest.fixture(scope="session")
-def inputs_dir(corpus, tmp_path_factory) -> Path:
-    """The sample corpus without its 2-minute file (14 videos) plus 2 corrupt files."""
-    d = tmp_path_factory.mktemp("inputs")
-    for video in sorted(corpus.iterdir()):
-        if video.suffix in {".mp4", ".mkv", ".webm"} and not video.name.startswith("long_"):
-            shutil.copy(video, d / video.name)
-    data = (corpus / "square_500x500_300f_30fps.mp4").read_bytes()
-    (d / "corrupt_truncated.mp4").write_bytes(data[: len(data) // 3])
-    (d / "corrupt_text.mkv").write_text("not a video\n" * 20)
-    return d
 
 
 def read_rows(store_dir: Path, job_id: str) -> list[dict]:
@@ -114,3 +104,23 @@ def test_same_job_id_with_other_settings_is_refused(ray_local, inputs_dir, tmp_p
     job("caption", inputs_dir, tmp_path, job_id="fixed")
     with pytest.raises(LedgerConflict, match="fixed"):
         job("caption", inputs_dir, tmp_path, job_id="fixed", max_new_tokens=9)
+
+
+def test_caption_job_on_azure_blob(ray_local, inputs_dir, azurite):
+    from videopanda_cluster.storage.open import open_store
+
+    url = "az://results/run-1"
+    _, summary = job("caption", inputs_dir, url)  # type: ignore[arg-type]
+    store = open_store(url)
+    keys = store.list(f"jobs/{summary['job_id']}/results/")
+    rows = [
+        json.loads(line)
+        for key in keys
+        if key.endswith(".jsonl")
+        for line in store.get(key).decode().splitlines()
+    ]
+    assert len(rows) == 16 and len({r["video_id"] for r in rows}) == 16
+    assert sum(r["status"] == "error" for r in rows) == 2
+    assert summary["store"] == url
+    text = json.dumps(rows) + store.get(f"jobs/{summary['job_id']}/summary.json").decode()
+    assert "AccountKey" not in text and azurite.connection_string not in text
