@@ -88,6 +88,7 @@ def start_ray(cfg) -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False  # read at call time by Ray's IP lookup
     cpus = cfg.decode_workers + cfg.encode_workers + cfg.generate_workers + 1
     ray.init(
+        address="local",  # a new in-process cluster, never one that happens to run here
         num_cpus=max(cpus, os.cpu_count() or 1),
         include_dashboard=False,
         log_to_driver=False,
