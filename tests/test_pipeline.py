@@ -124,3 +124,16 @@ def test_caption_job_on_azure_blob(ray_local, inputs_dir, azurite):
     assert summary["store"] == url
     text = json.dumps(rows) + store.get(f"jobs/{summary['job_id']}/summary.json").decode()
     assert "AccountKey" not in text and azurite.connection_string not in text
+
+
+def test_status_command_reads_the_ledger(ray_local, inputs_dir, tmp_path):
+    from tests.test_cli import _cli
+
+    job("features", inputs_dir, tmp_path, job_id="feat-status")
+    out = _cli("status", "feat-status", "--output", str(tmp_path), "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["committed_videos"] == info["total_videos"] == 16
+    assert info["committed_shards"] == info["total_shards"] == 4
+    assert _cli("status", "no-such-job", "--output", str(tmp_path)).returncode != 0
+    assert _cli("status", "../escape", "--output", str(tmp_path)).returncode != 0

@@ -159,7 +159,7 @@ def status(
     store = open_store(output)
     try:
         ledger = Ledger.load(store, job_id)
-    except KeyError:
+    except (KeyError, ValueError):
         Console().print(f"[red]no job {job_id!r} in {store.url}[/red]")
         raise typer.Exit(1) from None
     info = {"job_id": job_id, **ledger.progress()}

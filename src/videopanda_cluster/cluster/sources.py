@@ -28,15 +28,16 @@ def open_uri(uri: str, stores: dict):
     if path is not None:
         yield os.fspath(path)
         return
-    parsed = urlparse(uri)
-    if parsed.scheme != "az":
-        raise ValueError(f"unsupported URI scheme {parsed.scheme!r} (use a path, file:// or az://)")
-    container = parsed.netloc
+    scheme = uri.split("://", 1)[0]
+    if scheme != "az":
+        raise ValueError(f"unsupported URI scheme {scheme!r} (use a path, file:// or az://)")
+    # split by hand: blob names may hold '#', '?' or '%', which URL parsing would eat
+    container, _, key = uri[len("az://") :].partition("/")
     if container not in stores:
         from ..storage.open import open_store
 
         stores[container] = open_store(f"az://{container}")
-    stream: BinaryIO = stores[container].open_read(parsed.path.lstrip("/"))
+    stream: BinaryIO = stores[container].open_read(key)
     try:
         yield stream
     finally:
