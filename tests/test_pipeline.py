@@ -173,3 +173,44 @@ def test_short_storage_outage_mid_job_loses_nothing(ray_local, inputs_dir, azuri
     ]
     assert len(rows) == 16 and len({r["video_id"] for r in rows}) == 16
     assert result["summary"]["progress"]["committed_videos"] == 16
+
+
+def test_long_storage_outage_fails_clearly_and_resumes(ray_local, inputs_dir, azurite):
+    import threading
+    import time
+
+    from videopanda_cluster.cluster.driver import JobFailed
+    from videopanda_cluster.jobs.ledger import Ledger
+    from videopanda_cluster.storage.open import open_store
+
+    url = "az://outage/run-long"
+    store = open_store(url)
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            job("caption", inputs_dir, url, shard_size=2, max_in_flight=1, job_id="long-outage")  # type: ignore[arg-type]
+        except Exception as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(k.endswith(".done") for k in store.list("jobs/")):
+        time.sleep(0.2)
+    azurite.stop()
+    thread.join(timeout=300)
+    azurite.start()
+    assert not thread.is_alive()
+    error = result.get("error")
+    assert isinstance(error, JobFailed), error
+    assert "rerun the same command" in str(error)
+    assert azurite.connection_string not in str(error)
+    ledger = Ledger.load(store, "long-outage")
+    before = ledger.committed()
+    assert before and len(before) < len(ledger.shard_ids())
+    _, summary = job(
+        "caption", inputs_dir, url, shard_size=2, max_in_flight=1, job_id="long-outage"
+    )  # type: ignore[arg-type]
+    assert summary["progress"]["committed_videos"] == 16
+    assert all(ledger.attempts(s) == 1 for s in before)

@@ -119,11 +119,16 @@ def run(cli_values: dict[str, Any], config_file: Path | None) -> dict[str, Any]:
         try:
             summary = run_job(cfg, on_progress=on_progress)
         except Exception as exc:
+            from .cluster.driver import JobFailed
             from .jobs.ledger import LedgerConflict
+            from .storage.base import StoreUnavailable
 
             if isinstance(exc, (LedgerConflict, ValueError)):
                 console.print(f"[red]error[/red]: {exc}")
                 raise typer.Exit(2) from None
+            if isinstance(exc, (JobFailed, StoreUnavailable)):
+                console.print(f"[red]job failed[/red]: {exc}")
+                raise typer.Exit(1) from None
             raise
         final = summary["progress"]
         bar.update(task, total=final.get("total_videos"), completed=final.get("committed_videos"))

@@ -27,6 +27,10 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray uses 127.0.0.1 as
 TINY_MODEL_DIR = Path(os.environ.get("VIDEOPANDA_CACHE", ".cache")) / "tiny-random-model"
 
 
+class JobFailed(RuntimeError):
+    """The job cannot go on (e.g. its store stayed unreachable); the ledger stays resumable."""
+
+
 @dataclass
 class JobPlan:
     job_id: str
@@ -142,10 +146,12 @@ class Pipeline:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
+        from ..storage.base import StoreUnavailable
+
         last: Exception | None = None
         for _ in range(MAX_ATTEMPTS):
-            self.ledger.record_attempt(shard_id)
             try:
+                self.ledger.record_attempt(shard_id)
                 rows, videos, stage_s = self._process(shard_id)
                 stats = ray.get(self.writer.write.remote(self.plan.prefix, shard_id, rows))
                 errors = Counter(r["error"] for r in rows if r["status"] != "ok")
@@ -153,7 +159,13 @@ class Pipeline:
                     shard_id, rows=stats["rows"], failed=stats["failed"], counters=dict(errors)
                 )
                 return {**stats, "videos": videos, "stage_s": stage_s, "errors": errors}
-            except (RayActorError, RayTaskError, ray.exceptions.ObjectLostError) as exc:
+            except StoreUnavailable as exc:
+                raise JobFailed(_store_down(exc)) from None
+            except RayTaskError as exc:
+                if isinstance(exc.cause, StoreUnavailable):
+                    raise JobFailed(_store_down(exc.cause)) from None
+                last = exc
+            except (RayActorError, ray.exceptions.ObjectLostError) as exc:
                 last = exc
         raise RuntimeError(f"shard {shard_id} failed after {MAX_ATTEMPTS} attempts: {last}")
 
@@ -218,6 +230,13 @@ class Pipeline:
 
         for actor in [*self.decoders, *self.encoders, *self.generators, self.writer]:
             ray.kill(actor)
+
+
+def _store_down(exc: Exception) -> str:
+    return (
+        f"the result store is unavailable ({exc}); committed shards are safe in the ledger: "
+        "rerun the same command to resume"
+    )
 
 
 def plan_job(cfg, store) -> tuple[JobPlan, Any]:
