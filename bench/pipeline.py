@@ -33,7 +33,14 @@ from typing import Any
 
 import torch
 
-from videopanda_cluster.cluster.driver import TINY_MODEL_DIR, Pipeline, plan_job, run_job, start_ray
+from videopanda_cluster.cluster.driver import (
+    TINY_MODEL_DIR,
+    Pipeline,
+    generation_options,
+    plan_job,
+    run_job,
+    start_ray,
+)
 from videopanda_cluster.cluster.stages import DecodeWorker, EncodeWorker, GenerateWorker
 from videopanda_cluster.jobs.config import JobConfig, build_config
 from videopanda_cluster.model.tiny import ensure_tiny_checkpoint
@@ -74,19 +81,6 @@ def _corpus(root: Path, count: int) -> Path:
     return folder
 
 
-def _generation(cfg: JobConfig) -> dict[str, Any]:
-    """The generation options ``Pipeline`` sends to GenerateWorker for ``cfg``."""
-    return {
-        "max_new_tokens": cfg.max_new_tokens,
-        "do_sample": cfg.do_sample,
-        "temperature": cfg.temperature,
-        "top_p": cfg.top_p,
-        "top_k": cfg.top_k,
-        "seed": cfg.seed,
-        "batch_size": cfg.generate_batch,
-    }
-
-
 def _standalone(cfg: JobConfig, videos: list[Path], checkpoint: str) -> dict[str, dict]:
     """Seconds and videos/s of each stage run alone in this process (one instance each)."""
     options = PreprocessOptions(flip=cfg.flip, timeout=cfg.decode_timeout)
@@ -109,7 +103,7 @@ def _standalone(cfg: JobConfig, videos: list[Path], checkpoint: str) -> dict[str
     encode_s = time.perf_counter() - start
 
     generator = GenerateWorker(checkpoint, "cpu")
-    generation = _generation(cfg)
+    generation = generation_options(cfg)
 
     def generate(batch: list, batch_tokens: list) -> list:
         requests = [

@@ -156,9 +156,7 @@ def test_short_storage_outage_mid_job_loses_nothing(ray_local, inputs_dir, azuri
 
     thread = threading.Thread(target=run)
     thread.start()
-    deadline = time.time() + 300
-    while time.time() < deadline and not any(k.endswith(".done") for k in store.list("jobs/")):
-        time.sleep(0.2)
+    _wait_for_a_commit(store)
     azurite.stop()
     time.sleep(2)
     azurite.start()
@@ -177,7 +175,6 @@ def test_short_storage_outage_mid_job_loses_nothing(ray_local, inputs_dir, azuri
 
 def test_long_storage_outage_fails_clearly_and_resumes(ray_local, inputs_dir, azurite):
     import threading
-    import time
 
     from videopanda_cluster.cluster.driver import JobFailed
     from videopanda_cluster.jobs.ledger import Ledger
@@ -195,9 +192,7 @@ def test_long_storage_outage_fails_clearly_and_resumes(ray_local, inputs_dir, az
 
     thread = threading.Thread(target=run)
     thread.start()
-    deadline = time.time() + 300
-    while time.time() < deadline and not any(k.endswith(".done") for k in store.list("jobs/")):
-        time.sleep(0.2)
+    _wait_for_a_commit(store)
     azurite.stop()
     thread.join(timeout=300)
     azurite.start()
@@ -214,3 +209,13 @@ def test_long_storage_outage_fails_clearly_and_resumes(ray_local, inputs_dir, az
     )  # type: ignore[arg-type]
     assert summary["progress"]["committed_videos"] == 16
     assert all(ledger.attempts(s) == 1 for s in before)
+
+
+def _wait_for_a_commit(store, timeout: float = 300) -> None:
+    """Block until some shard of some job in ``store`` is committed."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and not any(k.endswith(".done") for k in store.list("jobs/")):
+        time.sleep(0.2)
+    assert any(k.endswith(".done") for k in store.list("jobs/")), "no shard committed in time"

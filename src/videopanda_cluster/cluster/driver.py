@@ -99,6 +99,19 @@ def start_ray(cfg) -> None:
     )
 
 
+def generation_options(cfg) -> dict[str, Any]:
+    """The GenerationOptions fields a job's config sends to its GenerateWorkers."""
+    return {
+        "max_new_tokens": cfg.max_new_tokens,
+        "do_sample": cfg.do_sample,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "top_k": cfg.top_k,
+        "seed": cfg.seed,
+        "batch_size": cfg.generate_batch,
+    }
+
+
 class Pipeline:
     """The stage actors of one job and the per-shard flow through them."""
 
@@ -131,15 +144,7 @@ class Pipeline:
                 for _ in range(cfg.generate_workers)
             ]
         self.writer = ray.remote(WriterWorker).options(num_cpus=0, **restart).remote(store_url)
-        self.generation = {
-            "max_new_tokens": cfg.max_new_tokens,
-            "do_sample": cfg.do_sample,
-            "temperature": cfg.temperature,
-            "top_p": cfg.top_p,
-            "top_k": cfg.top_k,
-            "seed": cfg.seed,
-            "batch_size": cfg.generate_batch,
-        }
+        self.generation = generation_options(cfg)
 
     def run_shard(self, shard_id: str) -> dict[str, Any]:
         """Process and commit one shard, retrying when a worker dies."""
