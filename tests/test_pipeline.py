@@ -106,11 +106,14 @@ def test_same_job_id_with_other_settings_is_refused(ray_local, inputs_dir, tmp_p
         job("caption", inputs_dir, tmp_path, job_id="fixed", max_new_tokens=9)
 
 
-def test_caption_job_on_azure_blob(ray_local, inputs_dir, azurite):
+@pytest.mark.parametrize("kind", ["caption", "qa"])
+def test_jobs_on_azure_blob(ray_local, inputs_dir, azurite, kind):
     from videopanda_cluster.storage.open import open_store
 
-    url = "az://results/run-1"
-    _, summary = job("caption", inputs_dir, url)  # type: ignore[arg-type]
+    url = f"az://results/{kind}-run"
+    extra = {"questions": QUESTIONS} if kind == "qa" else {}
+    _, summary = job(kind, inputs_dir, url, **extra)  # type: ignore[arg-type]
+    per_video = len(QUESTIONS) if kind == "qa" else 1
     store = open_store(url)
     keys = store.list(f"jobs/{summary['job_id']}/results/")
     rows = [
@@ -119,8 +122,10 @@ def test_caption_job_on_azure_blob(ray_local, inputs_dir, azurite):
         if key.endswith(".jsonl")
         for line in store.get(key).decode().splitlines()
     ]
-    assert len(rows) == 16 and len({r["video_id"] for r in rows}) == 16
-    assert sum(r["status"] == "error" for r in rows) == 2
+    assert len(rows) == 16 * per_video
+    assert len({(r["video_id"], r["question_id"]) for r in rows}) == 16 * per_video
+    assert sum(r["status"] == "error" for r in rows) == 2 * per_video
+    assert summary["this_run"]["failed_rows"] == 2 * per_video
     assert summary["store"] == url
     text = json.dumps(rows) + store.get(f"jobs/{summary['job_id']}/summary.json").decode()
     assert "AccountKey" not in text and azurite.connection_string not in text
