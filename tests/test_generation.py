@@ -134,3 +134,30 @@ def test_sampling_options_are_validated():
         GenerationOptions(do_sample=True, temperature=0)
     with pytest.raises(ValueError):
         GenerationOptions(max_new_tokens=0)
+
+
+def test_sdpa_attention_matches_the_reference_eager_attention(model, videos):
+    eager = model.answer(videos, QUESTIONS, max_new_tokens=10, batch_size=12)
+    per_video, _ = model.encode_frames(videos[:2])
+    embed = model.llm.get_input_embeddings()
+    inputs, mask = left_pad(
+        [
+            splice(embed, tokenize_prompt(build_prompt(q), model.tokenizer), per_video[v])
+            for v, q in enumerate(["what is it?", "a longer question about the moving shapes?"])
+        ]
+    )
+    with torch.no_grad():
+        eager_logits = model.llm(inputs_embeds=inputs, attention_mask=mask).logits
+    try:
+        model.set_attention("sdpa")
+        assert model.llm.config._attn_implementation == "sdpa"
+        with torch.no_grad():
+            sdpa_logits = model.llm(inputs_embeds=inputs, attention_mask=mask).logits
+        sdpa = model.answer(videos, QUESTIONS, max_new_tokens=10, batch_size=12)
+    finally:
+        model.set_attention("eager")
+    valid = mask.bool()  # padded positions hold no prediction
+    torch.testing.assert_close(sdpa_logits[valid], eager_logits[valid], rtol=1e-4, atol=1e-4)
+    assert sdpa == eager
+    with pytest.raises(ValueError):
+        model.set_attention("flash")

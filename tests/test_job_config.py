@@ -164,14 +164,14 @@ def test_hashed_and_operational_fields_partition_the_model():
     hashed = {
         "kind", "inputs", "checkpoint", "caption_prompt", "questions", "max_new_tokens",
         "do_sample", "temperature", "top_p", "top_k", "seed", "flip", "decode_timeout",
-        "encode_batch", "generate_batch", "shard_size", "use_feature_cache",
+        "encode_batch", "generate_batch", "shard_size", "use_feature_cache", "attention",
     }  # fmt: skip
     assert hashed == RESULT_FIELDS
     assert set(JobConfig.model_fields) == RESULT_FIELDS | OPERATIONAL_FIELDS
     assert not RESULT_FIELDS & OPERATIONAL_FIELDS
 
 
-PINNED_HASH = "fe1fd78812497c9a6c7384bb37aedbc4d57e625045fefebcda5daa75ecf43730"
+PINNED_HASH = "88471b91f82af0b08abdadbc315e58ecb3dd0f6cbe696ab33a2f8696ee9b882d"
 
 
 def test_config_hash_is_stable():
@@ -182,6 +182,7 @@ def test_config_hash_is_stable():
     same = build_config({"inputs": "videos/", "temperature": 1}, {"kind": "caption", "seed": None})
     assert config_hash(same) == config_hash(cfg)  # source and int/float spelling do not matter
     canonical = {
+        "attention": "eager",
         "caption_prompt": "Describe this video in detail.", "checkpoint": None,
         "decode_timeout": 60.0, "do_sample": False, "encode_batch": 4, "flip": "off",
         "generate_batch": 8, "inputs": "videos/", "kind": "caption", "max_new_tokens": 64,

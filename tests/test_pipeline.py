@@ -96,6 +96,18 @@ def test_qa_job_answers_every_question_and_reuses_features(ray_local, inputs_dir
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) == 14 * 2 and all(r["feature_cache_hit"] for r in ok)
     assert {r["question"] for r in ok} == set(QUESTIONS)
+    # cached videos are hashed, not decoded again; their provenance comes from the cache
+    assert all(r["decode_skipped"] for r in ok)
+    assert not any(r["decode_skipped"] for r in frows)
+    sampled = {r["video_id"]: r["provenance"] for r in frows if r["status"] == "ok"}
+    assert all(r["provenance"] == sampled[r["video_id"]] for r in ok)
+    # and the answers are those of a job that decodes and encodes everything itself
+    _, fresh = job("qa", inputs_dir, tmp_path, questions=QUESTIONS, use_feature_cache=False)
+    uncached = {(r["video_id"], r["question_id"]): r for r in read_rows(tmp_path, fresh["job_id"])}
+    for r in ok:
+        twin = uncached[(r["video_id"], r["question_id"])]
+        assert not twin["decode_skipped"] and not twin["feature_cache_hit"]
+        assert r["answer"] == twin["answer"] and r["provenance"] == twin["provenance"]
 
 
 def test_same_job_id_with_other_settings_is_refused(ray_local, inputs_dir, tmp_path):

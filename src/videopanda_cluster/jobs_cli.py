@@ -36,6 +36,9 @@ def _job_command(kind: str):
         caption_prompt: Annotated[str | None, Opt(help="Caption instruction (caption).")] = None,
         max_new_tokens: Annotated[int | None, Opt(help="Tokens to generate at most.")] = None,
         seed: Annotated[int | None, Opt(help="Sampling seed.")] = None,
+        attention: Annotated[
+            str | None, Opt(help="LLM attention: eager (reference numerics) or sdpa (faster).")
+        ] = None,
         decode_workers: Annotated[int | None, Opt(help="Decode actors.")] = None,
         encode_workers: Annotated[int | None, Opt(help="STAB actors.")] = None,
         generate_workers: Annotated[int | None, Opt(help="LLM actors.")] = None,
@@ -64,6 +67,7 @@ def _job_command(kind: str):
             "caption_prompt": caption_prompt,
             "max_new_tokens": max_new_tokens,
             "seed": seed,
+            "attention": attention,
             "decode_workers": decode_workers,
             "encode_workers": encode_workers,
             "generate_workers": generate_workers,

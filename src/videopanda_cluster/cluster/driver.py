@@ -140,11 +140,14 @@ class Pipeline:
             self.generators = [
                 ray.remote(GenerateWorker)
                 .options(num_cpus=1, num_gpus=cfg.num_gpus_generate, **restart)
-                .remote(plan.checkpoint, device)
+                .remote(plan.checkpoint, device, cfg.attention)
                 for _ in range(cfg.generate_workers)
             ]
         self.writer = ray.remote(WriterWorker).options(num_cpus=0, **restart).remote(store_url)
         self.generation = generation_options(cfg)
+        # Decoders skip cached videos; they wait (inside Ray, not here) for the cache identity,
+        # which needs the STAB weights an encoder loads.
+        self.cache_identity = self.encoders[0].cache_identity.remote() if cache else None
 
     def run_shard(self, shard_id: str) -> dict[str, Any]:
         """Process and commit one shard, retrying when a worker dies."""
@@ -182,7 +185,7 @@ class Pipeline:
         calls = [
             self.decoders[(offset + i) % len(self.decoders)]
             .decode.options(num_returns=2)
-            .remote(vid, self.plan.items[vid].uri)
+            .remote(vid, self.plan.items[vid].uri, self.cache_identity)
             for i, vid in enumerate(video_ids)
         ]
         metas = ray.get([meta for meta, _ in calls])
@@ -276,6 +279,7 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
             "top_p": cfg.top_p if cfg.do_sample else None,
             "top_k": cfg.top_k if cfg.do_sample else None,
             "seed": cfg.seed,
+            "attention": cfg.attention,
         },
     }
     plan = JobPlan(

@@ -1,11 +1,18 @@
 """Feature cache: STAB tokens per video in the store, keyed by (video content hash,
-preprocessing settings, STAB weights hash)."""
+preprocessing settings, STAB weights hash).
+
+An entry is ``<key>.safetensors`` with ``frame_000`` … ``frame_007`` (each ``(tokens, width)``)
+and the decode provenance (sampled indices, pts, …) in its metadata, then ``<key>.json``, a
+small copy of that provenance written last: it marks the entry complete. A decoder that finds the
+JSON has everything a row needs, so a cached video is hashed but never decoded again.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -28,25 +35,38 @@ def preprocess_fingerprint(options: PreprocessOptions) -> str | None:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-@dataclass
-class FeatureCache:
-    store: object  # a Store
+@dataclass(frozen=True)
+class CacheIdentity:
+    """What, besides the video's bytes, the cached tokens depend on."""
+
+    store_url: str
     preprocess: str
     stab: str
     prefix: str = "features"
 
     @classmethod
-    def open(cls, url: str, model, options: PreprocessOptions) -> FeatureCache | None:
-        from ..storage.open import open_store
-
+    def of(cls, store_url: str, model, options: PreprocessOptions) -> CacheIdentity | None:
         fingerprint = preprocess_fingerprint(options)
         if fingerprint is None:
             return None
-        return cls(open_store(url), fingerprint, module_hash(model.video_tower))
+        return cls(store_url, fingerprint, module_hash(model.video_tower))
+
+
+class FeatureCache:
+    def __init__(self, identity: CacheIdentity, store=None) -> None:
+        from ..storage.open import open_store
+
+        self.identity = identity
+        self.store = store if store is not None else open_store(identity.store_url)
 
     def key(self, content_hash: str) -> str:
-        digest = hashlib.sha256(f"{content_hash}|{self.preprocess}|{self.stab}".encode())
-        return f"{self.prefix}/{digest.hexdigest()}.safetensors"
+        """The tokens' key; the provenance is at the same name with ``.json``."""
+        ident = self.identity
+        digest = hashlib.sha256(f"{content_hash}|{ident.preprocess}|{ident.stab}".encode())
+        return f"{ident.prefix}/{digest.hexdigest()}.safetensors"
+
+    def _provenance_key(self, content_hash: str) -> str:
+        return self.key(content_hash).removesuffix(".safetensors") + ".json"
 
     def get(self, content_hash: str) -> list[torch.Tensor] | None:
         from safetensors.torch import load
@@ -58,10 +78,26 @@ class FeatureCache:
         tensors = load(data)
         return [tensors[name] for name in sorted(tensors)]
 
-    def put(self, content_hash: str, frames: list[torch.Tensor]) -> str:
+    def provenance(self, content_hash: str) -> dict[str, Any] | None:
+        """The decode provenance of a complete entry, or None (no entry, or an unreadable one)."""
+        try:
+            return json.loads(self.store.get(self._provenance_key(content_hash)))
+        except (KeyError, ValueError):
+            return None
+
+    def put(self, content_hash: str, frames: list[torch.Tensor], provenance: dict[str, Any]) -> str:
         from safetensors.torch import save
 
         key = self.key(content_hash)
-        blob = save({f"frame_{i:03d}": t.contiguous() for i, t in enumerate(frames)})
+        blob = save(
+            {f"frame_{i:03d}": t.contiguous() for i, t in enumerate(frames)},
+            metadata={"provenance": json.dumps(provenance, sort_keys=True)},
+        )
         self.store.put(key, blob)
+        self.store.put(self._provenance_key(content_hash), json.dumps(provenance).encode())
         return key
+
+
+def identity_dict(identity: CacheIdentity | None) -> dict[str, str] | None:
+    """A plain dict for passing between Ray workers."""
+    return asdict(identity) if identity else None

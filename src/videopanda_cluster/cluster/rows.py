@@ -11,7 +11,7 @@ from typing import Any
 ROW_FIELDS = (
     "job_id", "kind", "video_id", "question_id", "question", "prompt", "answer", "status",
     "error", "message", "uri", "content_hash", "provenance", "model", "generation", "timings",
-    "workers", "feature_cache_hit", "feature_key",
+    "workers", "feature_cache_hit", "feature_key", "decode_skipped",
 )  # fmt: skip
 
 
@@ -28,6 +28,7 @@ def base_row(job: dict[str, Any], decoded: dict[str, Any]) -> dict[str, Any]:
         generation=job["generation"] if job["kind"] != "features" else None,
         timings={"decode_s": decoded.get("decode_s")},
         workers={"decode": decoded.get("decode_worker")},
+        decode_skipped=decoded.get("decode_skipped", False),  # tokens were cached: hashed only
     )
     return row
 

@@ -36,10 +36,16 @@ class DecodeWorker:
         self.options = options
         self.runner = IsolatedRunner(options.timeout)
         self.stores: dict = {}
+        self.caches: dict = {}
 
-    def decode(self, video_id: str, uri: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    def decode(
+        self, video_id: str, uri: str, cache: dict[str, str] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """(metadata, payload): the driver reads only the small metadata; the payload (frames,
-        geometry) goes from the object store straight to an encoder."""
+        geometry, provenance) goes from the object store straight to an encoder.
+
+        With ``cache`` (a feature-cache identity), a video whose tokens are cached is only
+        hashed: its provenance comes from the cache and the payload is None."""
         from ..video.extract import extract, extract_video
         from .sources import open_uri
 
@@ -53,18 +59,39 @@ class DecodeWorker:
                         raise VideoDecodeError(Reason.NOT_FOUND, f"no such file: {source}")
                     with open(source, "rb") as fh:
                         out["content_hash"] = stream_sha256(fh)
-                    extracted = extract_video(source, self.options, self.runner)
                 else:
                     out["content_hash"] = stream_sha256(source)
-                    extracted = extract(source, self.options)
-            out.update(ok=True, provenance=extracted.provenance.to_dict())
-            payload = {"frames": extracted.frames, "geometry": extracted.geometry}
+                cached = self._cached_provenance(cache, out["content_hash"])
+                if cached is not None:
+                    out.update(ok=True, provenance=cached, decode_skipped=True)
+                else:
+                    if isinstance(source, str):
+                        extracted = extract_video(source, self.options, self.runner)
+                    else:
+                        extracted = extract(source, self.options)
+                    provenance = extracted.provenance.to_dict()
+                    out.update(ok=True, provenance=provenance)
+                    payload = {
+                        "frames": extracted.frames,
+                        "geometry": extracted.geometry,
+                        "provenance": provenance,
+                    }
         except VideoDecodeError as exc:
             out.update(ok=False, error=exc.reason.value, message=exc.message)
         except Exception as exc:  # storage errors etc.: still data, never a crash
             out.update(ok=False, error="source_unreadable", message=f"{type(exc).__name__}: {exc}")
         out["decode_s"] = time.perf_counter() - start
         return out, payload
+
+    def _cached_provenance(self, cache: dict[str, str] | None, content_hash: str) -> dict | None:
+        if cache is None:
+            return None
+        from .features import CacheIdentity, FeatureCache
+
+        identity = CacheIdentity(**cache)
+        if identity not in self.caches:
+            self.caches[identity] = FeatureCache(identity)
+        return self.caches[identity].provenance(content_hash)
 
 
 class EncodeWorker:
@@ -74,16 +101,24 @@ class EncodeWorker:
         self, checkpoint: str, device: str | None, options: PreprocessOptions, cache_url: str | None
     ) -> None:
         from ..model.modeling import VideoPanda
-        from .features import FeatureCache
+        from .features import CacheIdentity, FeatureCache
 
         self.model = VideoPanda.from_pretrained(checkpoint, device=device, with_llm=False)
         self.options = options
-        self.cache = FeatureCache.open(cache_url, self.model, options) if cache_url else None
+        identity = CacheIdentity.of(cache_url, self.model, options) if cache_url else None
+        self.cache = FeatureCache(identity) if identity else None
+
+    def cache_identity(self) -> dict[str, str] | None:
+        """What decoders need to find this encoder's cache entries (None: no cache)."""
+        from .features import identity_dict
+
+        return identity_dict(self.cache.identity if self.cache else None)
 
     def encode(
-        self, content_hashes: list[str], *payloads: dict[str, Any]
+        self, content_hashes: list[str], *payloads: dict[str, Any] | None
     ) -> tuple[list[dict[str, Any]], list[list[torch.Tensor]]]:
-        """(metadata, tokens): STAB tokens per frame (CPU) for each video, via the cache."""
+        """(metadata, tokens): STAB tokens per frame (CPU) for each video, via the cache. A None
+        payload (the decoder found the entry) must be a cache hit."""
         from ..video.normalize import to_model_input
 
         start = time.perf_counter()
@@ -94,6 +129,8 @@ class EncodeWorker:
             cached = self.cache.get(content_hash) if self.cache else None
             if cached is not None:
                 tokens[i], hits[i] = cached, True
+            elif payloads[i] is None:  # removed since the decoder saw it: the shard is retried
+                raise RuntimeError(f"feature cache entry for {content_hash} disappeared")
             else:
                 todo.append(i)
         if todo:
@@ -108,7 +145,7 @@ class EncodeWorker:
             for j, i in enumerate(todo):
                 tokens[i] = [f.to("cpu") for f in frames[j * n : (j + 1) * n]]
                 if self.cache:
-                    self.cache.put(content_hashes[i], tokens[i])
+                    self.cache.put(content_hashes[i], tokens[i], payloads[i]["provenance"])
         elapsed = (time.perf_counter() - start) / max(1, len(payloads))
         metas = [
             {
@@ -125,10 +162,11 @@ class EncodeWorker:
 class GenerateWorker:
     """Projector + Llama: answer every prompt of a batch of videos."""
 
-    def __init__(self, checkpoint: str, device: str | None) -> None:
+    def __init__(self, checkpoint: str, device: str | None, attention: str = "eager") -> None:
         from ..model.modeling import VideoPanda
 
         self.model = VideoPanda.from_pretrained(checkpoint, device=device)
+        self.model.set_attention(attention)
 
     def generate(
         self,

@@ -53,6 +53,9 @@ class JobConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)  # 0 = off
     seed: int = 0
+    # "eager" (fp32 softmax) is the reference's numerics (spec §1.2); "sdpa" is
+    # torch's fused attention: same math, faster, rounding may differ in the last bits.
+    attention: Literal["eager", "sdpa"] = "eager"
     # preprocessing
     flip: Literal["off", "reference"] = "off"
     decode_timeout: float = Field(60.0, gt=0)  # seconds per video

@@ -39,6 +39,12 @@ class VideoPanda(nn.Module):
         self.llm = LlamaForCausalLM(llama)
         self.tokenizer = None  # set by from_pretrained
 
+    def set_attention(self, implementation: str) -> None:
+        """The Llama's attention: "eager" (the reference's numerics, the default) or "sdpa"."""
+        if implementation not in ("eager", "sdpa"):
+            raise ValueError(f"attention must be 'eager' or 'sdpa', not {implementation!r}")
+        self.llm.set_attn_implementation(implementation)
+
     # aliases of the reference (same objects, not registered twice)
     @property
     def vision_tower(self) -> STAB:
