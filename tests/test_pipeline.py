@@ -236,3 +236,87 @@ def _wait_for_a_commit(store, timeout: float = 300) -> None:
     while time.time() < deadline and not any(k.endswith(".done") for k in store.list("jobs/")):
         time.sleep(0.2)
     assert any(k.endswith(".done") for k in store.list("jobs/")), "no shard committed in time"
+
+
+def test_hostile_manifest_ids_stay_data_and_never_become_paths(ray_local, inputs_dir, tmp_path):
+    from tests.test_inputs import ACCEPTED_IDS
+    from videopanda_cluster.jobs.inputs import InputError
+
+    videos = sorted(p for p in inputs_dir.iterdir() if not p.name.startswith("corrupt"))[:3]
+    rows_in = [
+        {"video_id": vid, "uri": str(videos[i % len(videos)]), "questions": ["../../what?"]}
+        for i, vid in enumerate(ACCEPTED_IDS)
+    ]
+    rows_in.append({"video_id": "gone", "uri": str(tmp_path / "no" / "such.mp4")})
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows_in))
+    store = tmp_path / "deep" / "store"
+    _, summary = job("qa", manifest, store, questions=["fallback?"], shard_size=5)
+    rows = read_rows(store, summary["job_id"])
+    assert sorted(r["video_id"] for r in rows) == sorted([*ACCEPTED_IDS, "gone"])
+    assert {r["question"] for r in rows if r["video_id"] != "gone"} == {"../../what?"}
+    gone = next(r for r in rows if r["video_id"] == "gone")
+    assert gone["status"] == "error" and gone["error"] == "not_found"
+    assert summary["this_run"]["failed_rows"] == 1
+    # every file the job wrote is under the store, in the job's or the cache's folders
+    written = [p.relative_to(store) for p in store.rglob("*") if p.is_file()]
+    assert {p.parts[0] for p in written} <= {"jobs", "features"}
+    assert all(len(part) <= 255 for p in written for part in p.parts)
+    outside = {p.relative_to(tmp_path).parts[0] for p in tmp_path.rglob("*") if p.is_file()}
+    assert outside == {"m.jsonl", "deep"}
+
+    # an invalid id (NUL byte, 10 KB name) stops the job before anything is written
+    for bad in ("a\x00b", "n" * 10_240):
+        manifest.write_text(json.dumps({"video_id": bad, "uri": str(videos[0])}) + "\n")
+        with pytest.raises(InputError, match=r"m\.jsonl, line 1: field `video_id`"):
+            job("qa", manifest, tmp_path / "refused", questions=["q?"])
+        assert not any(p.is_file() for p in (tmp_path / "refused").rglob("*"))
+
+
+def test_connection_strings_never_reach_logs_rows_or_summaries(
+    ray_local, inputs_dir, azurite, tmp_path, capfd
+):
+    """The account key is in the environment of every worker (and of Azurite's clients), yet it
+    appears nowhere in Ray's log files, the driver's output or what the job writes."""
+    import ray
+
+    from videopanda_cluster.storage.open import open_store
+
+    key = dict(part.split("=", 1) for part in azurite.connection_string.split(";") if "=" in part)[
+        "AccountKey"
+    ]
+    subset = tmp_path / "videos"
+    subset.mkdir()
+    fine = sorted(n for n in os.listdir(inputs_dir) if not n.startswith("corrupt"))
+    for name in [*fine[:3], "corrupt_text.mkv"]:
+        (subset / name).write_bytes((inputs_dir / name).read_bytes())
+    url = "az://secrets/run"
+    _, summary = job("caption", subset, url)  # type: ignore[arg-type]
+    assert summary["this_run"]["rows"] == 4 and summary["this_run"]["failed_rows"] == 1
+    store = open_store(url)
+    written = b"".join(store.get(k) for k in store.list("jobs/"))
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    log_files = [p for p in logs.rglob("*") if p.is_file()]
+    assert any(p.name.startswith("worker-") for p in log_files)  # the actors' stdout/stderr
+    captured = capfd.readouterr()
+    for secret in (key, key[:24], azurite.connection_string):
+        assert secret.encode() not in written
+        assert secret not in captured.out + captured.err
+        for path in log_files:
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_decoders_and_writers_start_without_torch_or_transformers():
+    """Decode and writer actors import only what they use (actor start-up is per job)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from videopanda_cluster.cluster import features, stages\n"
+        "from videopanda_cluster.video.extract import PreprocessOptions\n"
+        "stages.DecodeWorker(PreprocessOptions())\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..video.extract import PreprocessOptions, decoder_version
 from .fingerprint import module_hash
+
+if TYPE_CHECKING:  # decoders use this module without importing torch
+    import torch
 
 
 def preprocess_fingerprint(options: PreprocessOptions) -> str | None:

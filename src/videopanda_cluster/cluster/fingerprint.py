@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 CHUNK = 1 << 20
 
@@ -42,6 +43,8 @@ def checkpoint_fingerprint(folder: str | Path) -> str:
 
 def module_hash(module: torch.nn.Module) -> str:
     """sha256 over a module's state dict (names, dtypes, shapes, bytes)."""
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()

@@ -13,13 +13,14 @@ import json
 import os
 import socket
 import time
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..video.errors import Reason, VideoDecodeError
 from ..video.extract import PreprocessOptions
 from .fingerprint import stream_sha256
+
+if TYPE_CHECKING:  # torch is imported by the model workers only: decoders start faster
+    import torch
 
 
 def worker_id() -> str:
@@ -119,6 +120,8 @@ class EncodeWorker:
     ) -> tuple[list[dict[str, Any]], list[list[torch.Tensor]]]:
         """(metadata, tokens): STAB tokens per frame (CPU) for each video, via the cache. A None
         payload (the decoder found the entry) must be a cache hit."""
+        import torch
+
         from ..video.normalize import to_model_input
 
         start = time.perf_counter()
@@ -176,6 +179,8 @@ class GenerateWorker:
     ) -> list[dict]:
         """requests: {video_id, index (into ``tokens``), prompts: [{question_id, question}]}
         → one {video_id, question_id, question, prompt, answer} per prompt."""
+        import torch
+
         from ..model.generation import GenerationOptions, cut_stop, generate, splice
         from ..model.prompt import build_prompt, decode_new_tokens, tokenize_prompt
 

@@ -161,8 +161,8 @@ def load_pretrained(
 
     Each tensor is cast and moved as it is read, so peak memory is the model plus one tensor.
     fp32 on CPU and fp16 on GPU by default (the reference's inference dtype). ``with_llm=False``
-    loads only STAB and the projector (the LLM stays unmaterialised on the meta device), for
-    workers that only encode video.
+    builds and loads only STAB and the projector (no LLM, no tokenizer), for workers that only
+    encode video.
     """
     from .modeling import VideoPanda
     from .prompt import load_tokenizer
@@ -173,10 +173,8 @@ def load_pretrained(
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or (torch.float32 if device.type == "cpu" else torch.float16)
     with torch.device("meta"):
-        model = VideoPanda(config)
-    expected = {
-        k: v.shape for k, v in model.state_dict().items() if with_llm or not k.startswith("llm.")
-    }
+        model = VideoPanda(config, with_llm=with_llm)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
     report = LoadReport(files=[f.name for f in files])
     done: set[str] = set()
     aliased: dict[str, tuple[Path, str]] = {}
@@ -222,22 +220,23 @@ def load_pretrained(
         raise CheckpointError(f"{len(missing)} weight(s) missing from {folder}: {shown}")
     _finish(model, device, dtype, with_llm)
     model.load_report = report
-    if (folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file():
+    has_tokenizer = (folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file()
+    if with_llm and has_tokenizer:
         model.tokenizer = load_tokenizer(folder)
     return model
 
 
 def _finish(model: nn.Module, device: torch.device, dtype: torch.dtype, with_llm: bool) -> None:
     """Recompute non-persistent buffers (rotary frequencies) and re-tie shared weights."""
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
     llm = model.llm
     if with_llm:
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
         llm.model.rotary_emb = LlamaRotaryEmbedding(config=llm.config, device=device)
         if llm.config.tie_word_embeddings:
             llm.tie_weights()
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.is_meta and (with_llm or not name.startswith("llm.")):
+        if tensor.is_meta:
             # a weight left unloaded (non-strict load): initialise it for real
             _assign(model, name, torch.zeros(tensor.shape, device=device, dtype=dtype))
     model.eval()

@@ -23,20 +23,24 @@ from .stab import STAB
 class VideoPanda(nn.Module):
     """The whole model. ``video_tower`` is the STAB module; ``llm`` a transformers Llama."""
 
-    def __init__(self, config: VideoPandaConfig) -> None:
+    def __init__(self, config: VideoPandaConfig, with_llm: bool = True) -> None:
+        """``with_llm=False``: the visual path only (``llm`` is None, transformers not imported),
+        for workers that only encode video."""
         super().__init__()
-        from transformers import LlamaForCausalLM
-
         self.config = config
         self.video_tower = STAB(config)
         self.video_projector = build_projector(
             config.projector_type, config.stab_width, config.llm_width
         )
-        llama = config.to_llama_config()
-        llama._attn_implementation = (
-            "eager"  # softmax in fp32, as the reference (transformers 4.31)
-        )
-        self.llm = LlamaForCausalLM(llama)
+        self.llm = None
+        if with_llm:
+            from transformers import LlamaForCausalLM
+
+            llama = config.to_llama_config()
+            llama._attn_implementation = (
+                "eager"  # softmax in fp32, as the reference (transformers 4.31)
+            )
+            self.llm = LlamaForCausalLM(llama)
         self.tokenizer = None  # set by from_pretrained
 
     def set_attention(self, implementation: str) -> None:
