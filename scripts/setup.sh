@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install the project with pinned dependencies.
 #   scripts/setup.sh          runtime only
-#   scripts/setup.sh --test   plus test tools and Azurite (npm, into ./node_modules)
+#   scripts/setup.sh --test   plus test tools, Azurite and playwright-core (npm, into
+#                             ./node_modules) and Debian's chromium (eval report rendering)
 # PyTorch: `pip install torch==2.13.0` as configured on this project's machines (the CPU build).
 # GPU machines: set TORCH_INDEX_URL to PyTorch's wheel index for your CUDA version, or install the
 # CUDA build into .venv before running this script; an installed torch is left in place.
@@ -34,7 +35,18 @@ if [[ ! -f "$stamp" ]]; then
   touch "$stamp"
 fi
 
-if [[ $want_test == 1 && ! -x node_modules/.bin/azurite ]]; then
-  command -v npm >/dev/null 2>&1 || { echo "npm is required for the test suite (Azurite)" >&2; exit 1; }
-  npm ci --no-audit --no-fund --loglevel=error
+if [[ $want_test == 1 ]]; then
+  node_stamp="node_modules/.installed-$(sha256sum package-lock.json | cut -c1-16)"
+  if [[ ! -f "$node_stamp" ]]; then
+    command -v npm >/dev/null 2>&1 || { echo "npm is required for the test suite (Azurite)" >&2; exit 1; }
+    npm ci --no-audit --no-fund --loglevel=error
+    touch "$node_stamp"
+  fi
+  if ! command -v chromium >/dev/null 2>&1; then
+    SUDO=""
+    [[ $(id -u) != 0 ]] && SUDO="sudo"
+    $SUDO apt-get install -y -q chromium >/dev/null \
+      || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; } \
+      || { echo "Debian's chromium is required for the report tests (apt-get install chromium)" >&2; exit 1; }
+  fi
 fi

@@ -1,0 +1,1 @@
+"""Benchmark evaluation: reference benchmark layouts, the GPT-assisted judge, metrics, reports."""
