@@ -1,0 +1,454 @@
+"""The GPT-assisted judge (``eval judge``, spec §6).
+
+Reads ``eval/<run_id>/predictions/*.jsonl``, asks a chat model for one verdict per (item,
+dimension) and writes ``verdicts.jsonl`` and ``judge.json`` (formats in :mod:`.layout`).
+
+Calls go through the ``openai`` SDK with its own retries off; our loop retries rate limits
+(honouring ``Retry-After``), 5xx, timeouts, connection errors and replies that do not parse. An
+item that still has no verdict after ``max_attempts`` is recorded as ``failed``: never dropped,
+never scored. Successful verdicts are cached in the store (``judge-cache/<sha256>.json``), so a
+rerun over the same predictions makes no HTTP calls. The API key is read from the environment
+variable named in the config and never written anywhere: every message and reply text that is
+logged or stored has it masked.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import openai
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..storage.base import Store
+from . import layout
+from .prompts import QA_DIMENSION, JudgePrompt, PromptSet, builtin_prompts
+
+log = logging.getLogger(__name__)
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+_FATAL_STATUSES = (401, 403, 404)  # wrong key, no access, unknown model or deployment
+_MAX_REPLY_SCAN = 4000  # characters of a reply searched for the verdict dict
+_DICT = re.compile(r"\{[^{}]*\}")
+
+# subset -> keys of (question, question2, answer, pred, pred2) in its prediction lines
+_LINE_KEYS: dict[str, tuple[str, str | None, str, str, str | None]] = {
+    "qa": ("question", None, "answer", "pred", None),
+    "generic": ("Q", None, "A", "pred", None),
+    "temporal": ("Q", None, "A", "pred", None),
+    "consistency": ("Q1", "Q2", "A", "pred1", "pred2"),
+}
+
+
+class JudgeError(RuntimeError):
+    """The judge cannot work at all: no API key, credentials refused, unknown model."""
+
+
+class ReplyError(ValueError):
+    """A judge reply that holds no valid verdict."""
+
+
+class JudgeConfig(BaseModel):
+    """Which judge model to call, where, and how hard to try."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(min_length=1)  # a pinned model id (or the Azure deployment name)
+    base_url: str | None = None  # None = OpenAI's API
+    api_key_env: str = Field("OPENAI_API_KEY", min_length=1)  # name of the variable, not the key
+    azure_endpoint: str | None = None  # set to use Azure OpenAI (with api_version)
+    api_version: str | None = None
+    temperature: float = Field(0.0, ge=0, le=2)
+    concurrency: int = Field(4, ge=1, le=64)
+    max_attempts: int = Field(5, ge=1)
+    timeout: float = Field(60.0, gt=0)  # seconds per request
+    backoff: float = Field(1.0, ge=0)  # first retry wait; doubles per attempt, with jitter
+    max_wait: float = Field(60.0, ge=0)  # cap on one wait, Retry-After included
+
+    @model_validator(mode="after")
+    def _check_azure(self) -> JudgeConfig:
+        if self.azure_endpoint and self.base_url:
+            raise ValueError("base_url and azure_endpoint are mutually exclusive")
+        if self.azure_endpoint and not self.api_version:
+            raise ValueError("azure_endpoint needs api_version")
+        return self
+
+
+@dataclass(frozen=True)
+class JudgeTask:
+    """One (item, dimension) to judge."""
+
+    id: str
+    subset: str
+    dimension: str
+    question: str
+    answer: str
+    pred: str
+    question2: str | None = None
+    pred2: str | None = None
+
+    def cache_key(self, judge_model: str, prompt_hash: str) -> str:
+        """``judge-cache/<sha256>.json`` over the judged content, the model and the prompt."""
+        content = [self.dimension, self.question, self.answer, self.pred, self.question2]
+        content += [self.pred2, judge_model, prompt_hash]
+        digest = hashlib.sha256(json.dumps(content, ensure_ascii=False).encode("utf-8"))
+        return f"{layout.JUDGE_CACHE_PREFIX}/{digest.hexdigest()}.json"
+
+    def template_values(self) -> dict[str, str]:
+        values = {"question": self.question, "answer": self.answer, "pred": self.pred}
+        return values | {"question2": self.question2 or "", "pred2": self.pred2 or ""}
+
+
+@dataclass
+class Verdict:
+    """One line of ``verdicts.jsonl``."""
+
+    id: str
+    subset: str
+    dimension: str
+    status: str  # "ok" | "failed"
+    pred: str | None
+    score: int | None
+    raw: str | None
+    error: str | None
+    attempts: int
+    cached: bool
+    judge_model: str
+    prompt_version: str
+    prompt_hash: str
+
+
+def tasks_for_run(store: Store, run_id: str) -> list[JudgeTask]:
+    """Every (item, dimension) of the run's prediction files, in file order, subsets as
+    :data:`layout.DIMENSIONS` lists them."""
+    tasks = []
+    for subset, dimensions in layout.DIMENSIONS.items():
+        key = layout.predictions_key(run_id, subset)
+        if not store.exists(key):
+            continue
+        for number, row in enumerate(_jsonl(store.get(key)), start=1):
+            fields = _line_fields(row, subset, f"{key} line {number}")
+            tasks.extend(JudgeTask(subset=subset, dimension=d, **fields) for d in dimensions)
+    return tasks
+
+
+def _jsonl(data: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+
+
+def _line_fields(row: dict[str, Any], subset: str, where: str) -> dict[str, Any]:
+    names = ("question", "question2", "answer", "pred", "pred2")
+    fields: dict[str, Any] = {"id": _text(row, "id", where)}
+    for name, line_key in zip(names, _LINE_KEYS[subset], strict=True):
+        fields[name] = _text(row, line_key, where) if line_key else None
+    return fields
+
+
+def _text(row: dict[str, Any], key: str, where: str) -> str:
+    if row.get(key) is None:
+        raise ValueError(f"{where}: missing {key!r}")
+    return str(row[key])
+
+
+def parse_reply(text: str, dimension: str) -> tuple[str | None, int]:
+    """``(pred, score)`` from a judge reply such as ``{'pred': 'yes', 'score': 4}``.
+
+    The first dict literal in the text counts (surrounding prose and code fences are ignored);
+    it is read with :func:`ast.literal_eval`. ``score`` must be a number from 0 to 5 and is
+    truncated with ``int()`` as the reference's averaging does (4.8 -> 4). For ``qa``, ``pred``
+    is "yes" if it contains "yes", else "no" if it contains "no" (the reference's rule); other
+    dimensions ignore it and give ``None``. Raises :class:`ReplyError`.
+    """
+    reply = _reply_dict(text)
+    if "score" not in reply:
+        raise ReplyError("no 'score' key in the reply")
+    score = _score(reply["score"])
+    if dimension != QA_DIMENSION:
+        return None, score
+    if not isinstance(reply.get("pred"), str):
+        raise ReplyError("no 'pred' string in the reply")
+    pred = reply["pred"].lower()
+    if "yes" in pred:
+        return "yes", score
+    if "no" in pred:
+        return "no", score
+    raise ReplyError(f"'pred' is neither yes nor no: {reply['pred'][:40]!r}")
+
+
+def _reply_dict(text: str) -> dict[Any, Any]:
+    for match in _DICT.finditer(text[:_MAX_REPLY_SCAN]):
+        try:
+            value = ast.literal_eval(match.group())
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        if isinstance(value, dict):
+            return value
+    raise ReplyError("no dict literal in the reply")
+
+
+def _score(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ReplyError(f"score is not a number: {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ReplyError(f"score is not a number: {str(value)[:40]!r}") from None
+    if not 0 <= number <= 5:
+        raise ReplyError(f"score {number:g} is outside 0..5")
+    return int(number)
+
+
+class _Judge:
+    """Verdicts for tasks: the verdict cache first, then the model through our retry loop."""
+
+    def __init__(self, store: Store, cfg: JudgeConfig, prompts: PromptSet) -> None:
+        self.store, self.cfg, self.prompts = store, cfg, prompts
+        self.http_calls = 0
+        self._lock = threading.Lock()
+        self._client: openai.OpenAI | None = None
+        self._redact: Callable[[str], str] = lambda text: text
+
+    def verdict(self, task: JudgeTask) -> Verdict:
+        prompt = self.prompts[task.dimension]
+        key = task.cache_key(self.cfg.model, prompt.hash)
+        hit = self._cached(key)
+        if hit is not None:
+            pred, score, raw = hit.get("pred"), hit["score"], hit.get("raw")
+            return self._make(task, prompt, "ok", pred=pred, score=score, raw=raw, cached=True)
+        verdict = self._ask(task, prompt)
+        if verdict.status == "ok":
+            entry = {f: getattr(verdict, f) for f in ("dimension", "pred", "score", "raw")}
+            entry |= {"judge_model": self.cfg.model, "prompt_hash": prompt.hash}
+            self.store.put(key, json.dumps(entry, ensure_ascii=False).encode("utf-8"))
+        return verdict
+
+    def _cached(self, key: str) -> dict[str, Any] | None:
+        try:
+            entry = json.loads(self.store.get(key))
+        except KeyError:
+            return None
+        except ValueError:
+            log.warning("ignoring unreadable judge cache entry %s", key)
+            return None
+        return entry if isinstance(entry, dict) and isinstance(entry.get("score"), int) else None
+
+    def _make(
+        self,
+        task: JudgeTask,
+        prompt: JudgePrompt,
+        status: str,
+        *,
+        pred: str | None = None,
+        score: int | None = None,
+        raw: str | None = None,
+        error: str | None = None,
+        attempts: int = 0,
+        cached: bool = False,
+    ) -> Verdict:
+        return Verdict(
+            id=task.id,
+            subset=task.subset,
+            dimension=task.dimension,
+            status=status,
+            pred=pred,
+            score=score,
+            raw=raw,
+            error=error,
+            attempts=attempts,
+            cached=cached,
+            judge_model=self.cfg.model,
+            prompt_version=prompt.version,
+            prompt_hash=prompt.hash,
+        )
+
+    def _ask(self, task: JudgeTask, prompt: JudgePrompt) -> Verdict:
+        messages = prompt.render(**task.template_values())
+        raw: str | None = None
+        for attempt in range(1, self.cfg.max_attempts + 1):
+            try:
+                raw = self._redact(self._complete(messages))
+                pred, score = parse_reply(raw, task.dimension)
+                return self._make(
+                    task, prompt, "ok", pred=pred, score=score, raw=raw, attempts=attempt
+                )
+            except (ReplyError, openai.APIError) as exc:
+                error, pause = self._failure(exc, attempt)
+            if pause is None or attempt == self.cfg.max_attempts:
+                break
+            log.info("judge %s/%s attempt %d: %s", task.id, task.dimension, attempt, error)
+            time.sleep(min(pause, self.cfg.max_wait))
+        error = f"{error} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})"
+        log.warning("judge %s/%s failed: %s", task.id, task.dimension, error)
+        return self._make(task, prompt, "failed", raw=raw, error=error, attempts=attempt)
+
+    def _failure(self, exc: Exception, attempt: int) -> tuple[str, float | None]:
+        """Why an attempt failed and how long to wait before the next (None: do not retry).
+
+        Raises :class:`JudgeError` when no request can succeed (key, access or model refused).
+        """
+        if isinstance(exc, ReplyError):
+            return f"unusable reply: {exc}", 0.0
+        if isinstance(exc, openai.APITimeoutError):
+            return f"timed out after {self.cfg.timeout:g} s", self._backoff(attempt)
+        if isinstance(exc, openai.APIConnectionError):
+            return self._redact(f"connection error: {exc.__cause__ or exc}"), self._backoff(attempt)
+        error = self._redact(f"{exc}")
+        if not isinstance(exc, openai.APIStatusError):
+            return error, self._backoff(attempt)  # e.g. a response body that is not a completion
+        if exc.status_code in _FATAL_STATUSES:
+            raise JudgeError(f"the judge endpoint refused the request ({error})") from None
+        if not _retryable(exc.status_code):
+            return error, None
+        return error, _retry_after(exc.response.headers) or self._backoff(attempt)
+
+    def _backoff(self, attempt: int) -> float:
+        return min(self.cfg.max_wait, self.cfg.backoff * 2 ** (attempt - 1)) * random.uniform(
+            0.5, 1.0
+        )
+
+    def _complete(self, messages: list[dict[str, str]]) -> str:
+        client = self._get_client()
+        with self._lock:
+            self.http_calls += 1
+        completion = client.chat.completions.create(
+            model=self.cfg.model, messages=messages, temperature=self.cfg.temperature
+        )
+        if not completion.choices:
+            return ""
+        return completion.choices[0].message.content or ""
+
+    def _get_client(self) -> openai.OpenAI:
+        with self._lock:
+            if self._client is None:
+                key = os.environ.get(self.cfg.api_key_env, "").strip()
+                if not key:
+                    raise JudgeError(f"set the judge's API key in ${self.cfg.api_key_env}")
+                self._redact = _redactor(key)
+                self._client = make_client(self.cfg, key)
+            return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def make_client(cfg: JudgeConfig, api_key: str) -> openai.OpenAI:
+    """An SDK client for ``cfg`` with the SDK's own retries off (our loop retries)."""
+    common: dict[str, Any] = {"api_key": api_key, "max_retries": 0, "timeout": cfg.timeout}
+    if cfg.azure_endpoint:
+        return openai.AzureOpenAI(
+            azure_endpoint=cfg.azure_endpoint, api_version=cfg.api_version, **common
+        )
+    return openai.OpenAI(base_url=cfg.base_url or OPENAI_BASE_URL, **common)
+
+
+def _redactor(secret: str) -> Callable[[str], str]:
+    return lambda text: text.replace(secret, "***")
+
+
+def _retryable(status: int) -> bool:
+    return status in (408, 409, 429) or status >= 500
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds the server asked us to wait (``retry-after-ms`` or ``Retry-After``), if any."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value) * scale)
+        except ValueError:
+            pass
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            pass
+    return None
+
+
+def judge_run(
+    store: Store, run_id: str, cfg: JudgeConfig, prompts: PromptSet | None = None
+) -> dict[str, Any]:
+    """Judge every prediction of the run; write ``verdicts.jsonl`` and ``judge.json``.
+
+    Returns the ``judge.json`` content. Raises :class:`JudgeError` if the endpoint refuses the
+    key or model (verdicts obtained so far stay cached) and ValueError if the run has no
+    predictions.
+    """
+    prompts = builtin_prompts() if prompts is None else prompts
+    tasks = tasks_for_run(store, run_id)
+    if not tasks:
+        raise ValueError(f"no predictions under {layout.run_key(run_id, 'predictions/')}")
+    judge = _Judge(store, cfg, prompts)
+    try:
+        verdicts = _judge_all(judge, tasks, cfg.concurrency)
+    finally:
+        judge.close()
+    lines = "".join(json.dumps(asdict(v), ensure_ascii=False) + "\n" for v in verdicts)
+    store.put(layout.run_key(run_id, "verdicts.jsonl"), lines.encode("utf-8"))
+    summary = summarize(verdicts, cfg, prompts, judge.http_calls)
+    store.put(layout.run_key(run_id, "judge.json"), json.dumps(summary, indent=2).encode("utf-8"))
+    failed = sum(v.status == "failed" for v in verdicts)
+    cached = sum(v.cached for v in verdicts)
+    log.info(
+        "judged %s: %d verdicts (%d failed, %d cached), %d HTTP calls",
+        *(run_id, len(verdicts), failed, cached, judge.http_calls),
+    )
+    return summary
+
+
+def _judge_all(judge: _Judge, tasks: list[JudgeTask], concurrency: int) -> list[Verdict]:
+    """Verdicts in task order, at most ``concurrency`` tasks at a time; the first error stops
+    the rest and is raised."""
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="judge") as pool:
+        futures = [pool.submit(judge.verdict, task) for task in tasks]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        errors = [future for future in done if future.exception() is not None]
+        if errors:
+            for future in pending:
+                future.cancel()
+            errors[0].result()  # raises
+    return [future.result() for future in futures]
+
+
+def summarize(
+    verdicts: list[Verdict], cfg: JudgeConfig, prompts: PromptSet, http_calls: int
+) -> dict[str, Any]:
+    """The ``judge.json`` content: per dimension, ``judged`` counts successful verdicts and
+    ``failed`` the others; accuracy (``qa`` only) and mean score use successful ones only."""
+    dimensions: dict[str, dict[str, Any]] = {}
+    for dim in dict.fromkeys(v.dimension for v in verdicts):
+        ok = [v for v in verdicts if v.dimension == dim and v.status == "ok"]
+        yes = sum(v.pred == "yes" for v in ok)
+        no = sum(v.pred == "no" for v in ok)
+        dimensions[dim] = {
+            "judged": len(ok),
+            "failed": sum(v.dimension == dim and v.status == "failed" for v in verdicts),
+            "yes": yes,
+            "no": no,
+            "accuracy": yes / (yes + no) if dim == QA_DIMENSION and yes + no else None,
+            "mean_score": sum(v.score or 0 for v in ok) / len(ok) if ok else None,
+        }
+    return {
+        "dimensions": dimensions,
+        "judge_model": cfg.model,
+        "prompt_hashes": {dim: prompts[dim].hash for dim in dimensions},
+        "prompt_versions": {dim: prompts[dim].version for dim in dimensions},
+        "prompt_source": prompts.source,
+        "reference_consistency_bug": prompts.reference_consistency_bug,
+        "temperature": cfg.temperature,
+        "http_calls": http_calls,
+    }
