@@ -1,0 +1,190 @@
+"""`videopanda eval run | judge | report`: benchmark evaluation on the pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+Opt = typer.Option
+app = typer.Typer(no_args_is_help=True, help=__doc__)
+console = Console()
+
+EVAL_MAX_NEW_TOKENS = 1024  # the reference eval's limit (spec §5.3): answers end at EOS
+
+
+def _fail(code: int, message: str) -> typer.Exit:
+    console.print(message, markup=False)
+    return typer.Exit(code)
+
+
+@app.command("run")
+def run_command(
+    benchmark: Annotated[str, Opt(help="msvd-qa, msrvtt-qa, tgif-qa, activitynet-qa or vcgbench.")],
+    data_root: Annotated[Path, Opt(help="Folder holding the benchmark's reference layout.")],
+    output: Annotated[str, Opt(help="Store: a directory or az://container/prefix.")] = "out",
+    run_id: Annotated[str | None, Opt(help="Run id (default: from the data and settings).")] = None,
+    config: Annotated[Path | None, Opt(help="YAML or TOML job settings (as for `qa`).")] = None,
+    checkpoint: Annotated[str | None, Opt(help="Model folder (default: tiny random).")] = None,
+    max_new_tokens: Annotated[
+        int | None, Opt(help=f"Tokens per answer at most (default {EVAL_MAX_NEW_TOKENS}).")
+    ] = None,
+    attention: Annotated[str | None, Opt(help="eager (reference) or sdpa.")] = None,
+    decode_workers: Annotated[int | None, Opt(help="Decode actors.")] = None,
+    encode_workers: Annotated[int | None, Opt(help="STAB actors.")] = None,
+    generate_workers: Annotated[int | None, Opt(help="LLM actors.")] = None,
+    generate_batch: Annotated[int | None, Opt(help="Prompts per generate call.")] = None,
+    num_gpus_encode: Annotated[float | None, Opt(help="GPUs per STAB actor.")] = None,
+    num_gpus_generate: Annotated[float | None, Opt(help="GPUs per LLM actor.")] = None,
+    device: Annotated[str | None, Opt(help="torch device in the model actors.")] = None,
+    address: Annotated[str | None, Opt(help="Join this Ray cluster.")] = None,
+) -> None:
+    """Answer every question of a benchmark through the pipeline; write reference-format
+    predictions, our items and the missing videos under eval/<run_id>/ in the store."""
+    from .eval.benchmarks import BenchmarkError
+    from .eval.run import run_eval
+    from .jobs.config import ConfigError, load_config
+
+    flags = {
+        "checkpoint": checkpoint,
+        "max_new_tokens": max_new_tokens,
+        "attention": attention,
+        "decode_workers": decode_workers,
+        "encode_workers": encode_workers,
+        "generate_workers": generate_workers,
+        "generate_batch": generate_batch,
+        "num_gpus_encode": num_gpus_encode,
+        "num_gpus_generate": num_gpus_generate,
+        "device": device,
+        "address": address,
+    }
+    try:
+        settings: dict[str, Any] = {"max_new_tokens": EVAL_MAX_NEW_TOKENS}
+        settings.update(load_config(config) if config else {})
+        settings.update({k: v for k, v in flags.items() if v is not None})
+        with console.status(f"{benchmark}: running the pipeline ..."):
+            info = run_eval(benchmark, data_root, output, run_id=run_id, **settings)
+    except (BenchmarkError, ConfigError, OSError, ValueError) as exc:
+        raise _fail(2, f"error: {exc}") from None
+    _print_run(info)
+
+
+def _print_run(info: dict[str, Any]) -> None:
+    table = Table(title=f"eval run {info['run_id']} ({info['benchmark']})", show_header=False)
+    for key, value in info["counts"].items():
+        table.add_row(key, str(value))
+    table.add_row("job", info["job_id"])
+    table.add_row("files", f"eval/{info['run_id']}/ (predictions/, items.jsonl, missing.json)")
+    console.print(table)
+
+
+@app.command("judge")
+def judge_command(
+    run: Annotated[
+        str,
+        typer.Argument(help="A run id in the store, or a reference-format predictions file."),
+    ],
+    judge_model: Annotated[str, Opt(help="Judge model id (pinned, recorded).")],
+    output: Annotated[str, Opt(help="Store of the run (and of the verdict cache).")] = "out",
+    subset: Annotated[
+        str, Opt(help="Subset of a predictions file: qa, generic, temporal or consistency.")
+    ] = "qa",
+    benchmark: Annotated[
+        str | None, Opt(help="Benchmark of a predictions file (for the paper comparison).")
+    ] = None,
+    base_url: Annotated[str | None, Opt(help="OpenAI-compatible endpoint (default: OpenAI).")] = (
+        None
+    ),
+    api_key_env: Annotated[str, Opt(help="Environment variable holding the key.")] = (
+        "OPENAI_API_KEY"
+    ),
+    azure_endpoint: Annotated[str | None, Opt(help="Azure OpenAI endpoint.")] = None,
+    api_version: Annotated[str | None, Opt(help="Azure OpenAI API version.")] = None,
+    temperature: Annotated[float, Opt(help="Judge temperature.")] = 0.0,
+    concurrency: Annotated[int, Opt(help="Requests in flight at most.")] = 4,
+    max_attempts: Annotated[int, Opt(help="Attempts per verdict.")] = 5,
+    timeout: Annotated[float, Opt(help="Seconds per request.")] = 60.0,
+    prompts: Annotated[Path | None, Opt(help="JSON/YAML prompt set (default: built in).")] = None,
+    reference_consistency_bug: Annotated[
+        bool, Opt(help="Show Q1 twice in the consistency prompt, as the reference script does.")
+    ] = False,
+) -> None:
+    """Judge a run's predictions with the GPT-assisted protocol (verdicts cached in the store)."""
+    from pydantic import ValidationError
+
+    from .eval.imported import import_predictions
+    from .eval.judge import JudgeConfig, JudgeError, judge_run
+    from .eval.prompts import builtin_prompts, load_prompts
+    from .storage.open import open_store
+
+    try:
+        cfg = JudgeConfig(
+            model=judge_model,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            azure_endpoint=azure_endpoint,
+            api_version=api_version,
+            temperature=temperature,
+            concurrency=concurrency,
+            max_attempts=max_attempts,
+            timeout=timeout,
+        )
+        prompt_set = (
+            load_prompts(prompts, reference_consistency_bug=reference_consistency_bug)
+            if prompts
+            else builtin_prompts(reference_consistency_bug=reference_consistency_bug)
+        )
+        store = open_store(output)
+        run_id = run
+        if Path(run).is_file():
+            run_id = import_predictions(store, Path(run), subset, benchmark)
+        with console.status(f"judging {run_id} with {judge_model} ..."):
+            summary = judge_run(store, run_id, cfg, prompt_set)
+    except (ValidationError, ValueError, OSError, JudgeError) as exc:
+        raise _fail(2, f"error: {exc}") from None
+    table = Table(title=f"judge {run_id} ({judge_model})")
+    for col in ("dimension", "judged", "failed", "accuracy", "mean score"):
+        table.add_column(col)
+    for dim, agg in summary["dimensions"].items():
+        acc = agg["accuracy"]
+        table.add_row(
+            dim,
+            str(agg["judged"]),
+            str(agg["failed"]),
+            "-" if acc is None else f"{100 * acc:.1f}%",
+            "-" if agg["mean_score"] is None else f"{agg['mean_score']:.2f}",
+        )
+    console.print(table)
+    console.print(f"HTTP calls this run: {summary['http_calls']}; verdicts: eval/{run_id}/")
+
+
+@app.command("report")
+def report_command(
+    run_id: Annotated[str, typer.Argument(help="Run id in the store.")],
+    output: Annotated[str, Opt(help="Store of the run.")] = "out",
+    samples: Annotated[int, Opt(help="Items shown with their frames in report.html.")] = 6,
+    seed: Annotated[int, Opt(help="Seed of the bootstrap and of the sample.")] = 0,
+    as_json: Annotated[bool, Opt("--json", help="Print report.json.")] = False,
+) -> None:
+    """Write report.json, report.md, report.png and report.html for a run."""
+    from .eval.report import build_report
+    from .storage.open import open_store
+
+    store = open_store(output)
+    try:
+        report = build_report(store, run_id, sample_items=samples, seed=seed)
+    except (KeyError, ValueError) as exc:
+        raise _fail(2, f"error: {exc}") from None
+    if as_json:
+        print(json.dumps(report, default=str))
+        return
+    console.print(store.get(f"eval/{run_id}/report.md").decode(), markup=False)
+    console.print(f"files: {store.url}/eval/{run_id}/report.{{json,md,png,html}}")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="eval")
