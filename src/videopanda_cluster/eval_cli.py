@@ -45,9 +45,12 @@ def run_command(
 ) -> None:
     """Answer every question of a benchmark through the pipeline; write reference-format
     predictions, our items and the missing videos under eval/<run_id>/ in the store."""
+    from .cluster.driver import JobFailed
     from .eval.benchmarks import BenchmarkError
     from .eval.run import run_eval
     from .jobs.config import ConfigError, load_config
+    from .jobs.ledger import LedgerConflict
+    from .storage.base import StoreUnavailable
 
     flags = {
         "checkpoint": checkpoint,
@@ -68,8 +71,10 @@ def run_command(
         settings.update({k: v for k, v in flags.items() if v is not None})
         with console.status(f"{benchmark}: running the pipeline ..."):
             info = run_eval(benchmark, data_root, output, run_id=run_id, **settings)
-    except (BenchmarkError, ConfigError, OSError, ValueError) as exc:
+    except (BenchmarkError, ConfigError, LedgerConflict, OSError, ValueError) as exc:
         raise _fail(2, f"error: {exc}") from None
+    except (JobFailed, StoreUnavailable) as exc:
+        raise _fail(1, f"job failed: {exc}") from None
     _print_run(info)
 
 
@@ -177,7 +182,7 @@ def report_command(
     store = open_store(output)
     try:
         report = build_report(store, run_id, sample_items=samples, seed=seed)
-    except (KeyError, ValueError) as exc:
+    except (KeyError, OSError, ValueError) as exc:
         raise _fail(2, f"error: {exc}") from None
     if as_json:
         print(json.dumps(report, default=str))

@@ -138,14 +138,10 @@ def tasks_for_run(store: Store, run_id: str) -> list[JudgeTask]:
         key = layout.predictions_key(run_id, subset)
         if not store.exists(key):
             continue
-        for number, row in enumerate(_jsonl(store.get(key)), start=1):
+        for number, row in enumerate(layout.json_lines(store.get(key), key), start=1):
             fields = _line_fields(row, subset, f"{key} line {number}")
             tasks.extend(JudgeTask(subset=subset, dimension=d, **fields) for d in dimensions)
     return tasks
-
-
-def _jsonl(data: bytes) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
 
 
 def _line_fields(row: dict[str, Any], subset: str, where: str) -> dict[str, Any]:

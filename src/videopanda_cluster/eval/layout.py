@@ -36,6 +36,9 @@ The judge's verdict cache is shared by all runs of a store: ``judge-cache/<sha25
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 QA_BENCHMARKS = ("msvd-qa", "msrvtt-qa", "tgif-qa", "activitynet-qa")
 BENCHMARKS = (*QA_BENCHMARKS, "vcgbench")
 
@@ -66,3 +69,16 @@ def predictions_key(run_id: str, subset: str) -> str:
 
 
 JUDGE_CACHE_PREFIX = "judge-cache"
+
+
+def json_lines(data: bytes, name: str = "JSONL") -> list[dict[str, Any]]:
+    """The records of a JSONL object, split at "\\n" only (answers may hold U+2028 and the like,
+    which ``str.splitlines`` would cut at); a bad line raises ValueError naming it."""
+    rows = []
+    for number, line in enumerate(data.decode("utf-8").split("\n"), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{name} line {number}: not JSON ({exc.msg})") from None
+    return rows

@@ -26,7 +26,7 @@ from ..cluster.sources import open_uri
 from ..storage.base import Store
 from ..video.errors import VideoDecodeError
 from ..video.extract import PreprocessOptions, extract_video
-from .layout import BENCHMARKS, DIMENSIONS, QA_BENCHMARKS, predictions_key, run_key
+from .layout import BENCHMARKS, DIMENSIONS, QA_BENCHMARKS, json_lines, predictions_key, run_key
 from .metrics import bootstrap_ci, exact_match, token_f1
 from .paper import paper_table
 
@@ -90,14 +90,7 @@ def _read_json(store: Store, key: str) -> dict:
 
 
 def _read_jsonl(store: Store, key: str) -> list[dict]:
-    rows = []
-    for number, line in enumerate(store.get(key).decode("utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{key} line {number}: not JSON ({exc.msg})") from None
-    return rows
+    return json_lines(store.get(key), key)
 
 
 def _load_run(store: Store, run_id: str) -> _RunFiles:
