@@ -37,6 +37,35 @@ def samples(
 
 
 @app.command()
+def synth(
+    directory: Annotated[Path, typer.Argument(help="New or empty folder for the corpus.")],
+    seed: Annotated[int, typer.Option(help="Seed of scenes, questions and splits.")] = 0,
+    videos: Annotated[int, typer.Option(help="Number of videos.", min=3)] = 1000,
+    frames: Annotated[int, typer.Option(help="Frames per video.", min=4)] = 16,
+    size: Annotated[str, typer.Option(help="Frame size WxH (even, at least 64x64).")] = "160x120",
+) -> None:
+    """Write a deterministic synthetic video-QA corpus: videos, training JSON, eval layouts."""
+    from .train.synth import SynthOptions, write_synth
+
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"--size must look like 160x120, got {size!r}") from None
+    try:
+        summary = write_synth(directory, seed, videos, SynthOptions(frames, width, height))
+    except (ValueError, FileExistsError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    table = Table(title=f"synthetic corpus in {directory} (seed {seed})")
+    for column in ("split", "videos", "questions", *summary["vocabularies"]):
+        table.add_column(column)
+    for split, count in summary["videos"].items():
+        types = summary["question_types"][split]
+        row = [split, str(count), str(summary["questions"][split])]
+        table.add_row(*row, *(str(types.get(t, 0)) for t in summary["vocabularies"]))
+    console.print(table)
+
+
+@app.command()
 def inspect(
     video: Annotated[Path, typer.Argument(help="Video file.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

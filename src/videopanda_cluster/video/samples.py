@@ -7,6 +7,7 @@ as a 16-bit barcode along the top edge, so a decoded frame can be identified wit
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +24,7 @@ COLOURS = {
     "magenta": (200, 50, 200),
     "cyan": (40, 200, 210),
 }
+SHAPES = ("circle", "square", "diamond", "triangle")
 BACKGROUNDS = ((30, 30, 30), (60, 60, 90), (90, 70, 50), (40, 80, 70))
 
 
@@ -96,7 +98,6 @@ class _Scene:
             pos = rng.uniform([r, r], [width - r, height - r])
             vel = rng.uniform(-1, 1, size=2) * min(width, height) * 0.02
             self.shapes.append((kind, COLOURS[colour], r, pos, vel))
-        self.yy, self.xx = np.mgrid[0:height, 0:width]
 
     def render(self, index: int) -> np.ndarray:
         frame = np.empty((self.height, self.width, 3), dtype=np.uint8)
@@ -106,18 +107,41 @@ class _Scene:
                 _bounce(pos[i] + vel[i] * index, r, size)
                 for i, size in enumerate((self.width, self.height))
             )
-            x0, x1 = max(0, int(cx - r)), min(self.width, int(cx + r) + 1)
-            y0, y1 = max(0, int(cy - r)), min(self.height, int(cy + r) + 1)
-            dx, dy = self.xx[y0:y1, x0:x1] - cx, self.yy[y0:y1, x0:x1] - cy
-            if kind == "circle":
-                inside = dx * dx + dy * dy <= r * r
-            elif kind == "square":
-                inside = np.ones_like(dx, dtype=bool)
-            else:
-                inside = np.abs(dx) + np.abs(dy) <= r
-            frame[y0:y1, x0:x1][inside] = colour
+            draw_shape(frame, kind, colour, (cx, cy), r)
         draw_code(frame, index)
         return frame
+
+
+def draw_shape(
+    frame: np.ndarray,
+    kind: str,
+    colour: tuple[int, int, int],
+    centre: tuple[float, float],
+    r: float,
+) -> None:
+    """Paint a filled shape (one of :data:`SHAPES`) of radius ``r`` at ``centre`` = (x, y).
+
+    A square fills its bounding box; a triangle points up, its base on the box's bottom edge.
+    """
+    height, width = frame.shape[:2]
+    cx, cy = centre
+    x0, x1 = max(0, int(cx - r)), min(width, int(cx + r) + 1)
+    y0, y1 = max(0, int(cy - r)), min(height, int(cy + r) + 1)
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    frame[y0:y1, x0:x1][_shape_mask(kind, xx - cx, yy - cy, r)] = colour
+
+
+def _shape_mask(kind: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+    """Which pixels of a bounding box, at offsets ``dx, dy`` from the centre, the shape covers."""
+    if kind == "circle":
+        return dx * dx + dy * dy <= r * r
+    if kind == "square":
+        return np.ones_like(dx, dtype=bool)
+    if kind == "diamond":
+        return np.abs(dx) + np.abs(dy) <= r
+    if kind == "triangle":
+        return 2 * np.abs(dx) <= dy + r
+    raise ValueError(f"unknown shape {kind!r} (choose from {', '.join(SHAPES)})")
 
 
 def _bounce(x: float, r: float, size: int) -> float:
@@ -164,7 +188,14 @@ def _timestamps(spec: SampleSpec) -> list[int]:
 
 def write_video(path: Path, spec: SampleSpec, seed: int) -> None:
     """Encode ``spec`` to ``path`` with a scene seeded by ``seed``."""
-    scene = _Scene(spec.width, spec.height, seed)
+    encode_video(path, spec, _Scene(spec.width, spec.height, seed).render)
+
+
+def encode_video(path: Path, spec: SampleSpec, render: Callable[[int], np.ndarray]) -> None:
+    """Encode frames ``render(0) .. render(spec.frames - 1)`` (HxWx3 RGB uint8) to ``path``.
+
+    Repeatable byte for byte: the same frames give the same file.
+    """
     # bitexact: no random Matroska segment UID or other run-dependent bytes
     with av.open(str(path), mode="w", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(spec.codec, rate=spec.fps)
@@ -182,7 +213,7 @@ def write_video(path: Path, spec: SampleSpec, seed: int) -> None:
         if spec.rotation:
             stream.set_display_rotation(spec.rotation)
         for index, stamp in enumerate(_timestamps(spec)):
-            frame = av.VideoFrame.from_ndarray(scene.render(index), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(render(index), format="rgb24")
             frame.pts, frame.time_base = stamp, tick
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))

@@ -1,0 +1,412 @@
+"""A deterministic synthetic video-QA corpus: coloured shapes, one moving, with known answers.
+
+Each clip shows one to three shapes (distinct kinds, distinct colours) on a plain background. The
+first ("main") shape moves in a straight line left, right, up or down over the clip; the others
+stay still, and one of them may appear partway through. Every answer is one word from a small
+closed vocabulary (:data:`VOCABULARIES`), so exact match scores it.
+
+Layout written by :func:`write_synth` under ``DIR``:
+
+- ``videos/<name>.mp4``: every clip (H.264, encoded by :func:`~..video.samples.encode_video`);
+- ``metadata.json``: per video, its split, geometry, shapes, caption and questions;
+- ``train/prealign.json``, ``train/finetune.json``: training records in the reference format
+  (spec §7.2), caption and multi-turn QA conversations of the train split. Their ``video`` paths
+  are **relative to DIR** (``videos/<name>.mp4``);
+- ``eval/{val,test}/MSVD_Zero_Shot_QA/``: ``test_q.json``, ``test_a.json`` (aligned by index,
+  ``type`` in test_a) and ``videos/`` (copies), the reference MSVD-QA layout (spec §6.1);
+- ``synth.json``: seed, options, counts per split and per question type, vocabularies.
+
+The same seed and options give the same files byte for byte. Video ``i`` depends only on the seed,
+the options and ``i``, so a larger corpus extends a smaller one (the split assignment differs).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..video.samples import BACKGROUNDS, COLOURS, SHAPES, SampleSpec, draw_shape, encode_video
+
+QUESTION_TYPES = ("colour", "shape", "direction", "count", "first")
+SYNTH_COLOURS = ("red", "green", "blue", "yellow")
+DIRECTIONS = ("left", "right", "up", "down")
+COUNTS = ("one", "two", "three")
+VOCABULARIES: dict[str, tuple[str, ...]] = {
+    "colour": SYNTH_COLOURS,
+    "shape": SHAPES,
+    "direction": DIRECTIONS,
+    "count": COUNTS,
+    "first": SHAPES,
+}
+SPLITS = ("train", "val", "test")
+EVAL_SPLITS = ("val", "test")
+EVAL_FOLDER = "MSVD_Zero_Shot_QA"  # the msvd-qa layout of eval.benchmarks
+CAPTION_PROMPTS = (
+    "Describe the video briefly.",
+    "What happens in this video?",
+    "Give a short caption for this video.",
+    "Summarize the video in one sentence.",
+)
+VIDEO_TOKEN = "<video>"
+_STEPS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+_MARGIN = 3  # pixels kept free between a shape and the frame edge or another shape
+_PLACEMENT_TRIES = 50
+_SCENE, _QUESTIONS, _SPLIT, _TRAIN = 0, 1, 2, 3  # independent random streams
+
+
+def question_types() -> tuple[str, ...]:
+    """The question type labels, as written in ``test_a.json``'s ``type`` and ``metadata.json``."""
+    return QUESTION_TYPES
+
+
+def vocabularies() -> dict[str, list[str]]:
+    """Per question type, every answer it can have."""
+    return {kind: list(words) for kind, words in VOCABULARIES.items()}
+
+
+@dataclass(frozen=True)
+class SynthOptions:
+    """Clip geometry and length."""
+
+    frames: int = 16
+    width: int = 160
+    height: int = 120
+    fps: int = 8
+
+    def __post_init__(self) -> None:
+        if self.frames < 4:
+            raise ValueError(f"need at least 4 frames per video, got {self.frames}")
+        if min(self.width, self.height) < 64 or self.width % 2 or self.height % 2:
+            raise ValueError(f"frame size must be even and at least 64x64, got {self.size}")
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One shape; it moves linearly from ``start`` to ``end`` (equal if still) over the clip."""
+
+    kind: str
+    colour: str
+    radius: int
+    start: tuple[int, int]
+    end: tuple[int, int]
+    motion: str  # one of DIRECTIONS, or "still"
+    appear: int = 0  # first frame that shows it
+
+    def centre(self, index: int, frames: int) -> tuple[float, float]:
+        """Centre (x, y) in frame ``index`` of a ``frames``-long clip."""
+        t = index / (frames - 1)
+        return tuple(a + t * (b - a) for a, b in zip(self.start, self.end, strict=True))
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.kind}"
+
+
+@dataclass(frozen=True)
+class SynthVideo:
+    """A clip's ground truth: enough to render every frame and to answer every question."""
+
+    name: str
+    options: SynthOptions
+    background: tuple[int, int, int]
+    shapes: tuple[Shape, ...]  # shapes[0] is the moving one
+    questions: tuple[dict[str, str], ...] = field(default=())  # {"type", "question", "answer"}
+    caption: str = ""
+
+    def render(self, index: int) -> np.ndarray:
+        """Frame ``index`` as an HxWx3 RGB uint8 array."""
+        frame = np.empty((self.options.height, self.options.width, 3), dtype=np.uint8)
+        frame[:] = self.background
+        for shape in self.shapes:
+            if index >= shape.appear:
+                centre = shape.centre(index, self.options.frames)
+                draw_shape(frame, shape.kind, COLOURS[shape.colour], centre, shape.radius)
+        return frame
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SynthVideo:
+        shapes = tuple(
+            Shape(**{**s, "start": tuple(s["start"]), "end": tuple(s["end"])})
+            for s in data["shapes"]
+        )
+        return cls(
+            name=data["name"],
+            options=SynthOptions(**data["options"]),
+            background=tuple(data["background"]),
+            shapes=shapes,
+            questions=tuple(data["questions"]),
+            caption=data["caption"],
+        )
+
+
+# --- scenes --------------------------------------------------------------------------------------
+
+
+def _rng(seed: int, stream: int, index: int = 0) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream, index)))
+
+
+def _radius(rng: np.random.Generator, options: SynthOptions) -> int:
+    return int(min(options.width, options.height) * rng.uniform(0.09, 0.13))
+
+
+def _moving_shape(rng: np.random.Generator, kind: str, colour: str, opts: SynthOptions) -> Shape:
+    """A shape crossing 35-60% of the free span along a random direction."""
+    direction = str(rng.choice(DIRECTIONS))
+    r = _radius(rng, opts)
+    (sx, sy), lo = _STEPS[direction], r + _MARGIN
+    along, across = (opts.width, opts.height) if sx else (opts.height, opts.width)
+    travel = int((along - 2 * lo) * rng.uniform(0.35, 0.6))
+    a0 = int(rng.integers(lo, along - lo - travel + 1))
+    c = int(rng.integers(lo, across - lo + 1))
+    a_start, a_end = (a0, a0 + travel) if sx + sy > 0 else (a0 + travel, a0)
+    start, end = ((a_start, c), (a_end, c)) if sx else ((c, a_start), (c, a_end))
+    return Shape(kind, colour, r, start, end, direction)
+
+
+def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """Distance from point ``p`` to the segment ``a``-``b``."""
+    ab = b - a
+    t = 0.0 if not ab.any() else float(np.clip(np.dot(p - a, ab) / np.dot(ab, ab), 0, 1))
+    return float(np.linalg.norm(p - (a + t * ab)))
+
+
+def _still_shape(
+    rng: np.random.Generator, kind: str, colour: str, opts: SynthOptions, placed: list[Shape]
+) -> Shape | None:
+    """A still shape clear of every placed shape's path, or None if none fits."""
+    r = _radius(rng, opts)
+    lo = r + _MARGIN
+    for _ in range(_PLACEMENT_TRIES):
+        pos = (
+            int(rng.integers(lo, opts.width - lo + 1)),
+            int(rng.integers(lo, opts.height - lo + 1)),
+        )
+        p = np.array(pos, dtype=float)
+        if all(
+            _segment_distance(p, np.array(s.start, float), np.array(s.end, float))
+            > r + s.radius + _MARGIN
+            for s in placed
+        ):
+            return Shape(kind, colour, r, pos, pos, "still")
+    return None
+
+
+def make_video(name: str, seed: int, index: int, options: SynthOptions) -> SynthVideo:
+    """Video ``index`` of the corpus seeded by ``seed``, with its caption and questions."""
+    rng = _rng(seed, _SCENE, index)
+    count = int(rng.integers(1, 4))
+    kinds = [str(k) for k in rng.choice(SHAPES, size=count, replace=False)]
+    colours = [str(c) for c in rng.choice(SYNTH_COLOURS, size=count, replace=False)]
+    background = tuple(BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))])
+    shapes = [_moving_shape(rng, kinds[0], colours[0], options)]
+    for kind, colour in zip(kinds[1:], colours[1:], strict=True):
+        shape = _still_shape(rng, kind, colour, options, shapes)
+        if shape is not None:
+            shapes.append(shape)
+    if len(shapes) > 1 and rng.random() < 0.5:
+        appear = int(rng.integers(options.frames // 4, options.frames // 2 + 1))
+        shapes[-1] = replace(shapes[-1], appear=appear)
+    video = SynthVideo(name, options, background, tuple(shapes))
+    questions = make_questions(video, _rng(seed, _QUESTIONS, index))
+    return replace(video, questions=questions, caption=caption(video))
+
+
+# --- text ----------------------------------------------------------------------------------------
+
+
+def _join(names: list[str]) -> str:
+    return " and ".join(f"a {n}" for n in names)
+
+
+def caption(video: SynthVideo) -> str:
+    """One templated sentence (two if a shape appears late) describing the clip."""
+    main, others = video.shapes[0], video.shapes[1:]
+    text = f"A {main.name} moves {main.motion}"
+    still = [s.name for s in others if s.appear == 0]
+    if still:
+        text += f" while {_join(still)} {'stays' if len(still) == 1 else 'stay'} still"
+    text += "."
+    late = [s.name for s in others if s.appear > 0]
+    if late:
+        text += f" {_join(late).capitalize()} appears partway through."
+    return text
+
+
+def make_questions(video: SynthVideo, rng: np.random.Generator) -> tuple[dict[str, str], ...]:
+    """One question per applicable type (``first`` needs a late shape), in QUESTION_TYPES order.
+
+    No question gives away another's answer, so a multi-turn conversation can't be answered from
+    its own text: shapes are named by kind only, the shape question asks about a different shape
+    than the colour question, and a lone shape is just "the shape" / "the object".
+    """
+    shapes, main = video.shapes, video.shapes[0]
+    picks = rng.permutation(len(shapes))
+    target, other = shapes[picks[0]], shapes[picks[-1]]
+    alone = len(shapes) == 1
+    qa = [
+        (
+            "colour",
+            f"What colour is {'the shape' if alone else f'the {target.kind}'}?",
+            target.colour,
+        ),
+        ("shape", f"What shape is the {'' if alone else other.colour + ' '}object?", other.kind),
+        ("direction", f"Which way does the {'shape' if alone else main.kind} move?", main.motion),
+        ("count", "How many shapes are there in the video?", COUNTS[len(shapes) - 1]),
+    ]
+    late = [s for s in shapes if s.appear > 0]
+    if late:
+        early = [s for s in shapes if s.appear == 0]
+        pair = [early[int(rng.integers(len(early)))], late[0]]
+        a, b = (pair[i].kind for i in rng.permutation(2))
+        qa.append(("first", f"Which shape appears first, the {a} or the {b}?", pair[0].kind))
+    return tuple({"type": t, "question": q, "answer": a} for t, q, a in qa)
+
+
+# --- splits and files ----------------------------------------------------------------------------
+
+
+def assign_splits(names: list[str], seed: int) -> dict[str, list[str]]:
+    """About 80/10/10 train/val/test by video (val and test get at least one video each)."""
+    if len(names) < 3:
+        raise ValueError(f"need at least 3 videos for train/val/test splits, got {len(names)}")
+    order = [names[i] for i in _rng(seed, _SPLIT).permutation(len(names))]
+    held = max(1, round(0.1 * len(names)))
+    return {
+        "test": sorted(order[:held]),
+        "val": sorted(order[held : 2 * held]),
+        "train": sorted(order[2 * held :]),
+    }
+
+
+def video_path(name: str) -> str:
+    """A video's path relative to the corpus directory."""
+    return f"videos/{name}.mp4"
+
+
+def _conversation(video: SynthVideo, turns: list[tuple[str, str]]) -> dict[str, Any]:
+    """A reference training record (spec §7.2); the first human turn carries the video marker."""
+    conversations = []
+    for i, (question, answer) in enumerate(turns):
+        value = f"{VIDEO_TOKEN}\n{question}" if i == 0 else question
+        conversations += [{"from": "human", "value": value}, {"from": "gpt", "value": answer}]
+    return {"id": video.name, "video": video_path(video.name), "conversations": conversations}
+
+
+def training_records(videos: list[SynthVideo], seed: int) -> dict[str, list[dict[str, Any]]]:
+    """``prealign`` (caption) and ``finetune`` (multi-turn QA, shuffled) records."""
+    prealign, finetune = [], []
+    for index, video in enumerate(videos):
+        rng = _rng(seed, _TRAIN, index)
+        prompt = CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))]
+        prealign.append(_conversation(video, [(prompt, video.caption)]))
+        qa = [video.questions[i] for i in rng.permutation(len(video.questions))]
+        finetune.append(_conversation(video, [(q["question"], q["answer"]) for q in qa]))
+    return {"prealign": prealign, "finetune": finetune}
+
+
+def eval_lists(videos: list[SynthVideo]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """``test_q.json`` and ``test_a.json`` contents, aligned by index."""
+    questions, answers = [], []
+    for video in videos:
+        for qa in video.questions:
+            qid = f"{video.name}_{qa['type']}"
+            questions.append(
+                {"video_name": video.name, "question": qa["question"], "question_id": qid}
+            )
+            answers.append({"answer": qa["answer"], "type": qa["type"], "question_id": qid})
+    return questions, answers
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+def _encode(directory: Path, video: SynthVideo) -> None:
+    opts = video.options
+    spec = SampleSpec(
+        video.name, opts.width, opts.height, opts.frames, Fraction(opts.fps), "libx264"
+    )
+    path = directory / video_path(video.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    encode_video(path, spec, video.render)
+
+
+def _write_eval(directory: Path, split: str, videos: list[SynthVideo]) -> None:
+    folder = directory / "eval" / split / EVAL_FOLDER
+    questions, answers = eval_lists(videos)
+    _write_json(folder / "test_q.json", questions)
+    _write_json(folder / "test_a.json", answers)
+    (folder / "videos").mkdir(parents=True, exist_ok=True)
+    for video in videos:  # copies, so the folder can be moved or uploaded on its own
+        shutil.copyfile(directory / video_path(video.name), folder / "videos" / f"{video.name}.mp4")
+
+
+def _summary(
+    seed: int, options: SynthOptions, splits: dict[str, list[str]], by_name: dict[str, SynthVideo]
+) -> dict[str, Any]:
+    types = {
+        split: dict(Counter(q["type"] for n in splits[split] for q in by_name[n].questions))
+        for split in SPLITS
+    }
+    return {
+        "seed": seed,
+        "options": asdict(options),
+        "video_paths": "relative to this directory",
+        "videos": {split: len(splits[split]) for split in SPLITS},
+        "questions": {split: sum(counts.values()) for split, counts in types.items()},
+        "question_types": types,
+        "vocabularies": vocabularies(),
+    }
+
+
+def write_synth(
+    directory: str | Path, seed: int, videos: int, options: SynthOptions | None = None
+) -> dict[str, Any]:
+    """Write the corpus (layout in the module docstring) to an empty or new ``directory``.
+
+    Returns the ``synth.json`` summary.
+    """
+    root = Path(directory)
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root}: directory is not empty")
+    options = options or SynthOptions()
+    clips = [make_video(f"synth_{i:05d}", seed, i, options) for i in range(videos)]
+    splits = assign_splits([v.name for v in clips], seed)
+    split_of = {name: split for split, names in splits.items() for name in names}
+    for video in clips:
+        _encode(root, video)
+    _write_json(root / "metadata.json", [{**v.to_dict(), "split": split_of[v.name]} for v in clips])
+    by_name = {v.name: v for v in clips}
+    records = training_records([by_name[n] for n in splits["train"]], seed)
+    for stage, rows in records.items():
+        _write_json(root / "train" / f"{stage}.json", rows)
+    for split in EVAL_SPLITS:
+        _write_eval(root, split, [by_name[n] for n in splits[split]])
+    summary = _summary(seed, options, splits, by_name)
+    _write_json(root / "synth.json", summary)
+    return summary
+
+
+def load_metadata(directory: str | Path) -> list[tuple[SynthVideo, str]]:
+    """Every video of a written corpus with its split, from ``metadata.json``."""
+    rows = json.loads((Path(directory) / "metadata.json").read_text(encoding="utf-8"))
+    return [
+        (SynthVideo.from_dict({k: v for k, v in r.items() if k != "split"}), r["split"])
+        for r in rows
+    ]
