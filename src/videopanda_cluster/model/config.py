@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..video.geometry import frame_tokens
+
 # GSTRA head count the reference derives from the STAB width (any other width is an error there).
 _GSTRA_HEADS = {1024: 8, 1152: 8, 1408: 11}
 
@@ -33,9 +35,22 @@ LLAMA_7B = {
 _LLAMA_KEYS = set(LLAMA_7B) | {"rope_scaling", "attention_bias", "mlp_bias", "head_dim"}
 
 
+ABLATIONS = ("no_gstra", "no_lste", "no_fsra", "no_split_tokens", "lsd_avgpool")
+
+
 @dataclass
 class VideoPandaConfig:
-    """Everything needed to build the model; defaults are the released Video-Panda-7B."""
+    """Everything needed to build the model; defaults are the released Video-Panda-7B.
+
+    The ablation switches (paper §4.4; all off = the full model) remove a STAB block from the
+    forward pass and do not create its parameters: ``no_gstra`` (``temporal_cls_token``, ``dec``;
+    the context token is the FSRA token, so ``proj`` and ``balance`` go too), ``no_lste``
+    (``lmhra1``, ``dpe``, the dense skip, and the unused ``lmhra2``), ``no_fsra``
+    (``class_embedding``, ``global_attention``, ``balance``; the context token is
+    ``proj(GSTRA)``, or absent when there is no GSTRA token either), ``no_split_tokens``
+    (``split_embedding``; 1 + h·w tokens per frame) and ``lsd_avgpool`` (``local_attention``;
+    LSD becomes a 2×2 average pool, i.e. its residual without the attention branch).
+    """
 
     stab_width: int = 1024  # C
     stab_heads: int = 8  # LSD and FSRA heads (their logit scale is 1/sqrt(C) regardless)
@@ -49,6 +64,11 @@ class VideoPandaConfig:
     mlp_ratio: float = 4.0  # GSTRA MLP
     dropout: float = 0.5  # GSTRA MLP and context projection (training only)
     projector_type: str = "mlp2x_gelu"
+    no_gstra: bool = False
+    no_lste: bool = False
+    no_fsra: bool = False
+    no_split_tokens: bool = False
+    lsd_avgpool: bool = False
     llm: dict[str, Any] = field(default_factory=lambda: dict(LLAMA_7B))
 
     def __post_init__(self) -> None:
@@ -60,12 +80,50 @@ class VideoPandaConfig:
         for name in ("stab_heads", "gstra_heads"):
             if self.stab_width % getattr(self, name):
                 raise ValueError(f"stab_width {self.stab_width} is not divisible by {name}")
-        if self.image_size % self.patch_stride:
-            raise ValueError("image_size must be a multiple of patch_stride")
+        cell = self.patch_stride * self.conv_stride
+        if self.image_size <= 0 or self.image_size % cell:
+            raise ValueError(
+                f"image_size ({self.image_size}) must be a positive multiple of "
+                f"patch_stride·conv_stride ({cell})"
+            )
 
     @property
     def llm_width(self) -> int:
         return int(self.llm["hidden_size"])
+
+    @property
+    def ablations(self) -> list[str]:
+        """Names of the ablation switches that are on ([] for the full model)."""
+        return [name for name in ABLATIONS if getattr(self, name)]
+
+    @property
+    def context_tokens(self) -> int:
+        """Context tokens per frame of a clip (T = chunk_size): 1, or 0 when neither FSRA nor a
+        GSTRA clip token exists."""
+        return int(not self.no_fsra or (not self.no_gstra and self.chunk_size > 1))
+
+    def frame_tokens(self, grid: tuple[int, int]) -> int:
+        """Tokens one frame with LSD grid (h, w) gives the LLM: 1 + h·(w+1) for the full model;
+        the ablations drop the split column and/or the context token."""
+        tokens = frame_tokens(grid, split_tokens=not self.no_split_tokens)
+        return tokens - 1 + self.context_tokens
+
+    @property
+    def padded_frame_grid(self) -> tuple[int, int]:
+        """(h, w) of an all-zero frame: STAB crops the top-left quarter of the patch grid (16×16
+        patches at 448, spec §8 #7), so (8, 8) at 448, (4, 4) at 224, (2, 2) at 112."""
+        side = self.image_size // self.patch_stride // 2 // self.conv_stride
+        return side, side
+
+    def check_input_size(self, height: int, width: int | None = None) -> None:
+        """Raise ValueError unless frames are ``image_size`` square (e.g. the
+        ``PreprocessOptions.size`` the model will be fed, or a pixel tensor's H, W)."""
+        width = height if width is None else width
+        if (height, width) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"model built for {self.image_size}x{self.image_size} input got {width}x{height} "
+                f"frames; preprocess with PreprocessOptions(size={self.image_size})"
+            )
 
     @classmethod
     def official(cls) -> VideoPandaConfig:
@@ -87,8 +145,24 @@ class VideoPandaConfig:
         return cls(stab_width=64, stab_heads=8, gstra_heads=8, llm=llm)
 
     @classmethod
+    def small(cls, vocab_size: int = 32000, image_size: int = 224) -> VideoPandaConfig:
+        """The bundled small model: 8 frames at 224 px (or 112), STAB width 128 with 4 heads
+        (head dim 32), a 4-layer Llama of width 256. Pass the tokenizer's ``vocab_size``."""
+        llm = dict(
+            LLAMA_7B,
+            vocab_size=vocab_size,
+            hidden_size=256,
+            intermediate_size=688,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=2048,
+        )
+        return cls(stab_width=128, stab_heads=4, gstra_heads=4, image_size=image_size, llm=llm)
+
+    @classmethod
     def preset(cls, name: str) -> VideoPandaConfig:
-        presets = {"official": cls.official, "tiny": cls.tiny}
+        presets = {"official": cls.official, "tiny": cls.tiny, "small": cls.small}
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
         return presets[name]()

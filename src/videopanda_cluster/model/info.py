@@ -16,16 +16,18 @@ def model_info(config: VideoPandaConfig) -> dict:
     """Counts for ``config`` without allocating weights (meta device).
 
     ``stab_active`` excludes the unused ``lmhra2``. ``visual_macs`` are the multiply-adds of
-    STAB + projector for one 8-frame square video at the input size (matmuls and convolutions).
+    STAB + projector for one 8-frame square video at the input size (matmuls and convolutions);
+    ``tokens_per_video`` is its visual token count (ablation switches included).
     """
     from .modeling import VideoPanda
 
     with torch.device("meta"):
         model = VideoPanda(config)
     stab = _count(model.video_tower)
+    unused = model.video_tower.lmhra2  # None under no_lste
     info = {
         "stab": stab,
-        "stab_active": stab - _count(model.video_tower.lmhra2),
+        "stab_active": stab - (_count(unused) if unused is not None else 0),
         "projector": _count(model.video_projector),
         "llm": _count(model.llm),
     }
@@ -33,7 +35,8 @@ def model_info(config: VideoPandaConfig) -> dict:
     info["total"] = stab + info["projector"] + info["llm"]
     info["visual_macs"] = visual_macs(config)
     grid = config.image_size // config.patch_stride // config.conv_stride
-    info["tokens_per_video"] = config.num_frames * (1 + grid * (grid + 1))  # square input
+    info["tokens_per_video"] = config.num_frames * config.frame_tokens((grid, grid))  # square
+    info["image_size"] = config.image_size
     return info
 
 

@@ -13,6 +13,9 @@ Parameter names equal the released checkpoint's keys below ``model.video_tower.`
     -> rows + split tokens           (h·(w+1), C)
     -> context fusion (T > 1)        ctx = proj(α·c + (1−α)·G[clip]), α = sigmoid(balance)
     => per frame (1 + h·(w+1), C)    [ctx, row 0, split, row 1, split, ...]
+
+H = W = ``config.image_size`` (448 released; any multiple of 28), so gh = gw = H/14. The ablation
+switches of the config remove blocks (their parameters are not created); see VideoPandaConfig.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from torch import nn
 
 from .config import VideoPandaConfig
 
-PADDED_FRAME_CROP = 16  # a fully padded frame keeps its top-left 16×16 patches (spec §8 #7)
+PADDED_FRAME_CROP = 16  # at 448 a fully padded frame keeps its top-left 16×16 patches (spec §8 #7)
 
 
 class QuickGELU(nn.Module):
@@ -117,6 +120,11 @@ class QueryAttention(nn.Module):
         return query + self.proj(out.flatten(-2))
 
 
+def window_average(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(G, C, H, W) → (G, h·w, C): mean of each window×window cell, row-major (cell order)."""
+    return F.avg_pool2d(x, kernel_size=window, stride=window).flatten(2).transpose(1, 2)
+
+
 class LSD(QueryAttention):
     """Local spatial downsampling: each s×s window becomes one token (query = the pooled window)."""
 
@@ -129,7 +137,7 @@ class LSD(QueryAttention):
         g, c, height, width = x.shape
         h, w = height // s, width // s
         x = x[:, :, : h * s, : w * s]
-        pooled = F.avg_pool2d(x, kernel_size=s, stride=s).flatten(2).transpose(1, 2)  # (G, hw, C)
+        pooled = window_average(x, s)  # (G, h·w, C)
         windows = x.reshape(g, c, h, s, w, s).permute(0, 2, 4, 3, 5, 1).reshape(g, h * w, s * s, c)
         return self.attend(pooled.unsqueeze(2), windows).squeeze(2)
 
@@ -148,27 +156,41 @@ class STAB(nn.Module):
 
     def __init__(self, config: VideoPandaConfig) -> None:
         super().__init__()
+        self.config = config
         width = config.stab_width
         self.patch_stride = config.patch_stride
+        self.window = config.conv_stride
+        self.padded_crop = config.image_size // config.patch_stride // 2  # 16 patches at 448
         self.patch_embedding = nn.Conv2d(
             3, width, kernel_size=config.patch_stride, stride=config.patch_stride, bias=False
         )
-        self.class_embedding = nn.Parameter(torch.randn(width))
-        self.split_embedding = nn.Parameter(torch.randn(width))
-        self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.lmhra1 = LocalMHRA(width, config.dw_reduction)  # LSTE
-        # Unused by the forward pass (as in the reference); kept so the released checkpoint loads
-        # strictly. Its BN stats stay at mean 0 / var 1, a quick integrity check of a checkpoint.
-        self.lmhra2 = LocalMHRA(width, config.dw_reduction)
-        self.dpe = nn.Conv3d(width, width, kernel_size=3, padding=1, groups=width)  # LSTE
-        nn.init.zeros_(self.dpe.bias)
-        self.dec = GSTRA(width, config.gstra_heads, config.mlp_ratio, config.dropout)
-        self.proj = nn.Sequential(
-            nn.LayerNorm(width), nn.Dropout(config.dropout), nn.Linear(width, width)
-        )
-        self.balance = nn.Parameter(torch.zeros(width))
-        self.local_attention = LSD(width, config.conv_stride, config.stab_heads)
-        self.global_attention = FSRA(width, config.stab_heads)
+        # Blocks removed by an ablation switch are None: no parameters, no checkpoint keys.
+        # Registration order (= checkpoint key order) is that of the full model.
+        fsra, gstra, lste = not config.no_fsra, not config.no_gstra, not config.no_lste
+        self.class_embedding = nn.Parameter(torch.randn(width)) if fsra else None
+        self.split_embedding = None
+        if not config.no_split_tokens:
+            self.split_embedding = nn.Parameter(torch.randn(width))
+        self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, width)) if gstra else None
+        self.lmhra1 = self.lmhra2 = self.dpe = None
+        if lste:
+            self.lmhra1 = LocalMHRA(width, config.dw_reduction)
+            # Unused by the forward pass (as in the reference); kept so the released checkpoint
+            # loads strictly. Its BN stats stay at mean 0 / var 1, an integrity check.
+            self.lmhra2 = LocalMHRA(width, config.dw_reduction)
+            self.dpe = nn.Conv3d(width, width, kernel_size=3, padding=1, groups=width)
+            nn.init.zeros_(self.dpe.bias)
+        self.dec = self.proj = None
+        if gstra:
+            self.dec = GSTRA(width, config.gstra_heads, config.mlp_ratio, config.dropout)
+            self.proj = nn.Sequential(
+                nn.LayerNorm(width), nn.Dropout(config.dropout), nn.Linear(width, width)
+            )
+        self.balance = nn.Parameter(torch.zeros(width)) if fsra and gstra else None
+        self.local_attention = None
+        if not config.lsd_avgpool:
+            self.local_attention = LSD(width, config.conv_stride, config.stab_heads)
+        self.global_attention = FSRA(width, config.stab_heads) if fsra else None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -177,28 +199,19 @@ class STAB(nn.Module):
     def forward(
         self, pixels: torch.Tensor, group_frames: bool = True
     ) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
-        """(B, T, 4, H, W) → per frame (1 + h·(w+1), C) tokens and (h, w), clip-major order.
+        """(B, T, 4, S, S) → per frame (1 + h·(w+1), C) tokens and (h, w), clip-major order.
 
-        Frames whose crops share a size go through LSD/FSRA together (``group_frames``);
-        without it every frame runs alone (same numbers, slower).
+        S must be ``config.image_size``. Frames whose crops share a size go through LSD/FSRA
+        together (``group_frames``); without it every frame runs alone (same numbers, slower).
         """
         b, t = pixels.shape[:2]
-        x = pixels.flatten(0, 1).to(self.dtype)  # (B·T, 4, H, W)
+        self.config.check_input_size(*pixels.shape[-2:])
+        x = pixels.flatten(0, 1).to(self.dtype)  # (B·T, 4, S, S)
         patches = self.patch_embedding(x[:, :3])  # (B·T, C, gh, gw)
         masks = F.avg_pool2d(x[:, 3:], self.patch_stride, self.patch_stride)[:, 0]  # (B·T, gh, gw)
+        patches, clip_tokens = self._temporal(patches, b, t)
 
-        clip_tokens = None
-        if t > 1:
-            raw = patches
-            v = patches.unflatten(0, (b, t)).transpose(1, 2)  # (B, C, T, gh, gw)
-            v = v + self.lmhra1(v)  # LSTE, temporal conv zero-padded at clip edges
-            v = v + self.dpe(v)
-            tokens = v.flatten(2).transpose(1, 2)  # (B, T·gh·gw, C), t-major
-            query = self.temporal_cls_token.expand(b, 1, -1)
-            clip_tokens = self.dec(query, tokens)[:, 0]  # GSTRA: (B, C)
-            patches = v.transpose(1, 2).flatten(0, 1) + raw  # dense skip
-
-        boxes = [_crop_box(m) for m in masks.cpu()]
+        boxes = [_crop_box(m, self.padded_crop) for m in masks.cpu()]
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, box in enumerate(boxes):
             key = tuple(_crop(patches[i], box).shape[1:]) if group_frames else (i,)
@@ -209,34 +222,74 @@ class STAB(nn.Module):
         for frames in groups.values():
             crops = torch.stack([_crop(patches[i], boxes[i]) for i in frames])
             idx = torch.tensor(frames, device=patches.device)
-            tokens, grid = self._frame_tokens(crops, clip_tokens, idx // t if t > 1 else None)
+            tokens, grid = self._frame_tokens(crops, clip_tokens, idx // t)
             for j, i in enumerate(frames):
                 out[i], grids[i] = tokens[j], grid
         return out, grids  # type: ignore[return-value]
 
+    def _temporal(
+        self, patches: torch.Tensor, b: int, t: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """LSTE + dense skip and GSTRA, per clip of T > 1 frames: (B·T, C, gh, gw) → same, and
+        the clip tokens (B, C) (None for single frames or without GSTRA)."""
+        if t == 1:
+            return patches, None
+        v = patches.unflatten(0, (b, t)).transpose(1, 2)  # (B, C, T, gh, gw)
+        if self.lmhra1 is not None:
+            v = v + self.lmhra1(v)  # LSTE, temporal conv zero-padded at clip edges
+            v = v + self.dpe(v)
+        clip_tokens = None
+        if self.dec is not None:
+            tokens = v.flatten(2).transpose(1, 2)  # (B, T·gh·gw, C), t-major
+            query = self.temporal_cls_token.expand(b, 1, -1)
+            clip_tokens = self.dec(query, tokens)[:, 0]  # GSTRA: (B, C)
+        if self.lmhra1 is not None:
+            patches = v.transpose(1, 2).flatten(0, 1) + patches  # dense skip
+        return patches, clip_tokens
+
     def _frame_tokens(
-        self, crops: torch.Tensor, clip_tokens: torch.Tensor | None, clip_index: torch.Tensor | None
+        self, crops: torch.Tensor, clip_tokens: torch.Tensor | None, clip_index: torch.Tensor
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """LSD, FSRA, split-token rows and context fusion for G crops of one size."""
         g, c, height, width = crops.shape
-        s = self.local_attention.window
-        h, w = height // s, width // s
-        spatial = self.local_attention(crops)  # (G, h·w, C)
-        context = self.global_attention(self.class_embedding.to(self.dtype), spatial)  # (G, C)
-        split = self.split_embedding.to(self.dtype).expand(g, h, 1, c)
-        rows = torch.cat([spatial.view(g, h, w, c), split], dim=2).flatten(1, 2)  # (G, h(w+1), C)
-        if clip_tokens is not None:
-            alpha = torch.sigmoid(self.balance)
-            context = self.proj(alpha * context + (1 - alpha) * clip_tokens[clip_index])
+        h, w = height // self.window, width // self.window
+        if self.local_attention is None:
+            spatial = window_average(crops, self.window)  # ablation: (G, h·w, C)
+        else:
+            spatial = self.local_attention(crops)  # (G, h·w, C)
+        rows = spatial.view(g, h, w, c)
+        if self.split_embedding is not None:
+            split = self.split_embedding.to(self.dtype).expand(g, h, 1, c)
+            rows = torch.cat([rows, split], dim=2)  # (G, h, w+1, C)
+        rows = rows.flatten(1, 2)  # (G, h·(w+1), C)
+        context = self._context(spatial, clip_tokens, clip_index)
+        if context is None:
+            return rows, (h, w)
         return torch.cat([context.unsqueeze(1), rows], dim=1), (h, w)
 
+    def _context(
+        self, spatial: torch.Tensor, clip_tokens: torch.Tensor | None, clip_index: torch.Tensor
+    ) -> torch.Tensor | None:
+        """(G, h·w, C) → (G, C): proj(α·FSRA + (1−α)·GSTRA); the FSRA token alone when there is
+        no clip token (T = 1, no_gstra), proj(GSTRA) under no_fsra, None when neither exists."""
+        frame = None
+        if self.global_attention is not None:
+            frame = self.global_attention(self.class_embedding.to(self.dtype), spatial)  # (G, C)
+        if clip_tokens is None:
+            return frame
+        clip = clip_tokens[clip_index]  # (G, C)
+        if frame is None:
+            return self.proj(clip)
+        alpha = torch.sigmoid(self.balance)
+        return self.proj(alpha * frame + (1 - alpha) * clip)
 
-def _crop_box(mask: torch.Tensor) -> tuple[int, int, int, int]:
+
+def _crop_box(mask: torch.Tensor, padded: int = PADDED_FRAME_CROP) -> tuple[int, int, int, int]:
     """(h1, w1, h2, w2), end-exclusive: from the first to the last nonzero patch in row-major
-    order (the reference's rule); the top-left 16×16 for a fully padded frame."""
+    order (the reference's rule); the top-left ``padded``×``padded`` for a fully padded frame."""
     nonzero = torch.nonzero(mask.flatten())
     if nonzero.numel() == 0:
-        return 0, 0, PADDED_FRAME_CROP, PADDED_FRAME_CROP
+        return 0, 0, padded, padded
     cols = mask.shape[1]
     h1, w1 = divmod(int(nonzero[0]), cols)
     h2, w2 = divmod(int(nonzero[-1]), cols)

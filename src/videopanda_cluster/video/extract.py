@@ -13,7 +13,7 @@ import av
 import numpy as np
 
 from .decode import read_frames
-from .geometry import PADDED_FRAME_TOKENS, Geometry, compute_geometry
+from .geometry import REFERENCE_SIZE, Geometry, compute_geometry, grid_cells, padded_frame_tokens
 from .isolation import IsolatedRunner
 from .letterbox import letterbox
 from .probe import Deadline, DecodeLimits, VideoSource, index_frames, open_container, video_stream
@@ -34,11 +34,12 @@ class PreprocessOptions:
 
     ``flip="off"`` (default) is deterministic. ``flip="reference"`` reproduces the reference eval's
     random horizontal flip (p = 0.5, all frames together, mask not flipped), with the coin drawn
-    from ``flip_seed`` (unseeded when None, as the reference).
+    from ``flip_seed`` (unseeded when None, as the reference). ``size`` is the square input side,
+    a multiple of 28 (448 for the released model); it must equal the model's ``image_size``.
     """
 
     num_frames: int = 8
-    size: int = 448
+    size: int = REFERENCE_SIZE
     flip: FlipMode = "off"
     flip_seed: int | None = None
     timeout: float | None = 60.0  # seconds per video; None disables
@@ -50,6 +51,7 @@ class PreprocessOptions:
             raise ValueError(f"flip must be 'off' or 'reference', got {self.flip!r}")
         if self.num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        grid_cells(self.size)  # raises unless a positive multiple of 28
 
 
 @dataclass
@@ -64,7 +66,7 @@ class Provenance:
     source_size: list[int]  # [W, H] of the decoded frames (after rotation, when applied)
     valid_box: list[int]  # [x0, y0, x1, y1] at input scale
     token_grid: list[int]  # [h, w] after STAB's LSD
-    tokens_per_frame: int
+    tokens_per_frame: int  # 1 + h·(w+1), the full model's layout (see geometry.frame_tokens)
     padded_frames: int
     flipped: bool
     rotation: int  # display rotation tag in degrees
@@ -72,12 +74,13 @@ class Provenance:
     codec: str
     container: str
     decoder: str
+    input_size: int = REFERENCE_SIZE  # side S of the square model input
 
     @property
     def visual_tokens(self) -> int:
-        """Tokens the whole clip gives the LLM, padded frames included."""
+        """Tokens the whole clip gives the full model's LLM, padded frames included."""
         real = len(self.sampled_indices) * self.tokens_per_frame
-        return real + self.padded_frames * PADDED_FRAME_TOKENS
+        return real + self.padded_frames * padded_frame_tokens(self.input_size)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "visual_tokens": self.visual_tokens}
@@ -119,6 +122,7 @@ def extract(source: VideoSource, options: PreprocessOptions) -> Extracted:
         codec=info.codec,
         container=info.container,
         decoder=decoder_version(),
+        input_size=options.size,
     )
     return Extracted(letterbox(decoded.frames, geom), geom, provenance)
 
