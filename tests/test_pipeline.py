@@ -320,3 +320,25 @@ def test_decoders_and_writers_start_without_torch_or_transformers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_model_for_smaller_frames_gets_frames_of_its_size(ray_local, inputs_dir, tmp_path):
+    """The job preprocesses to the checkpoint's image_size (here 224, not the reference 448)."""
+    from videopanda_cluster.model.tiny import ensure_tiny_checkpoint
+    from videopanda_cluster.video.geometry import compute_geometry
+
+    checkpoint = ensure_tiny_checkpoint(tmp_path / "tiny-224", image_size=224)
+    subset = tmp_path / "videos"
+    subset.mkdir()
+    names = ["hd_1280x720_90f_30fps.mp4", "portrait_720x1280_45f_30fps.mp4", "corrupt_text.mkv"]
+    for name in names:
+        (subset / name).write_bytes((inputs_dir / name).read_bytes())
+    _, summary = job("caption", subset, tmp_path / "out", checkpoint=str(checkpoint))
+    rows = read_rows(tmp_path / "out", summary["job_id"])
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(rows) == 3 and len(ok) == 2
+    for r in ok:
+        prov = r["provenance"]
+        assert prov["input_size"] == 224
+        w, h = prov["source_size"]
+        assert list(prov["token_grid"]) == list(compute_geometry(w, h, 224).token_grid)

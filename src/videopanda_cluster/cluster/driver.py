@@ -39,6 +39,7 @@ class JobPlan:
     questions: dict[str, list[dict]]  # video_id -> [{question_id, question}]
     job: dict[str, Any]  # fields copied into every row
     checkpoint: str
+    input_size: int = 448  # the model's image_size: frames are preprocessed to it
 
 
 @dataclass
@@ -121,7 +122,9 @@ class Pipeline:
         from .stages import DecodeWorker, EncodeWorker, GenerateWorker, WriterWorker
 
         self.cfg, self.plan, self.ledger = cfg, plan, ledger
-        self.options = PreprocessOptions(flip=cfg.flip, timeout=cfg.decode_timeout)
+        self.options = PreprocessOptions(
+            flip=cfg.flip, timeout=cfg.decode_timeout, size=plan.input_size
+        )
         restart = {"max_restarts": -1, "max_task_retries": 3}
         device = cfg.device
         cache = store_url if cfg.use_feature_cache else None
@@ -252,6 +255,7 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
     from ..jobs.config import config_hash, default_job_id
     from ..jobs.inputs import read_inputs
     from ..jobs.ledger import Ledger, plan_shards
+    from ..model.config import VideoPandaConfig
     from ..model.tiny import ensure_tiny_checkpoint
     from .fingerprint import checkpoint_fingerprint
 
@@ -289,6 +293,7 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
         questions={it.video_id: _questions_for(cfg, it) for it in items},
         job=job,
         checkpoint=str(checkpoint),
+        input_size=VideoPandaConfig.from_pretrained(checkpoint).image_size,
     )
     return plan, ledger
 

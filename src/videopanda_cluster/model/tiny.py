@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -11,8 +12,9 @@ from .config import VideoPandaConfig
 TINY_SEED = 0
 
 
-def ensure_tiny_checkpoint(folder: str | Path) -> Path:
-    """Write (once) a deterministic tiny random checkpoint with a real SentencePiece tokenizer.
+def ensure_tiny_checkpoint(folder: str | Path, image_size: int = 448) -> Path:
+    """Write (once) a deterministic tiny random checkpoint with a real SentencePiece tokenizer,
+    for ``image_size`` input (448 as the reference).
 
     Its answers are random text: it exists to exercise the pipeline end to end.
     """
@@ -27,7 +29,8 @@ def ensure_tiny_checkpoint(folder: str | Path) -> Path:
     build_sentencepiece_tokenizer(tmp)
     tokenizer = load_tokenizer(tmp)
     torch.manual_seed(TINY_SEED)
-    model = VideoPanda(VideoPandaConfig.tiny(vocab_size=len(tokenizer)))
+    config = replace(VideoPandaConfig.tiny(vocab_size=len(tokenizer)), image_size=image_size)
+    model = VideoPanda(config)
     model.tokenizer = tokenizer
     model.save_pretrained(tmp)
     (tmp / "README.md").write_text(
