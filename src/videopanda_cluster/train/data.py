@@ -1,0 +1,253 @@
+"""Training conversations (spec §7.2): records → token ids, LLaVA-v1 labels and frames; padding.
+
+A record is ``{"id", "video", "conversations": [{"from": "human"|"gpt", "value"}, ...]}`` with one
+``<video>`` (or ``<image>``) marker in the first human turn. It is rendered with the training
+template (conv_vicuna_v1: ``SYSTEM USER: … ASSISTANT: answer</s>USER: …``), the marker becoming
+one ``<image>`` per frame, and tokenised piecewise by :func:`tokenize_prompt`. Labels follow the
+reference's length arithmetic, so only answer tokens and their ``</s>`` are supervised.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import torch
+
+from ..model.prompt import (
+    EOS_TEXT,
+    IGNORE_INDEX,
+    IMAGE_MARKER,
+    IMAGE_TOKEN_INDEX,
+    SYSTEM_PROMPT_TRAIN,
+    tokenize_prompt,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+VIDEO_MARKERS = ("<video>", IMAGE_MARKER)
+ROLES = {"human": "USER", "gpt": "ASSISTANT"}
+ANSWER_SEP = " ASSISTANT: "  # sep + assistant role + ": ", where each answer starts
+Overflow = Literal["truncate", "skip"]
+
+
+class SampleError(ValueError):
+    """A record that cannot become a training sample; the message names the record."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One conversation about one video (``video`` is relative to the dataset's video root)."""
+
+    id: str
+    video: str
+    turns: tuple[tuple[str, str], ...]  # (role, text), role "human" or "gpt"
+
+
+@dataclass
+class Sample:
+    """A loaded record: unexpanded ids (one placeholder per frame), aligned labels, pixels."""
+
+    id: str
+    input_ids: list[int]
+    labels: list[int]
+    pixels: torch.Tensor  # (F, 4, S, S)
+
+
+@dataclass
+class SampleStats:
+    """Samples that were changed or left out, by reason, with their ids (nothing is dropped
+    silently). Reasons: ``truncated``, ``too_long`` (skipped), ``bad_text`` (no valid labels),
+    ``video_error``."""
+
+    ids: dict[str, list[str]] = field(default_factory=dict)
+
+    def record(self, reason: str, sample_id: str) -> None:
+        self.ids.setdefault(reason, []).append(sample_id)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {reason: len(ids) for reason, ids in sorted(self.ids.items())}
+
+
+def parse_records(rows: Sequence[dict]) -> list[Record]:
+    """Validate the reference JSON rows; raises :class:`SampleError` naming the bad row."""
+    records = []
+    for n, row in enumerate(rows):
+        name = f"record {row.get('id', n)!r}" if isinstance(row, dict) else f"record {n}"
+        try:
+            turns = tuple((t["from"], t["value"]) for t in row["conversations"])
+            records.append(Record(str(row["id"]), str(row["video"]), turns))
+        except (KeyError, TypeError) as exc:
+            raise SampleError(f"{name}: missing field {exc}") from None
+        if not turns or any(role not in ROLES or not isinstance(v, str) for role, v in turns):
+            raise SampleError(f"{name}: turns must be non-empty human/gpt strings")
+    return records
+
+
+def load_records(path: str | Path) -> list[Record]:
+    """Records of a reference conversation JSON file (a list of rows)."""
+    return parse_records(json.loads(Path(path).read_text()))
+
+
+def render(record: Record, num_frames: int, system: str = SYSTEM_PROMPT_TRAIN) -> str:
+    """The conv_vicuna_v1 text of ``record`` with ``num_frames`` ``<image>`` markers."""
+    text = f"{system} "
+    for n, (role, value) in enumerate(record.turns):
+        markers = sum(value.count(m) for m in VIDEO_MARKERS)
+        expected = 1 if n == 0 else 0
+        if markers != expected or (n == 0 and role != "human"):
+            raise SampleError(
+                f"record {record.id!r}: the first turn must be human with one video marker, "
+                f"found {markers} marker(s) in turn {n} ({role})"
+            )
+        if n == 0:
+            marker = next(m for m in VIDEO_MARKERS if m in value)
+            if value.endswith(marker):  # moved to the front, as the reference does
+                value = marker + "\n" + value[: -len(marker)].strip()
+            value = value.replace(marker, IMAGE_MARKER * num_frames)
+        text += f"{ROLES[role]}: {value}" + (" " if role == "human" else EOS_TEXT)
+    return text
+
+
+def supervise(text: str, ids: list[int], tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """LLaVA-v1 labels of ``ids`` (the tokenised ``text``): BOS and each round's instruction up to
+    ``ASSISTANT: `` are ignored, answers and their ``</s>`` kept, anything after the last round
+    ignored. Round lengths come from tokenising each round alone, as the reference does; if they
+    do not add up to ``len(ids)`` the sample is rejected (:class:`SampleError`)."""
+    labels = list(ids)
+    labels[0] = IGNORE_INDEX
+    cursor = 1
+    for chunk in text.split(EOS_TEXT):
+        parts = chunk.split(ANSWER_SEP)
+        if not chunk or len(parts) != 2:
+            break
+        round_len = len(tokenize_prompt(chunk, tokenizer))  # its BOS stands in for the </s>
+        instruction_len = len(tokenize_prompt(parts[0] + ANSWER_SEP, tokenizer)) - 2
+        labels[cursor : cursor + instruction_len] = [IGNORE_INDEX] * instruction_len
+        cursor += round_len
+    if cursor != len(ids):
+        raise SampleError(f"label/token length mismatch ({cursor} vs {len(ids)})")
+    pairs = zip(ids, labels, strict=True)
+    return [IGNORE_INDEX if i == IMAGE_TOKEN_INDEX else lab for i, lab in pairs]
+
+
+def encode_record(
+    record: Record,
+    tokenizer: PreTrainedTokenizerBase,
+    num_frames: int,
+    system: str = SYSTEM_PROMPT_TRAIN,
+) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of a record, unexpanded: one placeholder id per frame."""
+    text = render(record, num_frames, system)
+    ids = tokenize_prompt(text, tokenizer)
+    try:
+        return ids, supervise(text, ids, tokenizer)
+    except SampleError as exc:
+        raise SampleError(f"record {record.id!r}: {exc}") from None
+
+
+def load_video(
+    path: str | Path, num_frames: int, size: int, flip: bool = False, isolate: bool = True
+) -> torch.Tensor:
+    """Decode, sample and letterbox like inference, → (num_frames, 4, size, size) float32."""
+    from ..video.extract import PreprocessOptions, extract_video
+    from ..video.normalize import to_model_input
+
+    options = PreprocessOptions(num_frames=num_frames, size=size, isolate=isolate)
+    extracted = extract_video(Path(path), options)
+    return to_model_input(extracted.frames, extracted.geometry, num_frames, flip=flip)
+
+
+class VideoConversationDataset:
+    """Records plus their videos; :meth:`load` gives a :class:`Sample`.
+
+    ``flip`` turns on the reference's training-time horizontal flip (p = 0.5, all frames, mask
+    unflipped), with the coin drawn from the ``seed`` given to :meth:`load`.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        video_root: str | Path,
+        tokenizer: PreTrainedTokenizerBase,
+        num_frames: int = 8,
+        size: int = 448,
+        system: str = SYSTEM_PROMPT_TRAIN,
+        flip: bool = True,
+        isolate: bool = True,
+    ) -> None:
+        self.records = list(records)
+        self.video_root = Path(video_root)
+        self.tokenizer = tokenizer
+        self.num_frames, self.size, self.system = num_frames, size, system
+        self.flip, self.isolate = flip, isolate
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, index: int, seed: int | None = None) -> Sample:
+        """Raises :class:`SampleError` (text) or ``VideoDecodeError`` (video)."""
+        record = self.records[index]
+        ids, labels = encode_record(record, self.tokenizer, self.num_frames, self.system)
+        flip = self.flip and seed is not None and random.Random(seed).random() < 0.5
+        pixels = load_video(
+            self.video_root / record.video, self.num_frames, self.size, flip, self.isolate
+        )
+        return Sample(record.id, ids, labels, pixels)
+
+
+def expand_labels(
+    labels: Sequence[int], ids: Sequence[int], lengths: Sequence[int]
+) -> torch.Tensor:
+    """Labels aligned with the spliced sequence: placeholder i becomes ``lengths[i]`` ignores."""
+    out: list[int] = []
+    frames = iter(lengths)
+    for token, label in zip(ids, labels, strict=True):
+        if token == IMAGE_TOKEN_INDEX:
+            out += [IGNORE_INDEX] * next(frames)
+        else:
+            out.append(label)
+    return torch.tensor(out, dtype=torch.long)
+
+
+def fit_length(
+    embeds: torch.Tensor, labels: torch.Tensor, max_length: int, overflow: Overflow
+) -> tuple[torch.Tensor, torch.Tensor, str | None] | None:
+    """Apply the length policy to a spliced sequence: ``(embeds, labels, outcome)``, where
+    outcome is None or ``"truncated"``; None when ``overflow="skip"`` and it is too long."""
+    if embeds.shape[0] <= max_length:
+        return embeds, labels, None
+    if overflow == "skip":
+        return None
+    return embeds[:max_length], labels[:max_length], "truncated"
+
+
+def pad_batch(
+    embeds: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor],
+    side: Literal["right", "left"] = "right",
+) -> dict[str, torch.Tensor]:
+    """Stack (L_i, D) embeddings and (L_i,) labels: ``inputs_embeds`` (B, L, D), ``labels``
+    (pads ignored), ``attention_mask`` and ``position_ids`` (counting real tokens only)."""
+    length = max(e.shape[0] for e in embeds)
+    first = embeds[0]
+    inputs = first.new_zeros(len(embeds), length, first.shape[1])
+    out_labels = torch.full((len(embeds), length), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros(len(embeds), length, dtype=torch.long)
+    for i, (e, lab) in enumerate(zip(embeds, labels, strict=True)):
+        span = slice(0, e.shape[0]) if side == "right" else slice(length - e.shape[0], length)
+        inputs[i, span], out_labels[i, span], mask[i, span] = e, lab, 1
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    device = first.device
+    return {
+        "inputs_embeds": inputs,
+        "labels": out_labels.to(device),
+        "attention_mask": mask.to(device),
+        "position_ids": positions.to(device),
+    }

@@ -1,0 +1,232 @@
+"""One training stage: seeded data order, gradient accumulation, checkpoints and exact resume.
+
+Global batch ``b`` of step ``k`` (epoch ``e = k // steps_per_epoch``) is a slice of a permutation
+seeded with ``(seed, e)``; worker ``r`` of ``W`` takes the ``r``-th contiguous ``1/W`` of it and
+splits that into micro-batches. The loss is the token mean over the whole global batch (summed CE
+divided by the all-reduced count of supervised tokens), so the update does not depend on how the
+batch is split across workers or micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..model.modeling import VideoPanda
+from ..storage import Store
+from ..video.errors import VideoDecodeError
+from .checkpoints import latest_step, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .data import Sample, SampleError, SampleStats, VideoConversationDataset
+from .forward import TrainingModel
+from .stages import StageConfig, autocast, build_optimizer, build_scheduler, set_trainable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the data-parallel workers (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @classmethod
+    def from_torch(cls) -> World:
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.size > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def gather(self, items: list) -> list:
+        """Concatenate a small picklable list from every worker."""
+        if self.size == 1:
+            return items
+        out: list[list] = [[] for _ in range(self.size)]
+        dist.all_gather_object(out, items)
+        return [x for part in out for x in part]
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: int  # optimiser steps done
+    total_steps: int
+    loss: float  # token-mean CE over the global batch (nan when it had no supervised token)
+    tokens: int  # supervised tokens in the global batch
+    lrs: dict[str, float]
+    grad_norm: float | None
+    checkpoint: str | None  # store prefix written after this step
+
+
+@dataclass
+class StageResult:
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    stats: SampleStats = field(default_factory=SampleStats)
+    checkpoint: str | None = None  # the last checkpoint written
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """Seed of the sample at ``position`` of epoch ``epoch``'s order (dropout, flip)."""
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1)[0])
+
+
+def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(size)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def total_steps(cfg: StageConfig, dataset_size: int) -> int:
+    per_epoch = dataset_size // cfg.global_batch
+    steps = per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        steps = min(steps, cfg.max_steps)
+    if steps < 1:
+        raise ValueError(f"{dataset_size} samples give no step of {cfg.global_batch}")
+    return steps
+
+
+def train_stage(
+    model: VideoPanda,
+    dataset: VideoConversationDataset,
+    cfg: StageConfig,
+    store: Store,
+    prefix: str,
+    *,
+    world: World | None = None,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+    on_step: Callable[[StepResult], None] | None = None,
+    resume: bool = True,
+) -> StageResult:
+    """Train ``model`` for one stage, checkpointing to ``store`` under ``prefix``.
+
+    With ``resume`` it continues from the newest complete checkpoint under ``prefix`` and ends
+    with the same weights as a run that was never interrupted. ``wrap`` wraps the training
+    module (DDP); ``on_step`` sees every step's result (raising there stops the run).
+    """
+    world = world or World()
+    seed_everything(cfg.seed)
+    set_trainable(model, cfg.name)
+    model.train()
+    steps = total_steps(cfg, len(dataset))
+    per_epoch = len(dataset) // cfg.global_batch
+    accumulation = cfg.accumulation(world.size)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps)
+    result = StageResult(steps=steps)
+    start = latest_step(store, prefix) if resume else None
+    if start is not None:
+        state = load_checkpoint(store, prefix, start, model)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        result.losses = list(state["losses"])
+        result.stats.ids = {k: list(v) for k, v in state["stats"].items()}
+        result.checkpoint = f"{prefix}/step-{start:08d}"
+        log.info("resuming %s from step %d of %d", cfg.name, start, steps)
+    net = wrap(TrainingModel(model)) if wrap else TrainingModel(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    shard = cfg.global_batch // world.size
+    for step in range(start or 0, steps):
+        epoch, index = divmod(step, per_epoch)
+        order = epoch_order(cfg.seed, epoch, len(dataset))
+        first = index * cfg.global_batch + world.rank * shard
+        loss_sum, tokens, events = 0.0, 0, []
+        for m in range(accumulation):
+            positions = range(first + m * cfg.micro_batch, first + (m + 1) * cfg.micro_batch)
+            samples, seeds = _load(dataset, order, positions, cfg.seed, epoch, events)
+            sync = m == accumulation - 1 or not hasattr(net, "no_sync")
+            with contextlib.nullcontext() if sync else net.no_sync(), autocast(model.device):
+                loss, count, outcomes = net(samples, seeds, cfg.max_length, cfg.overflow)
+            loss.backward()
+            loss_sum += float(loss.detach())
+            tokens += count
+            events += [(o, s.id) for o, s in zip(outcomes, samples, strict=True) if o]
+        totals = world.all_reduce(torch.tensor([loss_sum, tokens], dtype=torch.float64))
+        global_tokens = int(totals[1])
+        grad_norm = None
+        if global_tokens:
+            for p in trainable:  # DDP averaged over workers; make it the global token mean
+                if p.grad is not None:
+                    p.grad.mul_(world.size / global_tokens)
+            if cfg.max_grad_norm is not None:
+                grad_norm = float(nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm))
+            optimizer.step()
+        else:
+            log.warning("step %d: no supervised token in the global batch; update skipped", step)
+        lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+        with warnings.catch_warnings():  # a skipped update is deliberate; the schedule moves on
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        for reason, sample_id in world.gather(events):
+            result.stats.record(reason, sample_id)
+        loss_value = float(totals[0]) / global_tokens if global_tokens else float("nan")
+        result.losses.append(loss_value)
+        done = step + 1
+        key = None
+        if done % cfg.save_every == 0 or done == steps:
+            state = {
+                "step": done,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(),
+                "losses": list(result.losses),
+                "stats": result.stats.ids,
+                "config": cfg.to_dict(),
+            }
+            key = save_checkpoint(store, prefix, done, model, state) if world.rank == 0 else None
+            result.checkpoint = f"{prefix}/step-{done:08d}"
+            world.barrier()
+        if on_step:
+            on_step(StepResult(done, steps, loss_value, global_tokens, lrs, grad_norm, key))
+    if result.stats.ids:
+        log.warning("%s: samples changed or left out: %s", cfg.name, result.stats.counts)
+    return result
+
+
+def _load(
+    dataset: VideoConversationDataset,
+    order: np.ndarray,
+    positions: range,
+    seed: int,
+    epoch: int,
+    events: list,
+) -> tuple[list[Sample], list[int]]:
+    """Samples at ``positions`` of the epoch order; failures go to ``events`` (reason, id)."""
+    samples, seeds = [], []
+    for pos in positions:
+        index = int(order[pos])
+        s = sample_seed(seed, epoch, pos)
+        try:
+            samples.append(dataset.load(index, s))
+            seeds.append(s)
+        except SampleError as exc:
+            log.warning("sample %d left out: %s", index, exc)
+            events.append(("bad_text", dataset.records[index].id))
+        except VideoDecodeError as exc:
+            log.warning("sample %d left out: %s", index, exc)
+            events.append(("video_error", dataset.records[index].id))
+    return samples, seeds

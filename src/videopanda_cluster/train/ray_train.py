@@ -1,0 +1,91 @@
+"""Data-parallel training with Ray Train: DDP over N workers (gloo on CPU, nccl on GPU).
+
+Every worker loads the model from an HF-layout folder, trains its shard of each global batch with
+:func:`train_stage` and reports each step's loss with ``ray.train.report``; rank 0 writes the
+checkpoints to the store. The global batch (and so the update) is the same for any worker count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from .stages import StageConfig
+
+
+@dataclass(frozen=True)
+class RayStageJob:
+    """Everything a worker needs, as plain values (it is shipped to every worker)."""
+
+    model: str  # HF-layout folder with the tokenizer, readable by every worker
+    data: str  # reference conversation JSON
+    video_root: str
+    store: str  # store URL for checkpoints
+    prefix: str
+    stage: dict[str, Any]  # StageConfig fields
+    flip: bool = True
+    isolate: bool = True  # decode videos in a killable child process
+    threads: int | None = None  # torch intra-op threads per worker
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: ``config`` is ``asdict(RayStageJob)``."""
+    import ray.train
+    import ray.train.torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ..model.modeling import VideoPanda
+    from ..storage import open_store
+    from .data import VideoConversationDataset, load_records
+    from .loop import StepResult, World, train_stage
+
+    job = RayStageJob(**config)
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    device = ray.train.torch.get_device()
+    model = VideoPanda.from_pretrained(job.model, device=device, dtype=torch.float32)
+    dataset = VideoConversationDataset(
+        load_records(job.data),
+        job.video_root,
+        model.tokenizer,
+        num_frames=model.config.num_frames,
+        size=model.config.image_size,
+        flip=job.flip,
+        isolate=job.isolate,
+    )
+
+    def wrap(module: torch.nn.Module) -> torch.nn.Module:
+        ids = [device] if device.type == "cuda" else None
+        # lmhra2 (and, in stage 1, nothing of the LLM) gets no gradient: unused parameters
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+
+    def report(step: StepResult) -> None:
+        ray.train.report({"step": step.step, "loss": step.loss, "tokens": step.tokens, **step.lrs})
+
+    train_stage(
+        model,
+        dataset,
+        StageConfig(**job.stage),
+        open_store(job.store),
+        job.prefix,
+        world=World.from_torch(),
+        wrap=wrap,
+        on_step=report,
+    )
+
+
+def run_stage(job: RayStageJob, num_workers: int, use_gpu: bool, storage_path: str):
+    """Run one stage on ``num_workers`` Ray workers; returns Ray's ``Result``."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=asdict(job),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        run_config=RunConfig(name=job.prefix.replace("/", "-"), storage_path=storage_path),
+    )
+    return trainer.fit()

@@ -1,0 +1,118 @@
+"""The three training stages (spec §7.1): what trains, learning rates, optimiser and schedule."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+import torch
+from torch import nn
+
+StageName = Literal["prealign", "pretrain", "finetune"]
+VISUAL_MODULES = ("video_tower", "video_projector")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage's hyper-parameters. ``global_batch`` samples per optimiser step, summed over
+    workers and accumulation; each forward pass holds ``micro_batch`` samples per worker."""
+
+    name: StageName
+    visual_lr: float  # STAB + projector
+    llm_lr: float
+    warmup_ratio: float
+    global_batch: int
+    micro_batch: int
+    save_every: int
+    epochs: int = 1
+    max_steps: int | None = None  # cap on optimiser steps (the schedule spans the capped run)
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    # The reference effectively trained without clipping (DeepSpeed's default 0 applies; HF's
+    # max_grad_norm is not forwarded, spec §7). We clip by default; None turns it off.
+    max_grad_norm: float | None = 1.0
+    max_length: int = 4096  # tokens of the spliced sequence (text + visual)
+    overflow: Literal["truncate", "skip"] = "truncate"
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.name not in ("prealign", "pretrain", "finetune"):
+            raise ValueError(f"unknown stage {self.name!r}")
+        if self.global_batch < 1 or self.micro_batch < 1 or self.global_batch % self.micro_batch:
+            raise ValueError("global_batch must be a positive multiple of micro_batch")
+        if self.overflow not in ("truncate", "skip"):
+            raise ValueError(f"overflow must be 'truncate' or 'skip', got {self.overflow!r}")
+
+    def accumulation(self, world_size: int) -> int:
+        """Micro-batches per worker and optimiser step."""
+        per_worker, rest = divmod(self.global_batch, world_size * self.micro_batch)
+        if rest or not per_worker:
+            raise ValueError(
+                f"global_batch {self.global_batch} is not a multiple of "
+                f"{world_size} workers × micro_batch {self.micro_batch}"
+            )
+        return per_worker
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# The reference scripts' settings (64 GPUs); override batch sizes for other clusters.
+PRESETS: dict[str, StageConfig] = {
+    "prealign": StageConfig("prealign", 4e-4, 4e-5, 0.03, 512, 8, save_every=200),
+    "pretrain": StageConfig("pretrain", 4e-5, 4e-5, 0.01, 512, 8, save_every=300),
+    "finetune": StageConfig("finetune", 2e-5, 2e-5, 0.01, 256, 4, save_every=400),
+}
+
+
+def stage_config(name: str, **overrides) -> StageConfig:
+    """A preset with some fields replaced."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown stage {name!r}; choose from {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+def is_visual(name: str) -> bool:
+    return name.split(".", 1)[0] in VISUAL_MODULES
+
+
+def set_trainable(model: nn.Module, stage: StageName) -> None:
+    """prealign: STAB and projector only (LLM frozen); pretrain/finetune: everything."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(stage != "prealign" or is_visual(name))
+
+
+def param_groups(model: nn.Module, cfg: StageConfig) -> list[dict]:
+    """Trainable parameters in two groups, visual (STAB + projector) and LLM, with their LRs."""
+    groups = {"visual": [], "llm": []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups["visual" if is_visual(name) else "llm"].append(p)
+    lrs = {"visual": cfg.visual_lr, "llm": cfg.llm_lr}
+    return [{"params": ps, "lr": lrs[k], "name": k} for k, ps in groups.items() if ps]
+
+
+def build_optimizer(model: nn.Module, cfg: StageConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(
+        param_groups(model, cfg), betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: StageConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over ceil(warmup_ratio · total) steps, then cosine to 0 (HF's schedule)."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)  # as HF's TrainingArguments
+    return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (as the reference); plain fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,112 @@
+"""The stage loop: exact resume from the store, what each stage trains, the length policy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.test_train_helpers import build, dataset, tiny_model
+from videopanda_cluster import VideoPanda
+from videopanda_cluster.storage import LocalStore
+from videopanda_cluster.train.loop import epoch_order, train_stage
+from videopanda_cluster.train.stages import stage_config
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("train_loop"))
+
+
+class Stop(Exception):
+    pass
+
+
+def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(setup, tmp_path):
+    _, tokenizer, data = setup
+    ds = dataset(data, tokenizer)
+    cfg = stage_config(
+        "finetune", global_batch=1, micro_batch=1, save_every=2, epochs=1, warmup_ratio=0.5
+    )
+    full = tiny_model(tokenizer)
+    whole = train_stage(full, ds, cfg, LocalStore(tmp_path / "a"), "ft")
+    assert whole.steps == 4 and len(whole.losses) == 4
+
+    def kill_after_3(step):
+        if step.step == 3:  # step 3 is lost: the last checkpoint is step 2
+            raise Stop
+
+    store = LocalStore(tmp_path / "b")
+    with pytest.raises(Stop):
+        train_stage(tiny_model(tokenizer), ds, cfg, store, "ft", on_step=kill_after_3)
+    resumed_model = tiny_model(tokenizer)
+    resumed = train_stage(resumed_model, ds, cfg, store, "ft")
+    assert resumed.losses == whole.losses
+    a, b = full.state_dict(), resumed_model.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert not torch.equal(a["llm.lm_head.weight"], tiny_model(tokenizer).llm.lm_head.weight)
+    # the final checkpoint is a loadable HF-layout folder with the final weights
+    loaded = VideoPanda.from_pretrained(tmp_path / "b" / "ft" / "step-00000004", device="cpu")
+    assert all(torch.equal(t, loaded.state_dict()[k]) for k, t in a.items())
+    assert loaded.tokenizer is not None
+
+
+def _changed(before: dict, model, prefix: str) -> list[bool]:
+    return [
+        not torch.equal(before[k], t) for k, t in model.state_dict().items() if k.startswith(prefix)
+    ]
+
+
+def test_prealign_trains_only_the_visual_path_and_pretrain_the_llm(setup, tmp_path):
+    _, tokenizer, data = setup
+    ds = dataset(data, tokenizer)
+    model = tiny_model(tokenizer)
+    before = {k: t.clone() for k, t in model.state_dict().items()}
+    store = LocalStore(tmp_path)
+    cfg = stage_config("prealign", global_batch=1, micro_batch=1, save_every=10, max_steps=2)
+    train_stage(model, ds, cfg, store, "s1")
+    assert not any(_changed(before, model, "llm."))  # every LLM tensor bit-unchanged
+    assert all(_changed(before, model, "video_projector."))
+    stab = {
+        k: not torch.equal(before[k], t)
+        for k, t in model.named_parameters()
+        if k.startswith("video_tower.") and not k.startswith("video_tower.lmhra2.")
+    }
+    assert sum(stab.values()) >= 0.9 * len(stab), [k for k, c in stab.items() if not c]
+    assert not any(p.requires_grad for p in model.llm.parameters())
+
+    before = {k: t.clone() for k, t in model.state_dict().items()}
+    cfg = stage_config(
+        "pretrain", global_batch=1, micro_batch=1, save_every=10, max_steps=1, warmup_ratio=0.0
+    )
+    train_stage(model, ds, cfg, store, "s2", resume=False)
+    llm = _changed(before, model, "llm.")
+    assert sum(llm) == len(llm)  # one AdamW step moves every LLM weight
+
+
+def test_too_long_samples_are_counted_whether_skipped_or_truncated(setup, tmp_path):
+    _, tokenizer, data = setup
+    ds = dataset(data, tokenizer)
+    model = tiny_model(tokenizer)
+    before = {k: t.clone() for k, t in model.named_parameters() if k.startswith("llm.")}
+    cfg = stage_config(
+        "finetune",
+        global_batch=2,
+        micro_batch=1,
+        save_every=10,
+        max_steps=1,
+        max_length=50,
+        overflow="skip",
+    )
+    skipped = train_stage(model, ds, cfg, LocalStore(tmp_path / "skip"), "x", resume=False)
+    assert skipped.stats.counts == {"too_long": 2}
+    assert torch.isnan(torch.tensor(skipped.losses)).all()
+    assert not any(_changed(before, model, "llm."))  # no supervised token: no update
+
+    cut = stage_config(
+        "finetune", global_batch=2, micro_batch=2, save_every=10, max_steps=1, max_length=300
+    )
+    truncated = train_stage(model, ds, cut, LocalStore(tmp_path / "cut"), "x")
+    first = epoch_order(cut.seed, 0, len(ds))[:2]
+    assert sorted(truncated.stats.ids["truncated"]) == sorted(ds.records[i].id for i in first)
+    assert truncated.stats.counts == {"truncated": 2}
