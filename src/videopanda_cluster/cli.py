@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import eval_cli, jobs_cli
+from . import eval_cli, jobs_cli, train_cli
 from .video.errors import VideoDecodeError
 from .video.extract import PreprocessOptions, extract_video
 
@@ -171,6 +171,7 @@ def convert(
 
 jobs_cli.register(app)
 eval_cli.register(app)
+train_cli.register(app)
 
 if __name__ == "__main__":
     app()

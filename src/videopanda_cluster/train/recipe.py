@@ -1,0 +1,291 @@
+"""The small-model recipe: a corpus tokenizer, a random small Video-Panda and the three stages.
+
+Stages run in order (prealign → pretrain → finetune), each starting from the previous stage's
+final checkpoint. Store layout: ``stages/<stage>/step-XXXXXXXX/`` (see ``checkpoints.py``) and
+``model/``, the final model in the HF layout with ``training.json``. Re-running on the same store
+resumes: a finished stage is not trained again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..model.config import VideoPandaConfig
+from ..model.modeling import VideoPanda
+from ..model.prompt import SYSTEM_PROMPT_EVAL, SYSTEM_PROMPT_TRAIN, load_tokenizer
+from ..model.tokenizer_builder import build_sentencepiece_tokenizer
+from ..storage import LocalStore, Store, open_store
+from .checkpoints import STATE_FILE, checkpoint_prefix, download, latest_step
+from .data import VIDEO_MARKERS, VideoConversationDataset, load_records
+from .loop import total_steps, train_stage
+from .ray_train import RayStageJob, run_stage
+from .stages import StageConfig, stage_config
+
+RECIPE_STAGES = ("prealign", "pretrain", "finetune")
+# The paper's stage 2 trains on the same caption data as stage 1 (Valley).
+STAGE_DATA = {
+    "prealign": "train/prealign.json",
+    "pretrain": "train/prealign.json",
+    "finetune": "train/finetune.json",
+}
+TEMPLATE_TEXTS = (SYSTEM_PROMPT_EVAL, SYSTEM_PROMPT_TRAIN, "USER: ASSISTANT:")
+MODEL_KEY = "model"
+TRAINING_FILE = "training.json"
+DEFAULT_VOCAB = 512
+_VOCAB_LIMIT = re.compile(r"value <= (\d+)")
+
+
+# -- tokenizer and model ---------------------------------------------------------------------
+def corpus_texts(corpus_dir: str | Path) -> list[str]:
+    """Every turn of the corpus's training conversations (video markers removed), the answer
+    vocabularies of ``synth.json`` and the prompt template's fixed words, in a fixed order."""
+    root = Path(corpus_dir)
+    texts = list(TEMPLATE_TEXTS)
+    for name in sorted(set(STAGE_DATA.values())):
+        for record in load_records(root / name):
+            for _, value in record.turns:
+                for marker in VIDEO_MARKERS:
+                    value = value.replace(marker, "")
+                texts.append(value.strip())
+    summary = root / "synth.json"
+    if summary.is_file():
+        words = json.loads(summary.read_text())["vocabularies"]
+        texts += [" ".join(words[kind]) for kind in sorted(words)]
+    return [t for t in texts if t]
+
+
+def build_corpus_tokenizer(
+    corpus_dir: str | Path, out_dir: str | Path, vocab_size: int = DEFAULT_VOCAB
+) -> Path:
+    """Train the SentencePiece tokenizer (Llama ids: unk 0, BOS 1, EOS 2, no pad) on the corpus.
+
+    A ``vocab_size`` larger than the corpus supports is lowered to SentencePiece's limit.
+    """
+    texts = corpus_texts(corpus_dir)
+    try:
+        return build_sentencepiece_tokenizer(Path(out_dir), texts, vocab_size)
+    except RuntimeError as exc:
+        limit = _VOCAB_LIMIT.search(str(exc))
+        if not limit:
+            raise
+        return build_sentencepiece_tokenizer(Path(out_dir), texts, int(limit.group(1)))
+
+
+def init_small_model(
+    corpus_dir: str | Path,
+    out_dir: str | Path,
+    image_size: int = 224,
+    seed: int = 0,
+    vocab_size: int = DEFAULT_VOCAB,
+) -> Path:
+    """Save a randomly initialised ``VideoPandaConfig.small`` model with the corpus tokenizer."""
+    out = build_corpus_tokenizer(corpus_dir, out_dir, vocab_size)
+    tokenizer = load_tokenizer(out)
+    torch.manual_seed(seed)
+    model = VideoPanda(VideoPandaConfig.small(vocab_size=len(tokenizer), image_size=image_size))
+    model.tokenizer = tokenizer
+    model.save_pretrained(out)
+    return out
+
+
+# -- stages ----------------------------------------------------------------------------------
+def stage_prefix(stage: str) -> str:
+    return f"stages/{stage}"
+
+
+def _final_checkpoint(store: Store, stage: str) -> str | None:
+    step = latest_step(store, stage_prefix(stage))
+    return None if step is None else checkpoint_prefix(stage_prefix(stage), step)
+
+
+def _start_folder(
+    store: Store, stage: str, work: Path, corpus: Path, image_size: int, seed: int
+) -> tuple[Path, str]:
+    """The model a stage starts from: the nearest earlier stage's final checkpoint in the store,
+    else a fresh small model. Returns the folder and where it came from."""
+    for earlier in reversed(RECIPE_STAGES[: RECIPE_STAGES.index(stage)]):
+        key = _final_checkpoint(store, earlier)
+        if key:
+            return download(store, key, work / f"{stage}-start"), key
+    return init_small_model(corpus, work / "init", image_size, seed), f"random init (seed {seed})"
+
+
+def _train_local(job: RayStageJob) -> None:
+    """One process, no Ray: what a single Ray worker does, on the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(job.threads or threads)
+    try:
+        _train_model(job, VideoPanda.from_pretrained(job.model, device="cpu", dtype=torch.float32))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_model(job: RayStageJob, model: VideoPanda) -> None:
+    """Train a loaded ``model`` as ``job`` says, in this process."""
+    dataset = VideoConversationDataset(
+        load_records(job.data),
+        job.video_root,
+        model.tokenizer,
+        num_frames=model.config.num_frames,
+        size=model.config.image_size,
+        flip=job.flip,
+        isolate=job.isolate,
+    )
+    train_stage(model, dataset, StageConfig(**job.stage), open_store(job.store), job.prefix)
+
+
+def _trainer_state(store: Store, key: str) -> dict[str, Any]:
+    return torch.load(io.BytesIO(store.get(f"{key}/{STATE_FILE}")), weights_only=True)
+
+
+def _stage_summary(
+    cfg: StageConfig, samples: int, workers: int, start: str, key: str, state: dict, secs: float
+) -> dict[str, Any]:
+    losses = [float(x) for x in state["losses"]]
+    return {
+        "stage": cfg.name,
+        "data": STAGE_DATA[cfg.name],
+        "samples": samples,
+        "steps": len(losses),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "losses": losses,
+        "seconds": round(secs, 3),
+        "workers": workers,
+        "seed": cfg.seed,
+        "started_from": start,
+        "checkpoint": key,
+        "sample_stats": {reason: len(ids) for reason, ids in state["stats"].items()},
+        "config": cfg.to_dict(),
+    }
+
+
+def run_one_stage(
+    cfg: StageConfig,
+    corpus: Path,
+    store: Store,
+    start: Path,
+    workers: int,
+    work: Path,
+    threads: int | None = None,
+    use_gpu: bool = False,
+) -> tuple[str, dict]:
+    """Train one stage from the model folder ``start`` (Ray Train when ``workers`` ≥ 1);
+    returns its final checkpoint's key and trainer state."""
+    total_steps(cfg, len(load_records(corpus / STAGE_DATA[cfg.name])))  # fail early if too small
+    job = RayStageJob(
+        model=str(start),
+        data=str(corpus / STAGE_DATA[cfg.name]),
+        video_root=str(corpus),
+        store=store.url,
+        prefix=stage_prefix(cfg.name),
+        stage=asdict(cfg),
+        threads=threads,
+    )
+    if workers == 0:
+        _train_local(job)
+    else:
+        result = run_stage(job, workers, use_gpu, str(work / "ray"))
+        if result.error is not None:
+            raise RuntimeError(f"stage {cfg.name} failed: {result.error}") from result.error
+    key = _final_checkpoint(store, cfg.name)
+    return key, _trainer_state(store, key)
+
+
+# -- export and the whole recipe ---------------------------------------------------------------
+def model_location(store: Store) -> str:
+    """Where the exported model is: a local folder for a local store, else its store URL."""
+    if isinstance(store, LocalStore):
+        return str(store.root / MODEL_KEY)
+    return f"{store.url.rstrip('/')}/{MODEL_KEY}"
+
+
+def export_model(store: Store, checkpoint: str, training: dict[str, Any]) -> str:
+    """Copy ``checkpoint`` (without the trainer state) to ``model/`` with ``training.json``."""
+    for key in store.list(checkpoint + "/"):
+        name = key.rpartition("/")[2]
+        if name != STATE_FILE:
+            store.put(f"{MODEL_KEY}/{name}", store.get(key))
+    store.put(f"{MODEL_KEY}/{TRAINING_FILE}", json.dumps(training, indent=1).encode())
+    return model_location(store)
+
+
+def _corpus_seed(corpus: Path) -> int | None:
+    summary = corpus / "synth.json"
+    return json.loads(summary.read_text())["seed"] if summary.is_file() else None
+
+
+def run_recipe(
+    corpus_dir: str | Path,
+    output_store: str,
+    stages: Sequence[str] = RECIPE_STAGES,
+    workers: int = 1,
+    max_steps: int | None = None,
+    *,
+    image_size: int = 224,
+    seed: int = 0,
+    global_batch: int = 8,
+    micro_batch: int = 1,
+    epochs: int = 1,
+    threads: int | None = None,
+    use_gpu: bool = False,
+    work_dir: str | Path | None = None,
+    on_stage: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``stages`` in recipe order into ``output_store`` and export the last one's model.
+
+    ``workers`` ≥ 1 trains on Ray Train (``work_dir`` must then be readable by every worker);
+    0 trains in this process. ``seed`` seeds the initial weights and every stage's data order.
+    Returns the ``training.json`` contents, with ``model`` the exported folder.
+    """
+    unknown = [s for s in stages if s not in RECIPE_STAGES]
+    if unknown or not stages:
+        raise ValueError(f"stages must be among {', '.join(RECIPE_STAGES)}, got {list(stages)}")
+    corpus, store = Path(corpus_dir), open_store(output_store)
+    ordered = [s for s in RECIPE_STAGES if s in stages]
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(work_dir) if work_dir else Path(tmp)
+        start, origin = _start_folder(store, ordered[0], work, corpus, image_size, seed)
+        summaries = []
+        for name in ordered:
+            cfg = stage_config(
+                name,
+                global_batch=global_batch,
+                micro_batch=micro_batch,
+                epochs=epochs,
+                max_steps=max_steps,
+                seed=seed,
+            )
+            t0 = time.monotonic()
+            key, state = run_one_stage(cfg, corpus, store, start, workers, work, threads, use_gpu)
+            samples = len(load_records(corpus / STAGE_DATA[name]))
+            summary = _stage_summary(
+                cfg, samples, workers, origin, key, state, time.monotonic() - t0
+            )
+            summaries.append(summary)
+            if on_stage:
+                on_stage(summary)
+            start, origin = download(store, key, work / f"{name}-final"), key
+        config = VideoPandaConfig.from_pretrained(start)
+        training = {
+            "recipe": "videopanda small",
+            "stages": summaries,
+            "init_seed": seed,
+            "image_size": config.image_size,
+            "vocab_size": config.llm["vocab_size"],
+            "corpus": {"path": str(corpus), "seed": _corpus_seed(corpus)},
+            "wall_seconds": round(time.monotonic() - began, 3),
+        }
+        training["model"] = export_model(store, summaries[-1]["checkpoint"], training)
+    return training

@@ -1,0 +1,67 @@
+"""`videopanda train`: the small-model recipe (tokenizer, random init, three stages)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+Opt = typer.Option
+console = Console()
+STAGE_CHOICES = ("prealign", "pretrain", "finetune", "all")
+
+
+def _print_stage(summary: dict[str, Any]) -> None:
+    loss = summary["last_loss"]
+    shown = "n/a" if loss is None else f"{loss:.4f}"
+    console.print(
+        f"{summary['stage']}: {summary['steps']} steps, last loss {shown}, "
+        f"{summary['seconds']:.1f} s → {summary['checkpoint']}",
+        markup=False,
+    )
+
+
+def train(
+    corpus: Annotated[Path, Opt(help="Corpus folder written by `videopanda synth`.")],
+    output: Annotated[str, Opt(help="Store: a directory or az://container/prefix.")],
+    stage: Annotated[str, Opt(help="prealign, pretrain, finetune or all.")] = "all",
+    workers: Annotated[int, Opt(help="Ray Train workers (0: in this process).", min=0)] = 1,
+    max_steps: Annotated[int | None, Opt(help="Optimiser steps per stage at most.", min=1)] = None,
+    image_size: Annotated[int, Opt(help="Input frame size of a new model (224 or 112).")] = 224,
+    seed: Annotated[int, Opt(help="Seed of the initial weights and the data order.")] = 0,
+    global_batch: Annotated[int, Opt(help="Samples per optimiser step.", min=1)] = 8,
+    micro_batch: Annotated[int, Opt(help="Samples per forward pass and worker.", min=1)] = 1,
+    epochs: Annotated[int, Opt(help="Epochs per stage.", min=1)] = 1,
+    gpu: Annotated[bool, Opt(help="Train on GPUs (one per worker).")] = False,
+) -> None:
+    """Train the small Video-Panda on a corpus, stage by stage, and export the final model."""
+    from .train.recipe import RECIPE_STAGES, run_recipe
+
+    if stage not in STAGE_CHOICES:
+        raise typer.BadParameter(f"--stage must be one of {', '.join(STAGE_CHOICES)}")
+    stages = RECIPE_STAGES if stage == "all" else (stage,)
+    try:
+        training = run_recipe(
+            corpus,
+            output,
+            stages,
+            workers,
+            max_steps,
+            image_size=image_size,
+            seed=seed,
+            global_batch=global_batch,
+            micro_batch=micro_batch,
+            epochs=epochs,
+            use_gpu=gpu,
+            on_stage=_print_stage,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    console.print(f"model: {training['model']} ({training['wall_seconds']:.1f} s)", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)

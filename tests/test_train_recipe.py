@@ -1,0 +1,144 @@
+"""The small-model recipe: corpus tokenizer, three chained stages on Ray Train, export, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from videopanda_cluster.cli import app
+from videopanda_cluster.model.modeling import VideoPanda
+from videopanda_cluster.model.prompt import build_prompt, load_tokenizer, tokenize_prompt
+from videopanda_cluster.train.data import load_video
+from videopanda_cluster.train.recipe import (
+    RECIPE_STAGES,
+    TRAINING_FILE,
+    build_corpus_tokenizer,
+    run_recipe,
+)
+from videopanda_cluster.train.synth import SynthOptions, write_synth
+
+SIZE = 112
+STEPS = 2
+RUN = {"max_steps": STEPS, "image_size": SIZE, "global_batch": 2, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    write_synth(root, seed=3, videos=6, options=SynthOptions(frames=8, width=64, height=64))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    """The recipe, all three stages of STEPS steps, in this process (workers=0)."""
+    base = tmp_path_factory.mktemp("recipe")
+    training = run_recipe(corpus, str(base / "store"), workers=0, **RUN, work_dir=base / "work")
+    return base, training
+
+
+def _llm(folder) -> dict[str, torch.Tensor]:
+    return VideoPanda.from_pretrained(folder, dtype=torch.float32).llm.state_dict()
+
+
+def test_tokenizer_is_deterministic_with_llama_ids(corpus, tmp_path):
+    first = build_corpus_tokenizer(corpus, tmp_path / "a")
+    second = build_corpus_tokenizer(corpus, tmp_path / "b")
+    assert (first / "tokenizer.model").read_bytes() == (second / "tokenizer.model").read_bytes()
+    tok = load_tokenizer(first)
+    assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (
+        0,
+        1,
+        2,
+        None,
+    )
+    ids = tokenize_prompt(build_prompt("What colour is the circle?"), tok)
+    assert ids[0] == 1 and tok.unk_token_id not in ids
+    assert tok.decode(tok("the circle moves left").input_ids, skip_special_tokens=True) == (
+        "the circle moves left"
+    )
+
+
+def test_stages_chain_and_checkpoints_exist(trained):
+    base, training = trained
+    stages = training["stages"]
+    assert [s["stage"] for s in stages] == list(RECIPE_STAGES)
+    for summary in stages:
+        assert summary["steps"] == STEPS and len(summary["losses"]) == STEPS
+        assert all(loss == loss for loss in summary["losses"])  # no NaN
+        assert (base / "store" / summary["checkpoint"] / "config.json").is_file()
+    assert stages[0]["started_from"].startswith("random init")
+    assert stages[1]["started_from"] == stages[0]["checkpoint"]
+    assert stages[2]["started_from"] == stages[1]["checkpoint"]
+    assert stages[2]["data"] == "train/finetune.json"
+
+
+def test_prealign_freezes_the_llm_and_finetune_trains_it(trained):
+    base, training = trained
+    store = base / "store"
+    init = _llm(base / "work" / "init")
+    prealign = _llm(store / training["stages"][0]["checkpoint"])
+    pretrain = _llm(store / training["stages"][1]["checkpoint"])
+    finetune = _llm(store / training["stages"][2]["checkpoint"])
+    assert all(torch.equal(init[k], prealign[k]) for k in init)
+    assert any(not torch.equal(pretrain[k], finetune[k]) for k in pretrain)
+
+
+def test_exported_model_loads_and_answers(trained, corpus):
+    base, training = trained
+    folder = base / "store" / "model"
+    assert training["model"] == str(folder)
+    saved = json.loads((folder / TRAINING_FILE).read_text())
+    assert saved["corpus"]["seed"] == 3 and saved["image_size"] == SIZE
+    assert [s["steps"] for s in saved["stages"]] == [STEPS] * 3
+    model = VideoPanda.from_pretrained(folder, dtype=torch.float32)
+    video = next((corpus / "videos").iterdir())
+    pixels = load_video(video, model.config.num_frames, SIZE, isolate=False)
+    (answer,) = model.answer(pixels[None], ["What colour is the circle?"], max_new_tokens=4)
+    assert isinstance(answer, str)
+
+
+def test_ray_train_worker_matches_in_process(trained, corpus, tmp_path):
+    """One Ray Train worker (DDP, gloo) trains prealign with the in-process run's losses."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        training = run_recipe(
+            corpus, str(tmp_path / "store"), ("prealign",), 1, **RUN, work_dir=tmp_path / "work"
+        )
+    finally:
+        ray.shutdown()
+    (summary,) = training["stages"]
+    assert summary["workers"] == 1 and summary["steps"] == STEPS
+    expected = torch.tensor(trained[1]["stages"][0]["losses"])
+    torch.testing.assert_close(torch.tensor(summary["losses"]), expected, rtol=1e-4, atol=0)
+    assert (tmp_path / "store" / "model" / "config.json").is_file()
+
+
+def test_cli_help_and_run(corpus, tmp_path):
+    runner = CliRunner()
+    shown = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0
+    for option in ("--corpus", "--output", "--stage", "--workers", "--max-steps", "--image-size"):
+        assert option in shown.output
+    args = ["train", "--corpus", str(corpus), "--output", str(tmp_path / "store")]
+    args += ["--stage", "prealign", "--workers", "0", "--max-steps", "1", "--global-batch", "2"]
+    ran = subprocess.run(
+        [sys.executable, "-m", "videopanda_cluster.cli", *args, "--image-size", str(SIZE)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "prealign: 1 steps" in ran.stdout
+    assert f"model: {tmp_path / 'store' / 'model'}" in ran.stdout
+    bad = runner.invoke(app, [*args[:4], "--stage", "nope"], env={"COLUMNS": "200"})
+    assert bad.exit_code != 0
