@@ -1,4 +1,5 @@
-"""The training forward pass as one module (so DDP can wrap it): video → tokens → summed CE."""
+"""The training forward pass as one module (so DDP can wrap it): video → tokens → summed CE,
+plus the optional distillation term (spec §7.3, ``distill.py``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..model.compressor import VideoCompressor
 from ..model.generation import splice
 from ..model.modeling import VideoPanda
 from ..model.prompt import IGNORE_INDEX
 from .data import Overflow, Sample, expand_labels, fit_length, pad_batch
+from .distill import DistillStats, FrameTarget, TeacherFeatures, distill_sum, frame_targets
 
 
 class TrainingModel(nn.Module):
@@ -20,20 +23,32 @@ class TrainingModel(nn.Module):
     STAB runs once per video (its clips together), so BatchNorm statistics cover one video as in
     the reference and do not depend on how samples are grouped into batches; each video's dropout
     is drawn after seeding with its sample seed, so it does not depend on the worker count either.
+
+    ``compressor`` (training only, never part of :class:`VideoPanda`) enables distillation: the
+    forward pass then adds ``distill_scale`` × Σ frame losses when given the teacher's
+    ``targets``, and leaves that term's :class:`DistillStats` in ``distill_stats``.
     """
 
-    def __init__(self, model: VideoPanda) -> None:
+    def __init__(self, model: VideoPanda, compressor: VideoCompressor | None = None) -> None:
         super().__init__()
         self.model = model
+        self.video_tower_compressor = compressor
+        self.distill_stats: DistillStats | None = None
 
     def encode(self, pixels: torch.Tensor, seed: int) -> list[torch.Tensor]:
         """(F, 4, S, S) → F projected frame token tensors, with gradients."""
+        return self.encode_frames(pixels, seed)[0]
+
+    def encode_frames(
+        self, pixels: torch.Tensor, seed: int
+    ) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+        """(F, 4, S, S) → F projected frame token tensors (with gradients) and their (h, w)."""
         torch.manual_seed(seed)
         chunk = self.model.config.chunk_size
         clips = pixels.reshape(-1, chunk, *pixels.shape[1:]).to(self.model.device)
-        frames, _ = self.model.video_tower(clips)
+        frames, grids = self.model.video_tower(clips)
         lengths = [t.shape[0] for t in frames]
-        return list(self.model.video_projector(torch.cat(frames)).split(lengths))
+        return list(self.model.video_projector(torch.cat(frames)).split(lengths)), grids
 
     def forward(
         self,
@@ -41,30 +56,63 @@ class TrainingModel(nn.Module):
         seeds: Sequence[int],
         max_length: int,
         overflow: Overflow,
+        targets: Sequence[TeacherFeatures] | None = None,
+        distill_scale: float = 0.0,
     ) -> tuple[torch.Tensor, int, list[str | None]]:
-        """Summed next-token CE over the supervised tokens, their count, and each sample's
-        length outcome (None, ``"truncated"`` or ``"too_long"`` when skipped)."""
+        """Summed next-token CE over the supervised tokens (plus ``distill_scale`` × the summed
+        distillation frame losses when distilling), the supervised token count, and each
+        sample's length outcome (None, ``"truncated"`` or ``"too_long"`` when skipped).
+
+        Distillation needs the compressor, ``targets`` (one per sample) and a nonzero
+        ``distill_scale``; otherwise the pass is plain CE.
+        """
+        distill = self.video_tower_compressor is not None and targets is not None
+        distill = distill and distill_scale != 0
+        if distill and len(targets) != len(samples):
+            raise ValueError(f"{len(targets)} teacher targets for {len(samples)} samples")
+        self.distill_stats = None
         embed = self.model.llm.get_input_embeddings()
         embeds, labels, outcomes = [], [], []
-        for sample, seed in zip(samples, seeds, strict=True):
-            frames = self.encode(sample.pixels, seed)
+        frames_of: list[FrameTarget] = []
+        for n, (sample, seed) in enumerate(zip(samples, seeds, strict=True)):
+            frames, grids = self.encode_frames(sample.pixels, seed)
+            lengths = [f.shape[0] for f in frames]
             sequence = splice(embed, sample.input_ids, frames)
-            expanded = expand_labels(sample.labels, sample.input_ids, [f.shape[0] for f in frames])
+            expanded = expand_labels(sample.labels, sample.input_ids, lengths)
             fitted = fit_length(sequence, expanded.to(sequence.device), max_length, overflow)
             outcomes.append("too_long" if fitted is None else fitted[2])
             if fitted is not None:
+                if distill:
+                    frames_of += frame_targets(
+                        len(embeds),
+                        sample,
+                        lengths,
+                        grids,
+                        fitted[0].shape[0],
+                        targets[n],
+                        self.model.config,
+                    )
                 embeds.append(fitted[0])
                 labels.append(fitted[1])
         if not embeds:  # nothing to learn from; a zero loss that still reaches every parameter
             zero = sum(p.flatten()[0] * 0 for p in self.parameters() if p.requires_grad)
+            if distill:
+                self.distill_stats = DistillStats.empty(self.model.device)
             return zero, 0, outcomes
         batch = pad_batch(embeds, labels, side="right")
-        targets = batch.pop("labels")[:, 1:]
-        logits = self.model.llm(**batch).logits[:, :-1]
+        labels_out = batch.pop("labels")[:, 1:]
+        if distill:
+            out = self.model.llm(**batch, output_hidden_states=True)
+        else:
+            out = self.model.llm(**batch)
         loss = F.cross_entropy(
-            logits.float().flatten(0, 1),
-            targets.flatten(),
+            out.logits[:, :-1].float().flatten(0, 1),
+            labels_out.flatten(),
             ignore_index=IGNORE_INDEX,
             reduction="sum",
         )
-        return loss, int((targets != IGNORE_INDEX).sum()), outcomes
+        if distill:
+            stats = distill_sum(out.hidden_states, self.video_tower_compressor, frames_of)
+            self.distill_stats = stats
+            loss = loss + distill_scale * stats.loss_sum
+        return loss, int((labels_out != IGNORE_INDEX).sum()), outcomes

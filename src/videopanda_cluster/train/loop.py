@@ -5,6 +5,16 @@ seeded with ``(seed, e)``; worker ``r`` of ``W`` takes the ``r``-th contiguous `
 splits that into micro-batches. The loss is the token mean over the whole global batch (summed CE
 divided by the all-reduced count of supervised tokens), so the update does not depend on how the
 batch is split across workers or micro-batches.
+
+With distillation (``cfg.distill_weight`` > 0 and a teacher) the step's objective is
+``CE_sum / T + w · D_sum / F``: D_sum sums the frame losses 1 − mean cos, F counts the frames
+that enter L_distill in the global batch and T its supervised tokens (spec §7.3: a per-frame mean
+over the global batch). Gradients are scaled by 1 / T after all micro-batches, as for CE alone, so
+each micro-batch backpropagates ``CE_sum + (w · T / F) · D_sum``; T and F are known before the
+first forward pass because they follow from the data alone (labels, masks, teacher validity,
+length policy; ``distill.plan_counts``), all-reduced over the workers. The reported loss is the
+total (CE mean + w · L_distill), and ``StepResult.distill`` is L_distill. The compressor's weights
+are saved in ``trainer_state.pt`` (key ``"compressor"``), never in the model folder.
 """
 
 from __future__ import annotations
@@ -20,11 +30,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..model.compressor import VideoCompressor
 from ..model.modeling import VideoPanda
 from ..storage import Store
 from ..video.errors import VideoDecodeError
 from .checkpoints import latest_step, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import Sample, SampleError, SampleStats, VideoConversationDataset
+from .distill import Teacher, TeacherFeatures, plan_counts, teacher_targets
 from .forward import TrainingModel
 from .stages import StageConfig, autocast, build_optimizer, build_scheduler, set_trainable
 
@@ -71,6 +83,7 @@ class StepResult:
     lrs: dict[str, float]
     grad_norm: float | None
     checkpoint: str | None  # store prefix written after this step
+    distill: float | None = None  # L_distill over the global batch (None: off or no frame)
 
 
 @dataclass
@@ -119,26 +132,37 @@ def train_stage(
     wrap: Callable[[nn.Module], nn.Module] | None = None,
     on_step: Callable[[StepResult], None] | None = None,
     resume: bool = True,
+    teacher: Teacher | None = None,
+    compressor: VideoCompressor | None = None,
 ) -> StageResult:
     """Train ``model`` for one stage, checkpointing to ``store`` under ``prefix``.
 
     With ``resume`` it continues from the newest complete checkpoint under ``prefix`` and ends
     with the same weights as a run that was never interrupted. ``wrap`` wraps the training
     module (DDP); ``on_step`` sees every step's result (raising there stops the run).
+
+    ``cfg.distill_weight`` > 0 adds the distillation loss against ``teacher``, through
+    ``compressor`` (trained in place; a new seeded one for the model and teacher when None, so
+    pass the previous stage's to carry it over). With the weight 0 both are ignored.
     """
     world = world or World()
     seed_everything(cfg.seed)
     set_trainable(model, cfg.name)
     model.train()
+    compressor = _distill_setup(model, cfg, teacher, compressor)
     steps = total_steps(cfg, len(dataset))
     per_epoch = len(dataset) // cfg.global_batch
     accumulation = cfg.accumulation(world.size)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, compressor)
     scheduler = build_scheduler(optimizer, cfg, steps)
     result = StageResult(steps=steps)
     start = latest_step(store, prefix) if resume else None
     if start is not None:
         state = load_checkpoint(store, prefix, start, model)
+        if compressor is not None:
+            if "compressor" not in state:
+                raise ValueError(f"checkpoint step {start} under {prefix!r} has no compressor")
+            compressor.load_state_dict(state["compressor"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -146,24 +170,42 @@ def train_stage(
         result.stats.ids = {k: list(v) for k, v in state["stats"].items()}
         result.checkpoint = f"{prefix}/step-{start:08d}"
         log.info("resuming %s from step %d of %d", cfg.name, start, steps)
-    net = wrap(TrainingModel(model)) if wrap else TrainingModel(model)
+    inner = TrainingModel(model, compressor)
+    net = wrap(inner) if wrap else inner
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if compressor is not None:
+        trainable += list(compressor.parameters())
     shard = cfg.global_batch // world.size
     for step in range(start or 0, steps):
         epoch, index = divmod(step, per_epoch)
         order = epoch_order(cfg.seed, epoch, len(dataset))
         first = index * cfg.global_batch + world.rank * shard
         loss_sum, tokens, events = 0.0, 0, []
+        batches = []
         for m in range(accumulation):
             positions = range(first + m * cfg.micro_batch, first + (m + 1) * cfg.micro_batch)
-            samples, seeds = _load(dataset, order, positions, cfg.seed, epoch, events)
+            batches.append(_load(dataset, order, positions, cfg.seed, epoch, events))
+        plan = _plan_distill(batches, cfg, model, teacher, world) if compressor else None
+        distill_sum, frames = 0.0, 0
+        for m, (samples, seeds) in enumerate(batches):
+            extra = {}
+            if plan is not None:
+                extra = {"targets": plan.targets[m], "distill_scale": plan.scale}
             sync = m == accumulation - 1 or not hasattr(net, "no_sync")
             with contextlib.nullcontext() if sync else net.no_sync(), autocast(model.device):
-                loss, count, outcomes = net(samples, seeds, cfg.max_length, cfg.overflow)
+                loss, count, outcomes = net(samples, seeds, cfg.max_length, cfg.overflow, **extra)
             loss.backward()
             loss_sum += float(loss.detach())
             tokens += count
             events += [(o, s.id) for o, s in zip(outcomes, samples, strict=True) if o]
+            if inner.distill_stats is not None:
+                distill_sum += float(inner.distill_stats.frame_losses.sum())
+                frames += inner.distill_stats.frames
+        if plan is not None and plan.scale and (tokens, frames) != plan.local:
+            raise RuntimeError(  # the data-only count disagrees with the forward pass
+                f"step {step}: planned {plan.local} (tokens, frames), forward had "
+                f"{(tokens, frames)}"
+            )
         totals = world.all_reduce(torch.tensor([loss_sum, tokens], dtype=torch.float64))
         global_tokens = int(totals[1])
         grad_norm = None
@@ -184,6 +226,10 @@ def train_stage(
         for reason, sample_id in world.gather(events):
             result.stats.record(reason, sample_id)
         loss_value = float(totals[0]) / global_tokens if global_tokens else float("nan")
+        distill_value = None
+        if plan is not None and plan.scale:
+            summed = world.all_reduce(torch.tensor([distill_sum], dtype=torch.float64))
+            distill_value = float(summed[0]) / plan.frames
         result.losses.append(loss_value)
         done = step + 1
         key = None
@@ -197,14 +243,72 @@ def train_stage(
                 "stats": result.stats.ids,
                 "config": cfg.to_dict(),
             }
+            if compressor is not None:
+                state["compressor"] = compressor.state_dict()
             key = save_checkpoint(store, prefix, done, model, state) if world.rank == 0 else None
             result.checkpoint = f"{prefix}/step-{done:08d}"
             world.barrier()
         if on_step:
-            on_step(StepResult(done, steps, loss_value, global_tokens, lrs, grad_norm, key))
+            on_step(
+                StepResult(
+                    done, steps, loss_value, global_tokens, lrs, grad_norm, key, distill_value
+                )
+            )
     if result.stats.ids:
         log.warning("%s: samples changed or left out: %s", cfg.name, result.stats.counts)
     return result
+
+
+def _distill_setup(
+    model: VideoPanda,
+    cfg: StageConfig,
+    teacher: Teacher | None,
+    compressor: VideoCompressor | None,
+) -> VideoCompressor | None:
+    """The trainable compressor when this stage distils, else None."""
+    if not cfg.distill_weight:
+        return None
+    if teacher is None:
+        raise ValueError(f"distill_weight {cfg.distill_weight} needs a teacher (train_stage)")
+    if compressor is None:  # after seed_everything: the same initial weights on every worker
+        compressor = VideoCompressor.for_model(model.config, teacher.dim)
+    elif compressor.teacher_width != teacher.dim or compressor.llm_width != model.config.llm_width:
+        raise ValueError(
+            f"compressor maps {compressor.llm_width} → {compressor.teacher_width}, the model and "
+            f"teacher need {model.config.llm_width} → {teacher.dim}"
+        )
+    compressor.to(device=model.device, dtype=model.dtype)
+    compressor.train()
+    return compressor.requires_grad_(True)  # every stage (spec §7.1)
+
+
+@dataclass
+class _DistillPlan:
+    targets: list[list[TeacherFeatures]]  # per micro-batch, the teacher's features of each sample
+    local: tuple[int, int]  # this worker's (supervised tokens, counted frames)
+    tokens: int  # over the global batch
+    frames: int
+    scale: float  # distill_scale: w · T / F (0 when there is no frame or no token)
+
+
+def _plan_distill(
+    batches: list[tuple[list[Sample], list[int]]],
+    cfg: StageConfig,
+    model: VideoPanda,
+    teacher: Teacher,
+    world: World,
+) -> _DistillPlan:
+    """Teacher targets of the step's micro-batches and the global counts that normalise the
+    distillation term (see the module docstring)."""
+    targets = [teacher_targets(teacher, samples) for samples, _ in batches]
+    tokens = frames = 0
+    for (samples, _), batch_targets in zip(batches, targets, strict=True):
+        t, f = plan_counts(samples, batch_targets, model.config, cfg.max_length, cfg.overflow)
+        tokens, frames = tokens + t, frames + f
+    totals = world.all_reduce(torch.tensor([tokens, frames], dtype=torch.float64))
+    global_tokens, global_frames = int(totals[0]), int(totals[1])
+    scale = cfg.distill_weight * global_tokens / global_frames if global_frames else 0.0
+    return _DistillPlan(targets, (tokens, frames), global_tokens, global_frames, scale)
 
 
 def _load(

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 StageName = Literal["prealign", "pretrain", "finetune"]
-VISUAL_MODULES = ("video_tower", "video_projector")
+# The distillation head (training only) trains with STAB at the visual LR in every stage (§7.1).
+VISUAL_MODULES = ("video_tower", "video_projector", "video_tower_compressor")
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class StageConfig:
     workers and accumulation; each forward pass holds ``micro_batch`` samples per worker."""
 
     name: StageName
-    visual_lr: float  # STAB + projector
+    visual_lr: float  # STAB + projector (+ the distillation head)
     llm_lr: float
     warmup_ratio: float
     global_batch: int
@@ -37,10 +38,15 @@ class StageConfig:
     max_length: int = 4096  # tokens of the spliced sequence (text + visual)
     overflow: Literal["truncate", "skip"] = "truncate"
     seed: int = 42
+    # Weight of the distillation loss (spec §7.3; the reference trains with 1). 0 = off: plain CE
+    # and no teacher. > 0 needs a teacher passed to train_stage (see distill.py).
+    distill_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.name not in ("prealign", "pretrain", "finetune"):
             raise ValueError(f"unknown stage {self.name!r}")
+        if not self.distill_weight >= 0:
+            raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
         if self.global_batch < 1 or self.micro_batch < 1 or self.global_batch % self.micro_batch:
             raise ValueError("global_batch must be a positive multiple of micro_batch")
         if self.overflow not in ("truncate", "skip"):
@@ -85,19 +91,29 @@ def set_trainable(model: nn.Module, stage: StageName) -> None:
         p.requires_grad_(stage != "prealign" or is_visual(name))
 
 
-def param_groups(model: nn.Module, cfg: StageConfig) -> list[dict]:
-    """Trainable parameters in two groups, visual (STAB + projector) and LLM, with their LRs."""
+def param_groups(
+    model: nn.Module, cfg: StageConfig, compressor: nn.Module | None = None
+) -> list[dict]:
+    """Trainable parameters in two groups, visual (STAB + projector, and the distillation
+    ``compressor`` when given) and LLM, with their LRs."""
     groups = {"visual": [], "llm": []}
     for name, p in model.named_parameters():
         if p.requires_grad:
             groups["visual" if is_visual(name) else "llm"].append(p)
+    if compressor is not None:
+        groups["visual"] += [p for p in compressor.parameters() if p.requires_grad]
     lrs = {"visual": cfg.visual_lr, "llm": cfg.llm_lr}
     return [{"params": ps, "lr": lrs[k], "name": k} for k, ps in groups.items() if ps]
 
 
-def build_optimizer(model: nn.Module, cfg: StageConfig) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, cfg: StageConfig, compressor: nn.Module | None = None
+) -> torch.optim.AdamW:
     return torch.optim.AdamW(
-        param_groups(model, cfg), betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+        param_groups(model, cfg, compressor),
+        betas=cfg.betas,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
     )
 
 
