@@ -142,3 +142,59 @@ def test_cli_help_and_run(corpus, tmp_path):
     assert f"model: {tmp_path / 'store' / 'model'}" in ran.stdout
     bad = runner.invoke(app, [*args[:4], "--stage", "nope"], env={"COLUMNS": "200"})
     assert bad.exit_code != 0
+
+
+def test_ablated_recipe_builds_the_switched_model(corpus, tmp_path):
+    """GSTRA and LSTE off: the trained model has neither block's weights and says so."""
+    training = run_recipe(
+        corpus,
+        str(tmp_path / "store"),
+        ("prealign",),
+        0,
+        **RUN,
+        ablations=("no_gstra", "no_lste"),
+        work_dir=tmp_path / "work",
+    )
+    assert training["ablations"] == ["no_gstra", "no_lste"]
+    model = VideoPanda.from_pretrained(training["model"], dtype=torch.float32)
+    assert model.config.no_gstra and model.config.no_lste and not model.config.no_fsra
+    names = [name for name, _ in model.video_tower.named_parameters()]
+    assert not any(n.startswith(("dec.", "lmhra1.", "temporal_cls_token")) for n in names)
+    with pytest.raises(ValueError, match="unknown ablation"):
+        run_recipe(corpus, str(tmp_path / "x"), ("prealign",), 0, **RUN, ablations=("no_llm",))
+
+
+def test_recipe_distils_against_stored_teacher_features(corpus, tmp_path):
+    """Precomputed features of a small random teacher drive the distillation term: the first
+    loss is CE plus a positive distillation loss, so it is larger than without it."""
+    from videopanda_cluster.storage import LocalStore
+    from videopanda_cluster.train.data import VideoConversationDataset, load_records
+    from videopanda_cluster.train.distill import (
+        precompute_teacher_features,
+        random_teacher,
+        write_teacher_info,
+    )
+
+    init = run_recipe(corpus, str(tmp_path / "plain"), ("prealign",), 0, **RUN)
+    tokenizer = load_tokenizer(init["model"])
+    dataset = VideoConversationDataset(
+        load_records(corpus / "train/prealign.json"), corpus, tokenizer, size=SIZE, flip=False
+    )
+    store = LocalStore(tmp_path / "teacher")
+    teacher = random_teacher(dim=16, image_size=SIZE // 2)
+    assert precompute_teacher_features(teacher, dataset, store, "t") == []
+    write_teacher_info(store, "t", 16)
+    distilled = run_recipe(
+        corpus,
+        str(tmp_path / "distilled"),
+        ("prealign",),
+        0,
+        **RUN,
+        distill_weight=1.0,
+        teacher=(str(tmp_path / "teacher"), "t"),
+    )
+    plain_loss = init["stages"][0]["losses"][0]
+    distilled_loss = distilled["stages"][0]["losses"][0]
+    assert distilled["stages"][0]["config"]["distill_weight"] == 1.0
+    assert distilled_loss > plain_loss  # the same CE (same seed) plus 1 - cos > 0
+    assert distilled_loss < plain_loss + 2.0  # 1 - cos lies in [0, 2]

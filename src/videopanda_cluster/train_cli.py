@@ -35,6 +35,21 @@ def train(
     micro_batch: Annotated[int, Opt(help="Samples per forward pass and worker.", min=1)] = 1,
     epochs: Annotated[int, Opt(help="Epochs per stage.", min=1)] = 1,
     gpu: Annotated[bool, Opt(help="Train on GPUs (one per worker).")] = False,
+    ablate: Annotated[
+        list[str] | None,
+        Opt(
+            help="Ablation switch of a new model, repeatable: no_gstra, no_lste, no_fsra, "
+            "no_split_tokens, lsd_avgpool."
+        ),
+    ] = None,
+    flip: Annotated[bool, Opt(help="The reference's random horizontal flip.")] = False,
+    distill_weight: Annotated[
+        float, Opt(help="Weight of the distillation loss (needs --teacher-store).", min=0)
+    ] = 0.0,
+    teacher_store: Annotated[
+        str | None, Opt(help="Store with precomputed teacher features.")
+    ] = None,
+    teacher_prefix: Annotated[str, Opt(help="Prefix of the teacher features.")] = "teacher",
 ) -> None:
     """Train the small Video-Panda on a corpus, stage by stage, and export the final model."""
     from .train.recipe import RECIPE_STAGES, run_recipe
@@ -42,6 +57,8 @@ def train(
     if stage not in STAGE_CHOICES:
         raise typer.BadParameter(f"--stage must be one of {', '.join(STAGE_CHOICES)}")
     stages = RECIPE_STAGES if stage == "all" else (stage,)
+    if distill_weight > 0 and not teacher_store:
+        raise typer.BadParameter("--distill-weight needs --teacher-store")
     try:
         training = run_recipe(
             corpus,
@@ -55,9 +72,13 @@ def train(
             micro_batch=micro_batch,
             epochs=epochs,
             use_gpu=gpu,
+            flip=flip,
+            ablations=tuple(ablate or ()),
+            distill_weight=distill_weight,
+            teacher=(teacher_store, teacher_prefix) if teacher_store else None,
             on_stage=_print_stage,
         )
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, KeyError) as exc:
         console.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
     console.print(f"model: {training['model']} ({training['wall_seconds']:.1f} s)", markup=False)

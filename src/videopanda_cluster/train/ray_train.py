@@ -28,6 +28,18 @@ class RayStageJob:
     flip: bool = True
     isolate: bool = True  # decode videos in a killable child process
     threads: int | None = None  # torch intra-op threads per worker
+    # Precomputed teacher features for the distillation loss (StoredTeacher): store URL, prefix.
+    teacher_store: str | None = None
+    teacher_prefix: str = "teacher"
+
+    def teacher(self):
+        """The stored teacher, or None when the job has none."""
+        if self.teacher_store is None:
+            return None
+        from ..storage import open_store
+        from .distill import StoredTeacher
+
+        return StoredTeacher(open_store(self.teacher_store), self.teacher_prefix)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -73,6 +85,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         world=World.from_torch(),
         wrap=wrap,
         on_step=report,
+        teacher=job.teacher(),
     )
 
 

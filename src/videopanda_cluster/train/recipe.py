@@ -13,8 +13,8 @@ import json
 import re
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ TEMPLATE_TEXTS = (SYSTEM_PROMPT_EVAL, SYSTEM_PROMPT_TRAIN, "USER: ASSISTANT:")
 MODEL_KEY = "model"
 TRAINING_FILE = "training.json"
 DEFAULT_VOCAB = 512
+ABLATIONS = ("no_gstra", "no_lste", "no_fsra", "no_split_tokens", "lsd_avgpool")
 _VOCAB_LIMIT = re.compile(r"value <= (\d+)")
 
 
@@ -87,12 +88,18 @@ def init_small_model(
     image_size: int = 224,
     seed: int = 0,
     vocab_size: int = DEFAULT_VOCAB,
+    ablations: Sequence[str] = (),
 ) -> Path:
-    """Save a randomly initialised ``VideoPandaConfig.small`` model with the corpus tokenizer."""
+    """Save a randomly initialised ``VideoPandaConfig.small`` model with the corpus tokenizer;
+    ``ablations`` names the config's ablation switches to turn on (e.g. ``no_gstra``)."""
+    unknown = sorted(set(ablations) - set(ABLATIONS))
+    if unknown:
+        raise ValueError(f"unknown ablation {unknown}; choose from {', '.join(ABLATIONS)}")
     out = build_corpus_tokenizer(corpus_dir, out_dir, vocab_size)
     tokenizer = load_tokenizer(out)
     torch.manual_seed(seed)
-    model = VideoPanda(VideoPandaConfig.small(vocab_size=len(tokenizer), image_size=image_size))
+    config = VideoPandaConfig.small(vocab_size=len(tokenizer), image_size=image_size)
+    model = VideoPanda(replace(config, **{name: True for name in ablations}))
     model.tokenizer = tokenizer
     model.save_pretrained(out)
     return out
@@ -109,7 +116,13 @@ def _final_checkpoint(store: Store, stage: str) -> str | None:
 
 
 def _start_folder(
-    store: Store, stage: str, work: Path, corpus: Path, image_size: int, seed: int
+    store: Store,
+    stage: str,
+    work: Path,
+    corpus: Path,
+    image_size: int,
+    seed: int,
+    ablations: Sequence[str] = (),
 ) -> tuple[Path, str]:
     """The model a stage starts from: the nearest earlier stage's final checkpoint in the store,
     else a fresh small model. Returns the folder and where it came from."""
@@ -117,7 +130,8 @@ def _start_folder(
         key = _final_checkpoint(store, earlier)
         if key:
             return download(store, key, work / f"{stage}-start"), key
-    return init_small_model(corpus, work / "init", image_size, seed), f"random init (seed {seed})"
+    init = init_small_model(corpus, work / "init", image_size, seed, ablations=ablations)
+    return init, f"random init (seed {seed})"
 
 
 def _train_local(job: RayStageJob) -> None:
@@ -141,7 +155,8 @@ def _train_model(job: RayStageJob, model: VideoPanda) -> None:
         flip=job.flip,
         isolate=job.isolate,
     )
-    train_stage(model, dataset, StageConfig(**job.stage), open_store(job.store), job.prefix)
+    cfg, store = StageConfig(**job.stage), open_store(job.store)
+    train_stage(model, dataset, cfg, store, job.prefix, teacher=job.teacher())
 
 
 def _trainer_state(store: Store, key: str) -> dict[str, Any]:
@@ -179,6 +194,8 @@ def run_one_stage(
     work: Path,
     threads: int | None = None,
     use_gpu: bool = False,
+    flip: bool = False,
+    teacher: tuple[str, str] | None = None,
 ) -> tuple[str, dict]:
     """Train one stage from the model folder ``start`` (Ray Train when ``workers`` ≥ 1);
     returns its final checkpoint's key and trainer state."""
@@ -190,7 +207,10 @@ def run_one_stage(
         store=store.url,
         prefix=stage_prefix(cfg.name),
         stage=asdict(cfg),
+        flip=flip,
         threads=threads,
+        teacher_store=teacher[0] if teacher else None,
+        teacher_prefix=teacher[1] if teacher else "teacher",
     )
     if workers == 0:
         _train_local(job)
@@ -239,6 +259,11 @@ def run_recipe(
     epochs: int = 1,
     threads: int | None = None,
     use_gpu: bool = False,
+    flip: bool = False,
+    stage_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    ablations: Sequence[str] = (),
+    distill_weight: float = 0.0,
+    teacher: tuple[str, str] | None = None,
     work_dir: str | Path | None = None,
     on_stage: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -246,6 +271,11 @@ def run_recipe(
 
     ``workers`` ≥ 1 trains on Ray Train (``work_dir`` must then be readable by every worker);
     0 trains in this process. ``seed`` seeds the initial weights and every stage's data order.
+    ``stage_overrides`` replaces StageConfig fields per stage (after the shared arguments).
+    ``flip`` turns on the reference's random horizontal flip; it is off by default because it
+    does not change the labels, and the synthetic corpus asks left/right questions.
+    ``distill_weight`` > 0 adds the distillation loss (spec §7.3) against precomputed teacher
+    features, ``teacher`` = (store URL, prefix); each stage starts a fresh compressor.
     Returns the ``training.json`` contents, with ``model`` the exported folder.
     """
     unknown = [s for s in stages if s not in RECIPE_STAGES]
@@ -256,19 +286,22 @@ def run_recipe(
     began = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(work_dir) if work_dir else Path(tmp)
-        start, origin = _start_folder(store, ordered[0], work, corpus, image_size, seed)
+        start, origin = _start_folder(store, ordered[0], work, corpus, image_size, seed, ablations)
         summaries = []
         for name in ordered:
-            cfg = stage_config(
-                name,
+            shared = dict(
                 global_batch=global_batch,
                 micro_batch=micro_batch,
                 epochs=epochs,
                 max_steps=max_steps,
                 seed=seed,
+                distill_weight=distill_weight,
             )
+            cfg = stage_config(name, **{**shared, **(stage_overrides or {}).get(name, {})})
             t0 = time.monotonic()
-            key, state = run_one_stage(cfg, corpus, store, start, workers, work, threads, use_gpu)
+            key, state = run_one_stage(
+                cfg, corpus, store, start, workers, work, threads, use_gpu, flip, teacher
+            )
             samples = len(load_records(corpus / STAGE_DATA[name]))
             summary = _stage_summary(
                 cfg, samples, workers, origin, key, state, time.monotonic() - t0
@@ -282,6 +315,7 @@ def run_recipe(
             "recipe": "videopanda small",
             "stages": summaries,
             "init_seed": seed,
+            "ablations": sorted(ablations),
             "image_size": config.image_size,
             "vocab_size": config.llm["vocab_size"],
             "corpus": {"path": str(corpus), "seed": _corpus_seed(corpus)},
