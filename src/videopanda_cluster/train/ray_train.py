@@ -31,6 +31,7 @@ class RayStageJob:
     # Precomputed teacher features for the distillation loss (StoredTeacher): store URL, prefix.
     teacher_store: str | None = None
     teacher_prefix: str = "teacher"
+    report_every: int = 10  # steps between ray.train.report calls (a sync point of all workers)
 
     def teacher(self):
         """The stored teacher, or None when the job has none."""
@@ -74,6 +75,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 
     def report(step: StepResult) -> None:
+        if step.step % job.report_every and step.step != step.total_steps:
+            return
         ray.train.report({"step": step.step, "loss": step.loss, "tokens": step.tokens, **step.lrs})
 
     train_stage(
