@@ -129,7 +129,8 @@ def test_cli_help_and_run(corpus, tmp_path):
     for option in ("--corpus", "--output", "--stage", "--workers", "--max-steps", "--image-size"):
         assert option in shown.output
     args = ["train", "--corpus", str(corpus), "--output", str(tmp_path / "store")]
-    args += ["--stage", "prealign", "--workers", "0", "--max-steps", "1", "--global-batch", "2"]
+    args += ["--stage", "prealign", "--workers", "0", "--max-steps", "1"]
+    args += ["--global-batch", "2", "--micro-batch", "1"]
     ran = subprocess.run(
         [sys.executable, "-m", "videopanda_cluster.cli", *args, "--image-size", str(SIZE)],
         capture_output=True,

@@ -29,11 +29,16 @@ def train(
     stage: Annotated[str, Opt(help="prealign, pretrain, finetune or all.")] = "all",
     workers: Annotated[int, Opt(help="Ray Train workers (0: in this process).", min=0)] = 1,
     max_steps: Annotated[int | None, Opt(help="Optimiser steps per stage at most.", min=1)] = None,
-    image_size: Annotated[int, Opt(help="Input frame size of a new model (224 or 112).")] = 224,
+    image_size: Annotated[int, Opt(help="Input frame size of a new model (112 or 224).")] = 112,
     seed: Annotated[int, Opt(help="Seed of the initial weights and the data order.")] = 0,
     global_batch: Annotated[int, Opt(help="Samples per optimiser step.", min=1)] = 8,
-    micro_batch: Annotated[int, Opt(help="Samples per forward pass and worker.", min=1)] = 1,
-    epochs: Annotated[int, Opt(help="Epochs per stage.", min=1)] = 1,
+    micro_batch: Annotated[int, Opt(help="Samples per forward pass and worker.", min=1)] = 8,
+    epochs: Annotated[
+        int | None, Opt(help="Epochs of every stage (default: per stage, from --hparams).", min=1)
+    ] = None,
+    hparams: Annotated[
+        str, Opt(help="small: the bundled model's per-stage LRs and epochs; reference: spec §7.1.")
+    ] = "small",
     gpu: Annotated[bool, Opt(help="Train on GPUs (one per worker).")] = False,
     ablate: Annotated[
         list[str] | None,
@@ -52,11 +57,17 @@ def train(
     teacher_prefix: Annotated[str, Opt(help="Prefix of the teacher features.")] = "teacher",
 ) -> None:
     """Train the small Video-Panda on a corpus, stage by stage, and export the final model."""
-    from .train.recipe import RECIPE_STAGES, run_recipe
+    from .train.recipe import RECIPE_STAGES, SMALL_HPARAMS, run_recipe
 
     if stage not in STAGE_CHOICES:
         raise typer.BadParameter(f"--stage must be one of {', '.join(STAGE_CHOICES)}")
     stages = RECIPE_STAGES if stage == "all" else (stage,)
+    if hparams not in ("small", "reference"):
+        raise typer.BadParameter("--hparams must be small or reference")
+    overrides = {name: dict(v) for name, v in SMALL_HPARAMS.items()} if hparams == "small" else {}
+    for settings in overrides.values():
+        if epochs is not None:
+            settings.pop("epochs", None)
     if distill_weight > 0 and not teacher_store:
         raise typer.BadParameter("--distill-weight needs --teacher-store")
     try:
@@ -70,7 +81,8 @@ def train(
             seed=seed,
             global_batch=global_batch,
             micro_batch=micro_batch,
-            epochs=epochs,
+            epochs=epochs or 1,
+            stage_overrides=overrides,
             use_gpu=gpu,
             flip=flip,
             ablations=tuple(ablate or ()),

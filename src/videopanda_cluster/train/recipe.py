@@ -42,6 +42,25 @@ TEMPLATE_TEXTS = (SYSTEM_PROMPT_EVAL, SYSTEM_PROMPT_TRAIN, "USER: ASSISTANT:")
 MODEL_KEY = "model"
 TRAINING_FILE = "training.json"
 DEFAULT_VOCAB = 512
+# Per-stage settings of the bundled small model (random init, CPU, global batch 8): the reference's
+# learning rates are for a warm-started 7B model and leave a small random one at chance.
+SMALL_HPARAMS: dict[str, dict[str, Any]] = {
+    "prealign": {"epochs": 1, "visual_lr": 5e-4, "warmup_ratio": 0.05},
+    "pretrain": {
+        "epochs": 2,
+        "visual_lr": 3e-4,
+        "llm_lr": 6e-4,
+        "warmup_ratio": 0.05,
+        "weight_decay": 0.05,
+    },
+    "finetune": {
+        "epochs": 12,
+        "visual_lr": 3e-4,
+        "llm_lr": 6e-4,
+        "warmup_ratio": 0.03,
+        "weight_decay": 0.05,
+    },
+}
 ABLATIONS = ("no_gstra", "no_lste", "no_fsra", "no_split_tokens", "lsd_avgpool")
 _VOCAB_LIMIT = re.compile(r"value <= (\d+)")
 

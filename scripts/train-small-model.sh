@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Train the bundled small model from random weights on CPU, evaluate it on a held-out synthetic
+# test split, train the GSTRA+LSTE ablation with the same recipe, and write the model with its
+# card to src/videopanda_cluster/bundled/videopanda-small/.
+#   scripts/train-small-model.sh            # everything (two trainings)
+#   NO_ABLATION=1 scripts/train-small-model.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+VP=.venv/bin/videopanda
+WORK=${WORK:-.cache/small-model}
+DEST=${DEST:-src/videopanda_cluster/bundled/videopanda-small}
+TRAIN="train --hparams small --image-size 112 --global-batch 8 --micro-batch 8 --seed 0"
+rm -rf "$WORK"
+mkdir -p "$WORK"
+
+"$VP" synth "$WORK/corpus" --seed 0 --videos 1000 > /dev/null
+"$VP" synth "$WORK/heldout" --seed 1 --videos 2000 > /dev/null  # only its test split is used
+
+train_and_eval() {  # name, extra train flags
+    local name=$1
+    shift
+    # shellcheck disable=SC2086
+    "$VP" $TRAIN --corpus "$WORK/corpus" --output "$WORK/$name" "$@"
+    "$VP" eval run --benchmark msvd-qa --data-root "$WORK/heldout/eval/test" \
+        --output "$WORK/eval" --run-id "$name" --checkpoint "$WORK/$name/model" --max-new-tokens 8
+    "$VP" eval report "$name" --output "$WORK/eval" > /dev/null
+}
+
+train_and_eval full
+args=()
+if [[ -z "${NO_ABLATION:-}" ]]; then
+    train_and_eval no-gstra-lste --ablate no_gstra --ablate no_lste
+    args=(--ablation-report "$WORK/eval/eval/no-gstra-lste/report.json"
+        --ablation-training "$WORK/no-gstra-lste/model/training.json"
+        --ablation-finding "${ABLATION_FINDING:-}")
+fi
+.venv/bin/python -m videopanda_cluster.train.model_card --model "$WORK/full/model" \
+    --report "$WORK/eval/eval/full/report.json" --dest "$DEST" \
+    --command "scripts/train-small-model.sh (videopanda $TRAIN)" "${args[@]}"

@@ -1,0 +1,85 @@
+"""The bundled model's card: per-type exact match read from an eval report, files copied."""
+
+from __future__ import annotations
+
+import json
+
+from videopanda_cluster.train.model_card import per_type_exact_match, write_card
+
+
+def _report(values: dict[str, float]) -> dict:
+    return {
+        "question_types": {
+            "test": {
+                qtype: {
+                    "counts": {"items": 10, "answered": 9},
+                    "offline": {"exact_match": v, "exact_match_ci": [v - 5, v + 5]},
+                }
+                for qtype, v in values.items()
+            }
+        }
+    }
+
+
+def _training(ablations: list[str]) -> dict:
+    stage = {
+        "stage": "finetune",
+        "data": "train/finetune.json",
+        "samples": 8,
+        "steps": 2,
+        "first_loss": 3.0,
+        "last_loss": 1.5,
+        "losses": [3.0, 1.5],
+        "seconds": 12.0,
+        "config": {"global_batch": 8, "micro_batch": 8, "max_grad_norm": 1.0},
+    }
+    return {
+        "stages": [stage],
+        "init_seed": 0,
+        "image_size": 112,
+        "vocab_size": 300,
+        "corpus": {"seed": 4},
+        "wall_seconds": 90.0,
+        "ablations": ablations,
+        "model": "x",
+    }
+
+
+def test_card_reports_every_type_of_both_models(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"):
+        (model / name).write_bytes(name.encode())
+    (model / "training.json").write_text(json.dumps(_training([])))
+    full = {"colour": 95.0, "shape": 91.5, "direction": 82.0, "count": 70.0}
+    ablated = {"colour": 93.0, "shape": 90.0, "direction": 41.0, "count": 66.0}
+    (tmp_path / "full.json").write_text(json.dumps(_report(full)))
+    (tmp_path / "abl.json").write_text(json.dumps(_report(ablated)))
+    (tmp_path / "abl-training.json").write_text(json.dumps(_training(["no_gstra", "no_lste"])))
+    dest = tmp_path / "bundled"
+    results = write_card(
+        model,
+        tmp_path / "full.json",
+        dest,
+        "scripts/train-small-model.sh",
+        tmp_path / "abl.json",
+        tmp_path / "abl-training.json",
+        "Direction needs the temporal blocks.",
+    )
+    assert {k: v["exact_match"] for k, v in results["exact_match"].items()} == full
+    assert results["ablation"]["switches"] == ["no_gstra", "no_lste"]
+    card = (dest / "README.md").read_text()
+    assert "| full | 95.0 [90.0, 100.0] | 91.5 [86.5, 96.5] | 82.0 [77.0, 87.0] | 70.0" in card
+    assert "| no GSTRA, no LSTE | 93.0 [88.0, 98.0] | 90.0 [85.0, 95.0] | 41.0" in card
+    assert "Direction needs the temporal blocks." in card
+    assert "scripts/train-small-model.sh" in card and "| first |" not in card.split("\n")[-1]
+    assert (dest / "model.safetensors").read_bytes() == b"model.safetensors"
+    saved = json.loads((dest / "training.json").read_text())
+    assert "losses" not in saved["stages"][0] and "model" not in saved
+    assert json.loads((dest / "eval.json").read_text())["exact_match"]["shape"]["items"] == 10
+
+
+def test_missing_types_read_as_absent():
+    scores = per_type_exact_match(_report({"colour": 50.0}))
+    assert list(scores) == ["colour"] and scores["colour"]["answered"] == 9
+    assert per_type_exact_match({}) == {}
