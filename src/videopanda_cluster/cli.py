@@ -98,7 +98,7 @@ def demo(
     directory: Annotated[Path, typer.Option(help="Sample corpus directory.")] = Path("samples"),
     output: Annotated[str, typer.Option(help="Result store.")] = "out",
     checkpoint: Annotated[
-        str | None, typer.Option(help="Model folder (default: a tiny random model, untrained).")
+        str | None, typer.Option(help="Model folder (default: the bundled videopanda-small).")
     ] = None,
 ) -> None:
     """The main job on the embedded default: caption + QA over the sample corpus (local Ray,
@@ -109,12 +109,32 @@ def demo(
     console.print(f"sample corpus: {len(rows)} videos in {directory}")
     if checkpoint is None:
         console.print(
-            "[yellow]model: a tiny RANDOM Video-Panda generated on the fly (untrained, its answers "
-            "are noise) until the bundled trained model ships[/yellow]"
+            "model: videopanda-small, bundled (trained from scratch on synthetic coloured shapes; "
+            "its model card: src/videopanda_cluster/bundled/videopanda-small/README.md)"
         )
     base = {"inputs": str(directory), "output": output, "checkpoint": checkpoint}
-    jobs_cli.run({**base, "kind": "caption", "max_new_tokens": 16}, None)
-    jobs_cli.run({**base, "kind": "qa", "questions": DEMO_QUESTIONS, "max_new_tokens": 8}, None)
+    captions = jobs_cli.run({**base, "kind": "caption", "max_new_tokens": 16}, None)
+    answers = jobs_cli.run(
+        {**base, "kind": "qa", "questions": DEMO_QUESTIONS, "max_new_tokens": 8}, None
+    )
+    _print_answers(output, [captions["job_id"], answers["job_id"]])
+
+
+def _print_answers(output: str, job_ids: list[str]) -> None:
+    """One table of every video's caption and answers, from the jobs' result rows."""
+    from .eval.run import read_result_rows
+    from .storage.open import open_store
+
+    store = open_store(output)
+    table = Table("video", "question", "answer", title="what the model says")
+    for job_id in job_ids:
+        for row in sorted(read_result_rows(store, job_id), key=lambda r: str(r.get("video_id"))):
+            answer = (
+                row.get("answer") if row.get("status") == "ok" else f"(error: {row.get('error')})"
+            )
+            question = row.get("question") or "(caption)"
+            table.add_row(str(row.get("video_id")), question, str(answer))
+    console.print(table)
 
 
 @app.command("model-info")

@@ -28,7 +28,7 @@ def _job_command(kind: str):
             str | None, Opt(help="Job id (default: derived from the settings).")
         ] = None,
         checkpoint: Annotated[
-            str | None, Opt(help="Model folder (default: a tiny random model, untrained).")
+            str | None, Opt(help="Model folder (default: the bundled videopanda-small).")
         ] = None,
         question: Annotated[
             list[str] | None, Opt(help="Question for every video (qa; repeatable).")

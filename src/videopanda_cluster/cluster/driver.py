@@ -24,7 +24,6 @@ from .rows import answer_row, error_rows, feature_row
 
 MAX_ATTEMPTS = 4
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray uses 127.0.0.1 as the node address
-TINY_MODEL_DIR = Path(os.environ.get("VIDEOPANDA_CACHE", ".cache")) / "tiny-random-model"
 
 
 class JobFailed(RuntimeError):
@@ -252,14 +251,14 @@ def _store_down(exc: Exception) -> str:
 
 def plan_job(cfg, store) -> tuple[JobPlan, Any]:
     """Read inputs, fix the job id, and open (or resume) the ledger."""
+    from ..bundled import SMALL_MODEL_ID, small_model
     from ..jobs.config import config_hash, default_job_id
     from ..jobs.inputs import read_inputs
     from ..jobs.ledger import Ledger, plan_shards
     from ..model.config import VideoPandaConfig
-    from ..model.tiny import ensure_tiny_checkpoint
     from .fingerprint import checkpoint_fingerprint
 
-    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else ensure_tiny_checkpoint(TINY_MODEL_DIR)
+    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else small_model()
     ckpt_hash = checkpoint_fingerprint(checkpoint)
     job_id = cfg.job_id or default_job_id(cfg)
     job_hash = hashlib.sha256(f"{config_hash(cfg)}|{ckpt_hash}".encode()).hexdigest()
@@ -273,7 +272,7 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
         "job_id": job_id,
         "kind": cfg.kind,
         "model": {
-            "id": checkpoint.name if cfg.checkpoint else "tiny-random (generated, untrained)",
+            "id": checkpoint.name if cfg.checkpoint else SMALL_MODEL_ID,
             "checkpoint_hash": ckpt_hash,
         },
         "generation": {

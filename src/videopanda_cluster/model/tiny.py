@@ -1,4 +1,4 @@
-"""A tiny random Video-Panda checkpoint generated on the fly (until a trained small model ships)."""
+"""A tiny random Video-Panda checkpoint generated on the fly, for tests of the pipeline."""
 
 from __future__ import annotations
 
