@@ -4,6 +4,7 @@
 # card to src/videopanda_cluster/bundled/videopanda-small/.
 #   scripts/train-small-model.sh            # everything (two trainings)
 #   NO_ABLATION=1 scripts/train-small-model.sh
+# A rerun resumes in $WORK: corpora are kept, finished stages are not trained again (FRESH=1 wipes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -11,17 +12,25 @@ VP=.venv/bin/videopanda
 WORK=${WORK:-.cache/small-model}
 DEST=${DEST:-src/videopanda_cluster/bundled/videopanda-small}
 TRAIN="train --workers 0 --hparams small --image-size 112 --global-batch 8 --micro-batch 8 --seed 0"
-rm -rf "$WORK"
+if [[ -n "${FRESH:-}" ]]; then rm -rf "$WORK"; fi
 mkdir -p "$WORK"
 
-"$VP" synth "$WORK/corpus" --seed 0 --videos 1000 > /dev/null
-"$VP" synth "$WORK/heldout" --seed 1 --videos 2000 > /dev/null  # only its test split is used
+synth() {  # folder, seed, videos
+    if [[ ! -f "$1/synth.json" ]]; then
+        rm -rf "$1"
+        "$VP" synth "$1" --seed "$2" --videos "$3" > /dev/null
+    fi
+}
+synth "$WORK/corpus" 0 1000
+synth "$WORK/heldout" 1 2000  # only its test split is used
 
 train_and_eval() {  # name, extra train flags
     local name=$1
     shift
-    # shellcheck disable=SC2086
-    "$VP" $TRAIN --corpus "$WORK/corpus" --output "$WORK/$name" "$@"
+    if [[ ! -f "$WORK/$name/model/training.json" ]]; then  # else: trained by an earlier run
+        # shellcheck disable=SC2086
+        "$VP" $TRAIN --corpus "$WORK/corpus" --output "$WORK/$name" "$@"
+    fi
     "$VP" eval run --benchmark msvd-qa --data-root "$WORK/heldout/eval/test" \
         --output "$WORK/eval" --run-id "$name" --checkpoint "$WORK/$name/model" --max-new-tokens 8
     "$VP" eval report "$name" --output "$WORK/eval" > /dev/null

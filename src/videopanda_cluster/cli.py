@@ -98,7 +98,8 @@ def demo(
     directory: Annotated[Path, typer.Option(help="Sample corpus directory.")] = Path("samples"),
     output: Annotated[str, typer.Option(help="Result store.")] = "out",
     checkpoint: Annotated[
-        str | None, typer.Option(help="Model folder (default: the bundled videopanda-small).")
+        str | None,
+        typer.Option(help="Model folder (default: the bundled model, else tiny random)."),
     ] = None,
 ) -> None:
     """The main job on the embedded default: caption + QA over the sample corpus (local Ray,
@@ -108,9 +109,14 @@ def demo(
     rows = write_corpus(directory)
     console.print(f"sample corpus: {len(rows)} videos in {directory}")
     if checkpoint is None:
+        from .bundled import has_small_model
+
         console.print(
             "model: videopanda-small, bundled (trained from scratch on synthetic coloured shapes; "
             "its model card: src/videopanda_cluster/bundled/videopanda-small/README.md)"
+            if has_small_model()
+            else "[yellow]model: a tiny RANDOM Video-Panda generated on the fly (untrained, its "
+            "answers are noise): the bundled trained model is not in this checkout[/yellow]"
         )
     base = {"inputs": str(directory), "output": output, "checkpoint": checkpoint}
     captions = jobs_cli.run({**base, "kind": "caption", "max_new_tokens": 16}, None)

@@ -29,7 +29,9 @@ def run_command(
     output: Annotated[str, Opt(help="Store: a directory or az://container/prefix.")] = "out",
     run_id: Annotated[str | None, Opt(help="Run id (default: from the data and settings).")] = None,
     config: Annotated[Path | None, Opt(help="YAML or TOML job settings (as for `qa`).")] = None,
-    checkpoint: Annotated[str | None, Opt(help="Model folder (default: bundled small).")] = None,
+    checkpoint: Annotated[
+        str | None, Opt(help="Model folder (default: bundled, else tiny random).")
+    ] = None,
     max_new_tokens: Annotated[
         int | None, Opt(help=f"Tokens per answer at most (default {EVAL_MAX_NEW_TOKENS}).")
     ] = None,

@@ -28,7 +28,7 @@ def _job_command(kind: str):
             str | None, Opt(help="Job id (default: derived from the settings).")
         ] = None,
         checkpoint: Annotated[
-            str | None, Opt(help="Model folder (default: the bundled videopanda-small).")
+            str | None, Opt(help="Model folder (default: the bundled model, else tiny random).")
         ] = None,
         question: Annotated[
             list[str] | None, Opt(help="Question for every video (qa; repeatable).")

@@ -9,11 +9,15 @@ SMALL_MODEL_DIR = Path(__file__).resolve().parent / "videopanda-small"
 SMALL_MODEL_ID = "videopanda-small (bundled)"
 
 
+def has_small_model() -> bool:
+    return (SMALL_MODEL_DIR / "model.safetensors").is_file()
+
+
 def small_model() -> Path:
     """The bundled small model's folder (HF layout, loads with ``VideoPanda.from_pretrained``)."""
-    if not (SMALL_MODEL_DIR / "model.safetensors").is_file():
+    if not has_small_model():
         raise FileNotFoundError(
             f"the bundled model is missing from {SMALL_MODEL_DIR}; "
-            "scripts/train-small-model.sh rebuilds it"
+            "scripts/train-small-model.sh builds it"
         )
     return SMALL_MODEL_DIR

@@ -24,6 +24,7 @@ from .rows import answer_row, error_rows, feature_row
 
 MAX_ATTEMPTS = 4
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray uses 127.0.0.1 as the node address
+TINY_MODEL_DIR = Path(os.environ.get("VIDEOPANDA_CACHE", ".cache")) / "tiny-random-model"
 
 
 class JobFailed(RuntimeError):
@@ -249,16 +250,28 @@ def _store_down(exc: Exception) -> str:
     )
 
 
+def default_checkpoint() -> tuple[Path, str]:
+    """The bundled small model when the package has it, else a tiny random one made on the fly."""
+    from ..bundled import SMALL_MODEL_ID, has_small_model, small_model
+
+    if has_small_model():
+        return small_model(), SMALL_MODEL_ID
+    from ..model.tiny import ensure_tiny_checkpoint
+
+    return ensure_tiny_checkpoint(TINY_MODEL_DIR), "tiny-random (generated, untrained)"
+
+
 def plan_job(cfg, store) -> tuple[JobPlan, Any]:
     """Read inputs, fix the job id, and open (or resume) the ledger."""
-    from ..bundled import SMALL_MODEL_ID, small_model
     from ..jobs.config import config_hash, default_job_id
     from ..jobs.inputs import read_inputs
     from ..jobs.ledger import Ledger, plan_shards
     from ..model.config import VideoPandaConfig
     from .fingerprint import checkpoint_fingerprint
 
-    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else small_model()
+    checkpoint, default_id = Path(cfg.checkpoint or "."), None
+    if not cfg.checkpoint:
+        checkpoint, default_id = default_checkpoint()
     ckpt_hash = checkpoint_fingerprint(checkpoint)
     job_id = cfg.job_id or default_job_id(cfg)
     job_hash = hashlib.sha256(f"{config_hash(cfg)}|{ckpt_hash}".encode()).hexdigest()
@@ -272,7 +285,7 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
         "job_id": job_id,
         "kind": cfg.kind,
         "model": {
-            "id": checkpoint.name if cfg.checkpoint else SMALL_MODEL_ID,
+            "id": default_id or checkpoint.name,
             "checkpoint_hash": ckpt_hash,
         },
         "generation": {

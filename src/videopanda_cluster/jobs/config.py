@@ -43,7 +43,7 @@ class JobConfig(BaseModel):
     inputs: NonEmpty  # directory, glob, manifest or az:// prefix
     output: NonEmpty = "out"  # store url
     job_id: str | None = None  # default: default_job_id(cfg)
-    checkpoint: str | None = None  # model folder; None = the bundled videopanda-small
+    checkpoint: str | None = None  # model folder; None = the bundled model, else tiny random
     caption_prompt: NonEmpty = "Describe this video in detail."
     questions: list[NonEmpty] = Field(default_factory=list)  # qa: for videos without questions
     # generation
