@@ -11,7 +11,7 @@ scripts/setup.sh
 VP=.venv/bin/videopanda
 WORK=${WORK:-.cache/small-model}
 DEST=${DEST:-src/videopanda_cluster/bundled/videopanda-small}
-TRAIN="train --workers 0 --hparams small --image-size 112 --global-batch 8 --micro-batch 8 --seed 0"
+TRAIN="train --workers 0 --hparams small --image-size 112 --global-batch 16 --micro-batch 16 --seed 0"
 if [[ -n "${FRESH:-}" ]]; then rm -rf "$WORK"; fi
 mkdir -p "$WORK"
 

@@ -31,8 +31,8 @@ def train(
     max_steps: Annotated[int | None, Opt(help="Optimiser steps per stage at most.", min=1)] = None,
     image_size: Annotated[int, Opt(help="Input frame size of a new model (112 or 224).")] = 112,
     seed: Annotated[int, Opt(help="Seed of the initial weights and the data order.")] = 0,
-    global_batch: Annotated[int, Opt(help="Samples per optimiser step.", min=1)] = 8,
-    micro_batch: Annotated[int, Opt(help="Samples per forward pass and worker.", min=1)] = 8,
+    global_batch: Annotated[int, Opt(help="Samples per optimiser step.", min=1)] = 16,
+    micro_batch: Annotated[int, Opt(help="Samples per forward pass and worker.", min=1)] = 16,
     epochs: Annotated[
         int | None, Opt(help="Epochs of every stage (default: per stage, from --hparams).", min=1)
     ] = None,
