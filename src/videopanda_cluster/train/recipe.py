@@ -44,11 +44,11 @@ TRAINING_FILE = "training.json"
 DEFAULT_VOCAB = 512
 # Per-stage settings of the bundled small model (random init, CPU, global batch 16): the
 # reference's learning rates are for a warm-started 7B model and leave a small random one at
-# chance. The best of the runs in docs/training.md ("Bundled model"); not yet good enough.
+# chance. Run G of docs/training.md ("Bundled model"), the best so far; not yet good enough.
 SMALL_HPARAMS: dict[str, dict[str, Any]] = {
     "prealign": {"epochs": 1, "visual_lr": 5e-4, "warmup_ratio": 0.05},
     "pretrain": {"epochs": 3, "visual_lr": 3e-4, "llm_lr": 3e-4, "warmup_ratio": 0.05},
-    "finetune": {"epochs": 14, "visual_lr": 3e-4, "llm_lr": 3e-4, "warmup_ratio": 0.03},
+    "finetune": {"epochs": 24, "visual_lr": 3e-4, "llm_lr": 3e-4, "warmup_ratio": 0.03},
 }
 ABLATIONS = ("no_gstra", "no_lste", "no_fsra", "no_split_tokens", "lsd_avgpool")
 _VOCAB_LIMIT = re.compile(r"value <= (\d+)")
