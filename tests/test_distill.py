@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.model_helpers import randomize_
-from tests.test_train_helpers import build, dataset, tiny_model
+from tests.test_train_helpers import Stop, build, dataset, tiny_model
 from videopanda_cluster import VideoPanda, VideoPandaConfig
 from videopanda_cluster.model.checkpoint import SKIPPED_PREFIXES
 from videopanda_cluster.model.compressor import VideoCompressor, select_layers
@@ -402,10 +402,6 @@ def test_module_teacher_is_frozen_and_sees_resized_frames(setup):
 # -- stages ----------------------------------------------------------------------------------
 def _changed(before: dict, after: dict, prefix: str = "") -> list[bool]:
     return [not torch.equal(before[k], t) for k, t in after.items() if k.startswith(prefix)]
-
-
-class Stop(Exception):
-    pass
 
 
 def test_prealign_with_distillation_trains_the_compressor_not_the_llm_and_resumes(setup, tmp_path):

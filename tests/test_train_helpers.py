@@ -21,6 +21,10 @@ CLIPS = [("wide.mp4", 64, 48), ("square.mp4", 48, 48), ("tall.mp4", 40, 64)]
 ANSWERS = ["a red circle moves right", "two shapes", "the square is blue", "it bounces"]
 
 
+class Stop(Exception):
+    """Raised from an ``on_step`` callback to kill a training run mid-stage."""
+
+
 def tiny_model(tokenizer) -> VideoPanda:
     """The tiny test model made smaller: 4 frames per video (one STAB clip), width 32."""
     base = VideoPandaConfig.tiny(vocab_size=len(tokenizer))

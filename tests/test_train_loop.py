@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_train_helpers import build, dataset, tiny_model
+from tests.test_train_helpers import Stop, build, dataset, tiny_model
 from videopanda_cluster import VideoPanda
 from videopanda_cluster.storage import LocalStore
 from videopanda_cluster.train.loop import epoch_order, train_stage
@@ -15,10 +15,6 @@ from videopanda_cluster.train.stages import stage_config
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     return build(tmp_path_factory.mktemp("train_loop"))
-
-
-class Stop(Exception):
-    pass
 
 
 def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(setup, tmp_path):

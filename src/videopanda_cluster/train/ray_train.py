@@ -33,6 +33,20 @@ class RayStageJob:
     teacher_prefix: str = "teacher"
     report_every: int = 10  # steps between ray.train.report calls (a sync point of all workers)
 
+    def dataset(self, model):
+        """The job's training records over its videos, prepared for ``model``."""
+        from .data import VideoConversationDataset, load_records
+
+        return VideoConversationDataset(
+            load_records(self.data),
+            self.video_root,
+            model.tokenizer,
+            num_frames=model.config.num_frames,
+            size=model.config.image_size,
+            flip=self.flip,
+            isolate=self.isolate,
+        )
+
     def teacher(self):
         """The stored teacher, or None when the job has none."""
         if self.teacher_store is None:
@@ -51,7 +65,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from ..model.modeling import VideoPanda
     from ..storage import open_store
-    from .data import VideoConversationDataset, load_records
     from .loop import StepResult, World, train_stage
 
     job = RayStageJob(**config)
@@ -59,15 +72,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(job.threads)
     device = ray.train.torch.get_device()
     model = VideoPanda.from_pretrained(job.model, device=device, dtype=torch.float32)
-    dataset = VideoConversationDataset(
-        load_records(job.data),
-        job.video_root,
-        model.tokenizer,
-        num_frames=model.config.num_frames,
-        size=model.config.image_size,
-        flip=job.flip,
-        isolate=job.isolate,
-    )
+    dataset = job.dataset(model)
 
     def wrap(module: torch.nn.Module) -> torch.nn.Module:
         ids = [device] if device.type == "cuda" else None

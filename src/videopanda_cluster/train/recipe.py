@@ -26,7 +26,7 @@ from ..model.prompt import SYSTEM_PROMPT_EVAL, SYSTEM_PROMPT_TRAIN, load_tokeniz
 from ..model.tokenizer_builder import build_sentencepiece_tokenizer
 from ..storage import LocalStore, Store, open_store
 from .checkpoints import STATE_FILE, checkpoint_prefix, download, latest_step
-from .data import VIDEO_MARKERS, VideoConversationDataset, load_records
+from .data import VIDEO_MARKERS, load_records
 from .loop import total_steps, train_stage
 from .ray_train import RayStageJob, run_stage
 from .stages import StageConfig, stage_config
@@ -154,15 +154,7 @@ def _train_local(job: RayStageJob) -> None:
 
 def _train_model(job: RayStageJob, model: VideoPanda) -> None:
     """Train a loaded ``model`` as ``job`` says, in this process."""
-    dataset = VideoConversationDataset(
-        load_records(job.data),
-        job.video_root,
-        model.tokenizer,
-        num_frames=model.config.num_frames,
-        size=model.config.image_size,
-        flip=job.flip,
-        isolate=job.isolate,
-    )
+    dataset = job.dataset(model)
     cfg, store = StageConfig(**job.stage), open_store(job.store)
     train_stage(model, dataset, cfg, store, job.prefix, teacher=job.teacher())
 
@@ -296,15 +288,15 @@ def run_recipe(
         work = Path(work_dir) if work_dir else Path(tmp)
         start, origin = _start_folder(store, ordered[0], work, corpus, image_size, seed, ablations)
         summaries = []
+        shared = dict(
+            global_batch=global_batch,
+            micro_batch=micro_batch,
+            epochs=epochs,
+            max_steps=max_steps,
+            seed=seed,
+            distill_weight=distill_weight,
+        )
         for name in ordered:
-            shared = dict(
-                global_batch=global_batch,
-                micro_batch=micro_batch,
-                epochs=epochs,
-                max_steps=max_steps,
-                seed=seed,
-                distill_weight=distill_weight,
-            )
             cfg = stage_config(name, **{**shared, **(stage_overrides or {}).get(name, {})})
             t0 = time.monotonic()
             key, state = run_one_stage(
