@@ -259,12 +259,36 @@ def test_refuses_a_non_empty_directory_or_too_few_videos(corpora, tmp_path):
 def test_cli_writes_the_corpus_and_prints_counts(tmp_path):
     root = tmp_path / "cli"
     args = ["synth", str(root), "--seed", "2", "--videos", "5", "--frames", "6", "--size", "96x64"]
+    args += ["--radius", "0.15,0.2", "--travel", "0.5,0.9"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((root / "synth.json").read_text())
-    assert summary["options"] == {"frames": 6, "width": 96, "height": 64, "fps": 8}
+    assert summary["options"] == {
+        "frames": 6,
+        "width": 96,
+        "height": 64,
+        "fps": 8,
+        "radius": [0.15, 0.2],
+        "travel": [0.5, 0.9],
+    }
+    shapes = [s for v in json.loads((root / "metadata.json").read_text()) for s in v["shapes"]]
+    assert all(int(64 * 0.15) <= s["radius"] <= int(64 * 0.2) for s in shapes)
     assert summary["videos"] == {"train": 3, "val": 1, "test": 1}
     assert "train" in result.output and "colour" in result.output
     assert _decode(root / "videos" / "synth_00004.mp4")[0].shape == (64, 96, 3)
     bad = CliRunner().invoke(app, ["synth", str(tmp_path / "bad"), "--size", "96"])
     assert bad.exit_code != 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("radius", (0.2, 0.1)), ("radius", (0.01, 0.1)), ("travel", (0.5, 1.5))]
+)
+def test_bad_shape_ranges_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        SynthOptions(**{field: value})
+
+
+def test_cli_refuses_a_malformed_range(tmp_path):
+    result = CliRunner().invoke(app, ["synth", str(tmp_path / "x"), "--radius", "0.1"])
+    assert result.exit_code == 2 and "LO,HI" in result.output
+    assert not (tmp_path / "x").exists()

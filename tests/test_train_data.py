@@ -10,13 +10,16 @@ from videopanda_cluster.model.generation import splice
 from videopanda_cluster.model.prompt import IGNORE_INDEX, IMAGE_TOKEN_INDEX, SYSTEM_PROMPT_TRAIN
 from videopanda_cluster.train.data import (
     SampleError,
+    VideoConversationDataset,
     encode_record,
     expand_labels,
     fit_length,
+    load_records,
     pad_batch,
     parse_records,
     render,
 )
+from videopanda_cluster.video.errors import VideoDecodeError
 
 ROW = {
     "id": "v1",
@@ -148,3 +151,24 @@ def test_dataset_loads_frames_and_a_seeded_flip(setup):
     assert torch.equal(flipped[:, :3], sample.pixels[:, :3].flip(-1))
     assert torch.equal(flipped[:, 3], sample.pixels[:, 3])  # the mask is not flipped
     assert torch.equal(ds.load(0, seed).pixels, flipped)  # same seed, same coin
+
+
+def test_decoded_frames_are_cached_within_the_byte_budget(tmp_path):
+    _, tokenizer, data = build(tmp_path, count=3)  # records 0, 1, 2 use three different clips
+    cached = dataset(data, tokenizer)
+    uncached = VideoConversationDataset(
+        load_records(data),
+        data.parent,
+        tokenizer,
+        num_frames=4,
+        size=SIZE,
+        isolate=False,
+        cache_bytes=0,
+    )
+    first = [cached.load(i, seed=i).pixels for i in range(3)]
+    for record in cached.records:  # from now on only the cache can serve the frames
+        (data.parent / record.video).unlink()
+    for i in range(3):  # same frames as a fresh decode, flip still applied per seed
+        assert torch.equal(cached.load(i, seed=i).pixels, first[i])
+    with pytest.raises(VideoDecodeError):
+        uncached.load(0)

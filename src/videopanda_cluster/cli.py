@@ -43,6 +43,12 @@ def synth(
     videos: Annotated[int, typer.Option(help="Number of videos.", min=3)] = 1000,
     frames: Annotated[int, typer.Option(help="Frames per video.", min=4)] = 16,
     size: Annotated[str, typer.Option(help="Frame size WxH (even, at least 64x64).")] = "160x120",
+    radius: Annotated[
+        str, typer.Option(help="Shape radius range LO,HI as fractions of the shorter side.")
+    ] = "0.09,0.13",
+    travel: Annotated[
+        str, typer.Option(help="Moving shape's travel range LO,HI as fractions of the free span.")
+    ] = "0.35,0.6",
 ) -> None:
     """Write a deterministic synthetic video-QA corpus: videos, training JSON, eval layouts."""
     from .train.synth import SynthOptions, write_synth
@@ -51,8 +57,16 @@ def synth(
         width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise typer.BadParameter(f"--size must look like 160x120, got {size!r}") from None
+    ranges = {}
+    for name, text in (("radius", radius), ("travel", travel)):
+        try:
+            lo, hi = (float(v) for v in text.split(","))
+        except ValueError:
+            raise typer.BadParameter(f"--{name} must look like LO,HI, got {text!r}") from None
+        ranges[name] = (lo, hi)
     try:
-        summary = write_synth(directory, seed, videos, SynthOptions(frames, width, height))
+        options = SynthOptions(frames, width, height, **ranges)
+        summary = write_synth(directory, seed, videos, options)
     except (ValueError, FileExistsError) as exc:
         raise typer.BadParameter(str(exc)) from None
     table = Table(title=f"synthetic corpus in {directory} (seed {seed})")

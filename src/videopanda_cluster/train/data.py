@@ -26,6 +26,7 @@ from ..model.prompt import (
     SYSTEM_PROMPT_TRAIN,
     tokenize_prompt,
 )
+from ..video.normalize import to_model_input
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -34,6 +35,7 @@ VIDEO_MARKERS = ("<video>", IMAGE_MARKER)
 ROLES = {"human": "USER", "gpt": "ASSISTANT"}
 ANSWER_SEP = " ASSISTANT: "  # sep + assistant role + ": ", where each answer starts
 Overflow = Literal["truncate", "skip"]
+DEFAULT_CACHE_BYTES = 2 << 30  # decoded frames kept per dataset (uint8): 2 GiB
 
 
 class SampleError(ValueError):
@@ -152,23 +154,30 @@ def encode_record(
         raise SampleError(f"record {record.id!r}: {exc}") from None
 
 
+def decode_video(path: str | Path, num_frames: int, size: int, isolate: bool = True):
+    """Decode, sample and letterbox like inference → ``(frames uint8 (T, S, S, 3), geometry)``."""
+    from ..video.extract import PreprocessOptions, extract_video
+
+    options = PreprocessOptions(num_frames=num_frames, size=size, isolate=isolate)
+    extracted = extract_video(Path(path), options)
+    return extracted.frames, extracted.geometry
+
+
 def load_video(
     path: str | Path, num_frames: int, size: int, flip: bool = False, isolate: bool = True
 ) -> torch.Tensor:
     """Decode, sample and letterbox like inference, → (num_frames, 4, size, size) float32."""
-    from ..video.extract import PreprocessOptions, extract_video
-    from ..video.normalize import to_model_input
-
-    options = PreprocessOptions(num_frames=num_frames, size=size, isolate=isolate)
-    extracted = extract_video(Path(path), options)
-    return to_model_input(extracted.frames, extracted.geometry, num_frames, flip=flip)
+    frames, geometry = decode_video(path, num_frames, size, isolate)
+    return to_model_input(frames, geometry, num_frames, flip=flip)
 
 
 class VideoConversationDataset:
     """Records plus their videos; :meth:`load` gives a :class:`Sample`.
 
     ``flip`` turns on the reference's training-time horizontal flip (p = 0.5, all frames, mask
-    unflipped), with the coin drawn from the ``seed`` given to :meth:`load`.
+    unflipped), with the coin drawn from the ``seed`` given to :meth:`load`. Decoded frames (uint8,
+    before flip and normalisation) are kept in memory up to ``cache_bytes``, so later epochs skip
+    the decoder; what is cached is exactly what a fresh decode gives, so results do not change.
     """
 
     def __init__(
@@ -181,12 +190,14 @@ class VideoConversationDataset:
         system: str = SYSTEM_PROMPT_TRAIN,
         flip: bool = True,
         isolate: bool = True,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         self.records = list(records)
         self.video_root = Path(video_root)
         self.tokenizer = tokenizer
         self.num_frames, self.size, self.system = num_frames, size, system
         self.flip, self.isolate = flip, isolate
+        self.cache_bytes, self._cache, self._cached_bytes = cache_bytes, {}, 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -196,10 +207,21 @@ class VideoConversationDataset:
         record = self.records[index]
         ids, labels = encode_record(record, self.tokenizer, self.num_frames, self.system)
         flip = self.flip and seed is not None and random.Random(seed).random() < 0.5
-        pixels = load_video(
-            self.video_root / record.video, self.num_frames, self.size, flip, self.isolate
-        )
+        frames, geometry = self._decoded(record.video)
+        pixels = to_model_input(frames, geometry, self.num_frames, flip=flip)
         return Sample(record.id, ids, labels, pixels)
+
+    def _decoded(self, video: str):
+        """A video's decoded frames and geometry, from the cache when there (failures are not
+        cached: a rerun of a failed decode tries again)."""
+        if video in self._cache:
+            return self._cache[video]
+        decoded = decode_video(self.video_root / video, self.num_frames, self.size, self.isolate)
+        size = decoded[0].nbytes
+        if self._cached_bytes + size <= self.cache_bytes:
+            self._cache[video] = decoded
+            self._cached_bytes += size
+        return decoded
 
 
 def expand_labels(

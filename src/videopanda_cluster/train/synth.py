@@ -73,18 +73,29 @@ def vocabularies() -> dict[str, list[str]]:
 
 @dataclass(frozen=True)
 class SynthOptions:
-    """Clip geometry and length."""
+    """Clip geometry and length; shape radii as fractions of the shorter frame side; the moving
+    shape's travel as a fraction of the span free along its direction."""
 
     frames: int = 16
     width: int = 160
     height: int = 120
     fps: int = 8
+    radius: tuple[float, float] = (0.09, 0.13)
+    travel: tuple[float, float] = (0.35, 0.6)
 
     def __post_init__(self) -> None:
         if self.frames < 4:
             raise ValueError(f"need at least 4 frames per video, got {self.frames}")
         if min(self.width, self.height) < 64 or self.width % 2 or self.height % 2:
             raise ValueError(f"frame size must be even and at least 64x64, got {self.size}")
+        object.__setattr__(self, "radius", tuple(float(v) for v in self.radius))
+        object.__setattr__(self, "travel", tuple(float(v) for v in self.travel))
+        lo, hi = self.radius
+        if not 0.02 <= lo <= hi <= 0.25:
+            raise ValueError(f"radius must be a range within [0.02, 0.25], got {self.radius}")
+        lo, hi = self.travel
+        if not 0.1 <= lo <= hi <= 1.0:
+            raise ValueError(f"travel must be a range within [0.1, 1.0], got {self.travel}")
 
     @property
     def size(self) -> str:
@@ -161,16 +172,16 @@ def _rng(seed: int, stream: int, index: int = 0) -> np.random.Generator:
 
 
 def _radius(rng: np.random.Generator, options: SynthOptions) -> int:
-    return int(min(options.width, options.height) * rng.uniform(0.09, 0.13))
+    return int(min(options.width, options.height) * rng.uniform(*options.radius))
 
 
 def _moving_shape(rng: np.random.Generator, kind: str, colour: str, opts: SynthOptions) -> Shape:
-    """A shape crossing 35-60% of the free span along a random direction."""
+    """A shape crossing part of the free span (``opts.travel``) along a random direction."""
     direction = str(rng.choice(DIRECTIONS))
     r = _radius(rng, opts)
     (sx, sy), lo = _STEPS[direction], r + _MARGIN
     along, across = (opts.width, opts.height) if sx else (opts.height, opts.width)
-    travel = int((along - 2 * lo) * rng.uniform(0.35, 0.6))
+    travel = int((along - 2 * lo) * rng.uniform(*opts.travel))
     a0 = int(rng.integers(lo, along - lo - travel + 1))
     c = int(rng.integers(lo, across - lo + 1))
     a_start, a_end = (a0, a0 + travel) if sx + sy > 0 else (a0 + travel, a0)
