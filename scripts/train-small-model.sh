@@ -11,18 +11,22 @@ scripts/setup.sh
 VP=.venv/bin/videopanda
 WORK=${WORK:-.cache/small-model}
 DEST=${DEST:-src/videopanda_cluster/bundled/videopanda-small}
-TRAIN="train --workers 0 --hparams small --image-size 112 --global-batch 16 --micro-batch 16 --seed 0"
+TRAIN="train --workers 0 --hparams small --image-size 112 --llm-layers 2 --system-prompt eval"
+TRAIN+=" --global-batch 16 --micro-batch 16 --seed 0"
+# Square frames, large shapes, long moves: at 112 px a shape then spans several STAB tokens.
+SYNTH="--size 128x128 --radius 0.16,0.24 --travel 0.6,1.0"
 if [[ -n "${FRESH:-}" ]]; then rm -rf "$WORK"; fi
 mkdir -p "$WORK"
 
 synth() {  # folder, seed, videos
     if [[ ! -f "$1/synth.json" ]]; then
         rm -rf "$1"
-        "$VP" synth "$1" --seed "$2" --videos "$3" > /dev/null
+        # shellcheck disable=SC2086
+        "$VP" synth "$1" --seed "$2" --videos "$3" $SYNTH > /dev/null
     fi
 }
-synth "$WORK/corpus" 0 1000
-synth "$WORK/heldout" 1 2000  # only its test split is used
+synth "$WORK/corpus" 0 3000
+synth "$WORK/heldout" 1 2000  # only its test split (200 videos) is used
 
 train_and_eval() {  # name, extra train flags
     local name=$1
@@ -45,5 +49,5 @@ if [[ -z "${NO_ABLATION:-}" ]]; then
         --ablation-finding "${ABLATION_FINDING:-}")
 fi
 .venv/bin/python -m videopanda_cluster.train.model_card --model "$WORK/full/model" \
-    --report "$WORK/eval/eval/full/report.json" --dest "$DEST" \
+    --report "$WORK/eval/eval/full/report.json" --dest "$DEST" --corpus "$WORK/corpus" \
     --command "scripts/train-small-model.sh (videopanda $TRAIN)" "${args[@]}"

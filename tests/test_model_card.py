@@ -83,3 +83,23 @@ def test_missing_types_read_as_absent():
     scores = per_type_exact_match(_report({"colour": 50.0}))
     assert list(scores) == ["colour"] and scores["colour"]["answered"] == 9
     assert per_type_exact_match({}) == {}
+
+
+def test_card_describes_the_corpus_layers_and_prompt(tmp_path):
+    model, corpus = tmp_path / "model", tmp_path / "corpus"
+    model.mkdir()
+    corpus.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"):
+        (model / name).write_bytes(b"x")
+    training = {**_training([]), "llm_layers": 2, "system_prompt": "eval"}
+    (model / "training.json").write_text(json.dumps(training))
+    (tmp_path / "r.json").write_text(json.dumps(_report({"colour": 90.0})))
+    options = {"width": 128, "height": 96, "frames": 16, "fps": 8}
+    options |= {"radius": [0.16, 0.24], "travel": [0.6, 1.0]}
+    synth = {"options": options, "videos": {"train": 80, "val": 10, "test": 10}}
+    (corpus / "synth.json").write_text(json.dumps(synth))
+    write_card(model, tmp_path / "r.json", tmp_path / "out", "cmd", corpus=corpus)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "seed 4, 100 videos (80 train), 128x96 px, 16 frames at 8 fps" in card
+    assert "radius 0.16–0.24" in card and "travel 0.6–1.0" in card
+    assert "2-layer Llama" in card and "system prompt of the training conversations: eval" in card

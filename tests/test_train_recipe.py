@@ -128,6 +128,7 @@ def test_cli_help_and_run(corpus, tmp_path):
     assert shown.exit_code == 0
     for option in ("--corpus", "--output", "--stage", "--workers", "--max-steps", "--image-size"):
         assert option in shown.output
+    assert "--llm-layers" in shown.output and "--system-prompt" in shown.output
     args = ["train", "--corpus", str(corpus), "--output", str(tmp_path / "store")]
     args += ["--stage", "prealign", "--workers", "0", "--max-steps", "1"]
     args += ["--global-batch", "2", "--micro-batch", "1"]
@@ -143,6 +144,8 @@ def test_cli_help_and_run(corpus, tmp_path):
     assert f"model: {tmp_path / 'store' / 'model'}" in ran.stdout
     bad = runner.invoke(app, [*args[:4], "--stage", "nope"], env={"COLUMNS": "200"})
     assert bad.exit_code != 0
+    bad = runner.invoke(app, [*args, "--system-prompt", "nope"], env={"COLUMNS": "200"})
+    assert bad.exit_code == 2 and "--system-prompt must be train or eval" in bad.output
 
 
 def test_ablated_recipe_builds_the_switched_model(corpus, tmp_path):
@@ -199,3 +202,42 @@ def test_recipe_distils_against_stored_teacher_features(corpus, tmp_path):
     assert distilled["stages"][0]["config"]["distill_weight"] == 1.0
     assert distilled_loss > plain_loss  # the same CE (same seed) plus 1 - cos > 0
     assert distilled_loss < plain_loss + 2.0  # 1 - cos lies in [0, 2]
+
+
+def test_llm_layers_and_eval_system_prompt(corpus, tmp_path):
+    """A 2-layer model trained on conversations rendered with the eval system prompt: the
+    exported model has 2 Llama layers, training.json says both, and the dataset the stage
+    trained on rendered the eval wording."""
+    from videopanda_cluster.model.prompt import SYSTEM_PROMPT_EVAL, SYSTEM_PROMPT_TRAIN
+    from videopanda_cluster.train.ray_train import RayStageJob
+
+    training = run_recipe(
+        corpus,
+        str(tmp_path / "store"),
+        ("prealign",),
+        0,
+        **RUN,
+        llm_layers=2,
+        system_prompt="eval",
+        work_dir=tmp_path / "work",
+    )
+    assert (training["llm_layers"], training["system_prompt"]) == (2, "eval")
+    model = VideoPanda.from_pretrained(training["model"], dtype=torch.float32)
+    assert len(model.llm.model.layers) == 2
+    job = RayStageJob(
+        model=training["model"],
+        data=str(corpus / "train" / "prealign.json"),
+        video_root=str(corpus),
+        store=str(tmp_path / "x"),
+        prefix="p",
+        stage={},
+        system_prompt="eval",
+    )
+    assert job.dataset(model).system == SYSTEM_PROMPT_EVAL
+    assert RayStageJob(**{**job.__dict__, "system_prompt": "train"}).dataset(model).system == (
+        SYSTEM_PROMPT_TRAIN
+    )
+    with pytest.raises(ValueError, match="unknown system prompt"):
+        RayStageJob(**{**job.__dict__, "system_prompt": "nope"}).dataset(model)
+    with pytest.raises(ValueError, match="llm_layers"):
+        run_recipe(corpus, str(tmp_path / "y"), ("prealign",), 0, **RUN, llm_layers=0)

@@ -48,6 +48,10 @@ def train(
         ),
     ] = None,
     flip: Annotated[bool, Opt(help="The reference's random horizontal flip.")] = False,
+    llm_layers: Annotated[int, Opt(help="Llama layers of a new model.", min=1)] = 4,
+    system_prompt: Annotated[
+        str, Opt(help="System prompt of the training conversations: train (reference) or eval.")
+    ] = "train",
     distill_weight: Annotated[
         float, Opt(help="Weight of the distillation loss (needs --teacher-store).", min=0)
     ] = 0.0,
@@ -68,6 +72,10 @@ def train(
     for settings in overrides.values():
         if epochs is not None:
             settings.pop("epochs", None)
+        if max_steps is not None:
+            settings.pop("max_steps", None)
+    if system_prompt not in ("train", "eval"):
+        raise typer.BadParameter("--system-prompt must be train or eval")
     if distill_weight > 0 and not teacher_store:
         raise typer.BadParameter("--distill-weight needs --teacher-store")
     try:
@@ -86,6 +94,8 @@ def train(
             use_gpu=gpu,
             flip=flip,
             ablations=tuple(ablate or ()),
+            llm_layers=llm_layers,
+            system_prompt=system_prompt,
             distill_weight=distill_weight,
             teacher=(teacher_store, teacher_prefix) if teacher_store else None,
             on_stage=_print_stage,

@@ -145,15 +145,20 @@ class VideoPandaConfig:
         return cls(stab_width=64, stab_heads=8, gstra_heads=8, llm=llm)
 
     @classmethod
-    def small(cls, vocab_size: int = 32000, image_size: int = 224) -> VideoPandaConfig:
+    def small(
+        cls, vocab_size: int = 32000, image_size: int = 224, llm_layers: int = 4
+    ) -> VideoPandaConfig:
         """The bundled small model: 8 frames at 224 px (or 112), STAB width 128 with 4 heads
-        (head dim 32), a 4-layer Llama of width 256. Pass the tokenizer's ``vocab_size``."""
+        (head dim 32), a Llama of width 256 with ``llm_layers`` layers (4 by default). Pass the
+        tokenizer's ``vocab_size``."""
+        if llm_layers < 1:
+            raise ValueError(f"llm_layers must be at least 1, got {llm_layers}")
         llm = dict(
             LLAMA_7B,
             vocab_size=vocab_size,
             hidden_size=256,
             intermediate_size=688,
-            num_hidden_layers=4,
+            num_hidden_layers=llm_layers,
             num_attention_heads=4,
             num_key_value_heads=4,
             max_position_embeddings=2048,

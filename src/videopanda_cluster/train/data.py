@@ -23,6 +23,7 @@ from ..model.prompt import (
     IGNORE_INDEX,
     IMAGE_MARKER,
     IMAGE_TOKEN_INDEX,
+    SYSTEM_PROMPT_EVAL,
     SYSTEM_PROMPT_TRAIN,
     tokenize_prompt,
 )
@@ -95,6 +96,19 @@ def parse_records(rows: Sequence[dict]) -> list[Record]:
 def load_records(path: str | Path) -> list[Record]:
     """Records of a reference conversation JSON file (a list of rows)."""
     return parse_records(json.loads(Path(path).read_text()))
+
+
+# The system prompts conversations can be rendered with. The reference trains with "train" and
+# evaluates with "eval" (spec §5.1); a model trained from scratch here may be trained with
+# "eval", so that training and inference prompts match.
+SYSTEM_PROMPTS = {"train": SYSTEM_PROMPT_TRAIN, "eval": SYSTEM_PROMPT_EVAL}
+
+
+def system_prompt(name: str) -> str:
+    """The system prompt called ``name`` in :data:`SYSTEM_PROMPTS`."""
+    if name not in SYSTEM_PROMPTS:
+        raise ValueError(f"unknown system prompt {name!r}; choose from {', '.join(SYSTEM_PROMPTS)}")
+    return SYSTEM_PROMPTS[name]
 
 
 def render(record: Record, num_frames: int, system: str = SYSTEM_PROMPT_TRAIN) -> str:

@@ -1,9 +1,10 @@
 """The bundled small model's card: training record, held-out accuracies per question type, and
 the GSTRA+LSTE ablation beside them.
 
-``python -m videopanda_cluster.train.model_card --model DIR --report FILE [--ablation-report FILE
---ablation-training FILE] --command TEXT --dest DIR`` copies the model (without ``training.json``
-stages' loss curves kept in full) to ``DEST`` and writes ``README.md`` and ``eval.json`` there.
+``python -m videopanda_cluster.train.model_card --model DIR --report FILE [--corpus DIR]
+[--ablation-report FILE --ablation-training FILE] --command TEXT --dest DIR`` copies the model
+(``training.json`` without the stages' loss curves) to ``DEST`` and writes ``README.md`` and
+``eval.json`` there.
 """
 
 from __future__ import annotations
@@ -63,16 +64,37 @@ def _stage_table(training: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _corpus_line(training: dict[str, Any], synth: dict[str, Any] | None) -> str:
+    line = f"- Data: `videopanda synth` corpus, seed {training['corpus']['seed']}"
+    if synth:
+        o = synth["options"]
+        line += (
+            f", {sum(synth['videos'].values())} videos ({synth['videos']['train']} train), "
+            f"{o['width']}x{o['height']} px, {o['frames']} frames at {o['fps']} fps, shape "
+            f"radius {o['radius'][0]}–{o['radius'][1]} of the shorter side, travel "
+            f"{o['travel'][0]}–{o['travel'][1]} of the free span"
+        )
+    return line + (
+        " (training conversations: captions for prealign/pretrain, multi-turn QA for finetune)."
+    )
+
+
+def _minutes(training: dict[str, Any]) -> str:
+    return f"{training['wall_seconds'] / 60:.1f} min"
+
+
 def render_card(
     training: dict[str, Any],
     scores: dict,
     command: str,
     ablation: tuple[dict[str, Any], dict] | None = None,
     ablation_finding: str = "",
+    synth: dict[str, Any] | None = None,
 ) -> str:
-    """The model card's Markdown."""
+    """The model card's Markdown; ``synth`` is the training corpus's ``synth.json``."""
     stages = training["stages"]
     cfg = stages[0]["config"]
+    layers = training.get("llm_layers")
     lines = [
         "# videopanda-small",
         "",
@@ -84,13 +106,14 @@ def render_card(
         "## Training",
         "",
         f"- Command: `{command}`",
-        f"- Data: `videopanda synth` corpus, seed {training['corpus']['seed']} "
-        "(training conversations: captions for prealign/pretrain, multi-turn QA for finetune).",
-        f"- Init seed {training['init_seed']}; image size {training['image_size']}; tokenizer: "
-        f"SentencePiece, {training['vocab_size']} pieces, trained on the corpus.",
+        _corpus_line(training, synth),
+        f"- Init seed {training['init_seed']}; image size {training['image_size']}; "
+        + (f"{layers}-layer Llama; " if layers else "")
+        + f"tokenizer: SentencePiece, {training['vocab_size']} pieces, trained on the corpus; "
+        f"system prompt of the training conversations: {training.get('system_prompt', 'train')}.",
         f"- Global batch {cfg['global_batch']}, micro-batch {cfg['micro_batch']}, AdamW, cosine "
         f"schedule, clipping {cfg['max_grad_norm']}; horizontal flip off (left/right labels).",
-        f"- Wall time {training['wall_seconds'] / 60:.1f} min on this machine's 2 CPU cores.",
+        f"- Wall time {_minutes(training)} (all three stages) on this machine's 2 CPU cores.",
         "",
         *_stage_table(training),
         "",
@@ -107,6 +130,11 @@ def render_card(
     ]
     if ablation:
         lines.append(_row("no GSTRA, no LSTE", ablation[1]))
+        lines += [
+            "",
+            f"The ablation trained with the same command and `--ablate no_gstra "
+            f"--ablate no_lste` in {_minutes(ablation[0])}.",
+        ]
         lines += ["", ablation_finding] if ablation_finding else []
     lines.append("")
     return "\n".join(lines)
@@ -120,9 +148,13 @@ def write_card(
     ablation_report: Path | None = None,
     ablation_training: Path | None = None,
     ablation_finding: str = "",
+    corpus: Path | None = None,
 ) -> dict[str, Any]:
-    """Copy the model files to ``dest`` and write its README.md and eval.json."""
+    """Copy the model files to ``dest`` and write its README.md and eval.json; ``corpus`` is
+    the training corpus (its ``synth.json`` describes the data in the card)."""
     training = json.loads((model / "training.json").read_text())
+    synth_file = corpus / "synth.json" if corpus else None
+    synth = json.loads(synth_file.read_text()) if synth_file and synth_file.is_file() else None
     scores = per_type_exact_match(json.loads(report.read_text()))
     ablation = None
     if ablation_report and ablation_training:
@@ -140,7 +172,7 @@ def write_card(
     if ablation:
         results["ablation"] = {"switches": ablation[0].get("ablations"), "exact_match": ablation[1]}
     (dest / "eval.json").write_text(json.dumps(results, indent=1) + "\n")
-    card = render_card(training, scores, command, ablation, ablation_finding)
+    card = render_card(training, scores, command, ablation, ablation_finding, synth)
     (dest / "README.md").write_text(card)
     return results
 
@@ -154,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ablation-report", type=Path)
     parser.add_argument("--ablation-training", type=Path)
     parser.add_argument("--ablation-finding", default="")
+    parser.add_argument("--corpus", type=Path)
     args = parser.parse_args(argv)
     results = write_card(
         args.model,
@@ -163,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         args.ablation_report,
         args.ablation_training,
         args.ablation_finding,
+        args.corpus,
     )
     print(json.dumps(results["exact_match"], indent=1))
 

@@ -26,6 +26,7 @@ class RayStageJob:
     prefix: str
     stage: dict[str, Any]  # StageConfig fields
     flip: bool = True
+    system_prompt: str = "train"  # key of data.SYSTEM_PROMPTS
     isolate: bool = True  # decode videos in a killable child process
     threads: int | None = None  # torch intra-op threads per worker
     # Precomputed teacher features for the distillation loss (StoredTeacher): store URL, prefix.
@@ -35,7 +36,7 @@ class RayStageJob:
 
     def dataset(self, model):
         """The job's training records over its videos, prepared for ``model``."""
-        from .data import VideoConversationDataset, load_records
+        from .data import VideoConversationDataset, load_records, system_prompt
 
         return VideoConversationDataset(
             load_records(self.data),
@@ -43,6 +44,7 @@ class RayStageJob:
             model.tokenizer,
             num_frames=model.config.num_frames,
             size=model.config.image_size,
+            system=system_prompt(self.system_prompt),
             flip=self.flip,
             isolate=self.isolate,
         )

@@ -44,11 +44,12 @@ TRAINING_FILE = "training.json"
 DEFAULT_VOCAB = 512
 # Per-stage settings of the bundled small model (random init, CPU, global batch 16): the
 # reference's learning rates are for a warm-started 7B model and leave a small random one at
-# chance. Run G of docs/training.md ("Bundled model"), the best so far; not yet good enough.
+# chance. A short stage 1 (the LLM is random and frozen there), one caption epoch, then the QA
+# epochs; see docs/training.md ("Bundled model") for the runs behind these numbers.
 SMALL_HPARAMS: dict[str, dict[str, Any]] = {
-    "prealign": {"epochs": 1, "visual_lr": 5e-4, "warmup_ratio": 0.05},
-    "pretrain": {"epochs": 3, "visual_lr": 3e-4, "llm_lr": 3e-4, "warmup_ratio": 0.05},
-    "finetune": {"epochs": 24, "visual_lr": 3e-4, "llm_lr": 3e-4, "warmup_ratio": 0.03},
+    "prealign": {"epochs": 1, "max_steps": 50, "visual_lr": 1e-3, "warmup_ratio": 0.1},
+    "pretrain": {"epochs": 1, "visual_lr": 1e-3, "llm_lr": 1e-3, "warmup_ratio": 0.1},
+    "finetune": {"epochs": 12, "visual_lr": 1e-3, "llm_lr": 1e-3, "warmup_ratio": 0.02},
 }
 ABLATIONS = ("no_gstra", "no_lste", "no_fsra", "no_split_tokens", "lsd_avgpool")
 _VOCAB_LIMIT = re.compile(r"value <= (\d+)")
@@ -97,16 +98,18 @@ def init_small_model(
     seed: int = 0,
     vocab_size: int = DEFAULT_VOCAB,
     ablations: Sequence[str] = (),
+    llm_layers: int = 4,
 ) -> Path:
-    """Save a randomly initialised ``VideoPandaConfig.small`` model with the corpus tokenizer;
-    ``ablations`` names the config's ablation switches to turn on (e.g. ``no_gstra``)."""
+    """Save a randomly initialised ``VideoPandaConfig.small`` model (``llm_layers`` Llama
+    layers) with the corpus tokenizer; ``ablations`` names the config's ablation switches to
+    turn on (e.g. ``no_gstra``)."""
     unknown = sorted(set(ablations) - set(ABLATIONS))
     if unknown:
         raise ValueError(f"unknown ablation {unknown}; choose from {', '.join(ABLATIONS)}")
     out = build_corpus_tokenizer(corpus_dir, out_dir, vocab_size)
     tokenizer = load_tokenizer(out)
     torch.manual_seed(seed)
-    config = VideoPandaConfig.small(vocab_size=len(tokenizer), image_size=image_size)
+    config = VideoPandaConfig.small(len(tokenizer), image_size, llm_layers)
     model = VideoPanda(replace(config, **{name: True for name in ablations}))
     model.tokenizer = tokenizer
     model.save_pretrained(out)
@@ -128,18 +131,17 @@ def _start_folder(
     stage: str,
     work: Path,
     corpus: Path,
-    image_size: int,
-    seed: int,
-    ablations: Sequence[str] = (),
+    new_model: Mapping[str, Any],
 ) -> tuple[Path, str]:
     """The model a stage starts from: the nearest earlier stage's final checkpoint in the store,
-    else a fresh small model. Returns the folder and where it came from."""
+    else a fresh small model (``new_model``: keyword arguments of :func:`init_small_model`).
+    Returns the folder and where it came from."""
     for earlier in reversed(RECIPE_STAGES[: RECIPE_STAGES.index(stage)]):
         key = _final_checkpoint(store, earlier)
         if key:
             return download(store, key, work / f"{stage}-start"), key
-    init = init_small_model(corpus, work / "init", image_size, seed, ablations=ablations)
-    return init, f"random init (seed {seed})"
+    init = init_small_model(corpus, work / "init", **new_model)
+    return init, f"random init (seed {new_model['seed']})"
 
 
 def _train_local(job: RayStageJob) -> None:
@@ -196,6 +198,7 @@ def run_one_stage(
     use_gpu: bool = False,
     flip: bool = False,
     teacher: tuple[str, str] | None = None,
+    system_prompt: str = "train",
 ) -> tuple[str, dict]:
     """Train one stage from the model folder ``start`` (Ray Train when ``workers`` ≥ 1);
     returns its final checkpoint's key and trainer state."""
@@ -208,6 +211,7 @@ def run_one_stage(
         prefix=stage_prefix(cfg.name),
         stage=asdict(cfg),
         flip=flip,
+        system_prompt=system_prompt,
         threads=threads,
         teacher_store=teacher[0] if teacher else None,
         teacher_prefix=teacher[1] if teacher else "teacher",
@@ -262,6 +266,8 @@ def run_recipe(
     flip: bool = False,
     stage_overrides: Mapping[str, Mapping[str, Any]] | None = None,
     ablations: Sequence[str] = (),
+    llm_layers: int = 4,
+    system_prompt: str = "train",
     distill_weight: float = 0.0,
     teacher: tuple[str, str] | None = None,
     work_dir: str | Path | None = None,
@@ -274,6 +280,8 @@ def run_recipe(
     ``stage_overrides`` replaces StageConfig fields per stage (after the shared arguments).
     ``flip`` turns on the reference's random horizontal flip; it is off by default because it
     does not change the labels, and the synthetic corpus asks left/right questions.
+    ``system_prompt`` ("train" or "eval", see ``data.SYSTEM_PROMPTS``) is the system prompt
+    the conversations are rendered with; ``llm_layers`` sizes a new model's Llama.
     ``distill_weight`` > 0 adds the distillation loss (spec §7.3) against precomputed teacher
     features, ``teacher`` = (store URL, prefix); each stage starts a fresh compressor.
     Returns the ``training.json`` contents, with ``model`` the exported folder.
@@ -286,7 +294,10 @@ def run_recipe(
     began = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(work_dir) if work_dir else Path(tmp)
-        start, origin = _start_folder(store, ordered[0], work, corpus, image_size, seed, ablations)
+        new_model = dict(
+            image_size=image_size, seed=seed, ablations=ablations, llm_layers=llm_layers
+        )
+        start, origin = _start_folder(store, ordered[0], work, corpus, new_model)
         summaries = []
         shared = dict(
             global_batch=global_batch,
@@ -300,7 +311,17 @@ def run_recipe(
             cfg = stage_config(name, **{**shared, **(stage_overrides or {}).get(name, {})})
             t0 = time.monotonic()
             key, state = run_one_stage(
-                cfg, corpus, store, start, workers, work, threads, use_gpu, flip, teacher
+                cfg,
+                corpus,
+                store,
+                start,
+                workers,
+                work,
+                threads,
+                use_gpu,
+                flip,
+                teacher,
+                system_prompt,
             )
             samples = len(load_records(corpus / STAGE_DATA[name]))
             summary = _stage_summary(
@@ -316,6 +337,8 @@ def run_recipe(
             "stages": summaries,
             "init_seed": seed,
             "ablations": sorted(ablations),
+            "llm_layers": config.llm["num_hidden_layers"],
+            "system_prompt": system_prompt,
             "image_size": config.image_size,
             "vocab_size": config.llm["vocab_size"],
             "corpus": {"path": str(corpus), "seed": _corpus_seed(corpus)},
