@@ -27,6 +27,11 @@ synth() {  # folder, seed, videos
 }
 synth "$WORK/corpus" 0 3000
 synth "$WORK/heldout" 1 2000  # only its test split (200 videos) is used
+# Distillation targets (spec §7.3) from the scene's ground truth (train/scene_teacher.py).
+if [[ ! -f "$WORK/teacher/teacher/teacher.json" ]]; then
+    "$VP" synth-teacher "$WORK/corpus" --output "$WORK/teacher" --image-size 112 > /dev/null
+fi
+TRAIN+=" --distill-weight 10 --teacher-store $WORK/teacher"
 
 train_and_eval() {  # name, extra train flags
     local name=$1

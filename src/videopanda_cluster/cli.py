@@ -79,6 +79,33 @@ def synth(
     console.print(table)
 
 
+@app.command("synth-teacher")
+def synth_teacher(
+    corpus: Annotated[Path, typer.Argument(help="Corpus folder written by `videopanda synth`.")],
+    output: Annotated[str, typer.Option(help="Store for the features (directory or az://...).")],
+    prefix: Annotated[str, typer.Option(help="Key prefix of the features in the store.")] = (
+        "teacher"
+    ),
+    image_size: Annotated[int, typer.Option(help="Input size of the student model.")] = 112,
+    kind_weight: Annotated[float, typer.Option(help="Weight of the shape-kind cover.")] = 3.0,
+    motion_weight: Annotated[float, typer.Option(help="Weight of the motion cover.")] = 3.0,
+) -> None:
+    """Write scene-teacher features (ground-truth cover per frame and STAB cell) of the corpus's
+    training videos, for `videopanda train --distill-weight W --teacher-store STORE`."""
+    from .storage import open_store
+    from .train.scene_teacher import SceneTeacherOptions, write_scene_teacher
+
+    try:
+        options = SceneTeacherOptions(
+            image_size, kind_weight=kind_weight, motion_weight=motion_weight
+        )
+        count = write_scene_teacher(corpus, open_store(output), prefix, options)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    console.print(f"scene teacher: {count} videos → {output} ({prefix}/)", markup=False)
+
+
 @app.command()
 def inspect(
     video: Annotated[Path, typer.Argument(help="Video file.")],
