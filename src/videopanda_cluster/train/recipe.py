@@ -49,7 +49,7 @@ DEFAULT_VOCAB = 512
 SMALL_HPARAMS: dict[str, dict[str, Any]] = {
     "prealign": {"epochs": 1, "max_steps": 50, "visual_lr": 1e-3, "warmup_ratio": 0.1},
     "pretrain": {"epochs": 1, "visual_lr": 1e-3, "llm_lr": 1e-3, "warmup_ratio": 0.1},
-    "finetune": {"epochs": 10, "visual_lr": 1e-3, "llm_lr": 1e-3, "warmup_ratio": 0.02},
+    "finetune": {"epochs": 7, "visual_lr": 1e-3, "llm_lr": 1e-3, "warmup_ratio": 0.02},
 }
 ABLATIONS = ("no_gstra", "no_lste", "no_fsra", "no_split_tokens", "lsd_avgpool")
 _VOCAB_LIMIT = re.compile(r"value <= (\d+)")
