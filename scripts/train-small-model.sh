@@ -32,6 +32,8 @@ if [[ ! -f "$WORK/teacher/teacher/teacher.json" ]]; then
     "$VP" synth-teacher "$WORK/corpus" --output "$WORK/teacher" --image-size 112 > /dev/null
 fi
 TRAIN+=" --distill-weight 10 --teacher-store $WORK/teacher"
+# Warm start of STAB + projector on the scene's per-cell labels (train/warmup.py).
+TRAIN+=" --warmup-steps 1000"
 
 train_and_eval() {  # name, extra train flags
     local name=$1

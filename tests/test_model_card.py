@@ -103,3 +103,31 @@ def test_card_describes_the_corpus_layers_and_prompt(tmp_path):
     assert "seed 4, 100 videos (80 train), 128x96 px, 16 frames at 8 fps" in card
     assert "radius 0.16–0.24" in card and "travel 0.6–1.0" in card
     assert "2-layer Llama" in card and "system prompt of the training conversations: eval" in card
+    copied = json.loads((tmp_path / "out" / "training.json").read_text())
+    assert copied["corpus"] == {"seed": 4, "options": options}
+
+
+def test_card_names_the_warm_start_and_the_distillation(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"):
+        (model / name).write_bytes(b"x")
+    training = _training([])
+    training["stages"][0]["config"]["distill_weight"] = 10.0
+    accuracy = {"kind": 0.91, "colour": 0.99, "motion": 0.955}
+    training["warmup"] = {"config": {"steps": 800}, "seconds": 240.0}
+    training["warmup"]["cell_accuracy_last_tenth"] = accuracy
+    (model / "training.json").write_text(json.dumps(training))
+    (tmp_path / "r.json").write_text(json.dumps(_report({"colour": 90.0})))
+    write_card(model, tmp_path / "r.json", tmp_path / "out", "cmd")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "`--warmup-steps 800`" in card and "in 4.0 min before stage 1" in card
+    assert "kind 91%, colour 99%, motion 96%" in card
+    assert "Distillation (spec §7.3) with weight 10 in every stage" in card
+    assert "(warm-up and all three stages)" in card
+    del training["warmup"], training["stages"][0]["config"]["distill_weight"]
+    (model / "training.json").write_text(json.dumps(training))
+    write_card(model, tmp_path / "r.json", tmp_path / "plain", "cmd")
+    card = (tmp_path / "plain" / "README.md").read_text()
+    assert "Warm start" not in card and "Distillation" not in card
+    assert "(all three stages)" in card

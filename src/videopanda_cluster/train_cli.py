@@ -59,9 +59,18 @@ def train(
         str | None, Opt(help="Store with precomputed teacher features.")
     ] = None,
     teacher_prefix: Annotated[str, Opt(help="Prefix of the teacher features.")] = "teacher",
+    warmup_steps: Annotated[
+        int,
+        Opt(
+            help="Steps of the scene warm-up of a new model's STAB before stage 1 "
+            "(0: none; a synth corpus only).",
+            min=0,
+        ),
+    ] = 0,
 ) -> None:
     """Train the small Video-Panda on a corpus, stage by stage, and export the final model."""
     from .train.recipe import RECIPE_STAGES, SMALL_HPARAMS, run_recipe
+    from .train.warmup import WarmupConfig
 
     if stage not in STAGE_CHOICES:
         raise typer.BadParameter(f"--stage must be one of {', '.join(STAGE_CHOICES)}")
@@ -98,6 +107,7 @@ def train(
             system_prompt=system_prompt,
             distill_weight=distill_weight,
             teacher=(teacher_store, teacher_prefix) if teacher_store else None,
+            warmup=WarmupConfig(steps=warmup_steps, seed=seed) if warmup_steps else None,
             on_stage=_print_stage,
         )
     except (ValueError, FileNotFoundError, KeyError) as exc:

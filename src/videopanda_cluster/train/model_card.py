@@ -79,6 +79,28 @@ def _corpus_line(training: dict[str, Any], synth: dict[str, Any] | None) -> str:
     )
 
 
+def _warm_start_lines(training: dict[str, Any]) -> list[str]:
+    """What the card says of the scene warm-up and the distillation, when the run had them."""
+    lines = []
+    warmup = training.get("warmup")
+    if warmup:
+        accuracy = warmup["cell_accuracy_last_tenth"].items()
+        acc = ", ".join(f"{group} {100 * a:.0f}%" for group, a in accuracy)
+        lines.append(
+            f"- Warm start: the scene warm-up (`--warmup-steps {warmup['config']['steps']}`, "
+            "`train/warmup.py`) fitted STAB and the projector to per-token kind, colour and "
+            f"motion labels of the corpus's ground truth in {warmup['seconds'] / 60:.1f} min "
+            f"before stage 1 (per-token accuracy over its last tenth: {acc})."
+        )
+    weight = training["stages"][0]["config"].get("distill_weight", 0)
+    if weight:
+        lines.append(
+            f"- Distillation (spec §7.3) with weight {weight:g} in every stage, against the "
+            "scene teacher of `videopanda synth-teacher` (ground-truth cover per frame and token)."
+        )
+    return lines
+
+
 def _minutes(training: dict[str, Any]) -> str:
     return f"{training['wall_seconds'] / 60:.1f} min"
 
@@ -113,7 +135,10 @@ def render_card(
         f"system prompt of the training conversations: {training.get('system_prompt', 'train')}.",
         f"- Global batch {cfg['global_batch']}, micro-batch {cfg['micro_batch']}, AdamW, cosine "
         f"schedule, clipping {cfg['max_grad_norm']}; horizontal flip off (left/right labels).",
-        f"- Wall time {_minutes(training)} (all three stages) on this machine's 2 CPU cores.",
+        *_warm_start_lines(training),
+        f"- Wall time {_minutes(training)} ("
+        + ("warm-up and " if training.get("warmup") else "")
+        + "all three stages) on this machine's 2 CPU cores.",
         "",
         *_stage_table(training),
         "",
@@ -166,6 +191,8 @@ def write_card(
     for name in MODEL_FILES:
         shutil.copyfile(model / name, dest / name)
     summary = {k: v for k, v in training.items() if k not in ("stages", "model")}
+    if synth:  # so that a corpus like the training one can be generated again
+        summary["corpus"] = {**summary.get("corpus", {}), "options": synth["options"]}
     summary["stages"] = [{k: v for k, v in s.items() if k != "losses"} for s in training["stages"]]
     (dest / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
     results = {"exact_match": scores, "chance": CHANCE}

@@ -1,9 +1,11 @@
 """The small-model recipe: a corpus tokenizer, a random small Video-Panda and the three stages.
 
 Stages run in order (prealign → pretrain → finetune), each starting from the previous stage's
-final checkpoint. Store layout: ``stages/<stage>/step-XXXXXXXX/`` (see ``checkpoints.py``) and
-``model/``, the final model in the HF layout with ``training.json``. Re-running on the same store
-resumes: a finished stage is not trained again.
+final checkpoint; the first starts from a new random model, or from its scene warm-up
+(``warmup.py``) when asked. Store layout: ``warmup/`` (the warmed-up model and
+``warmup.json``), ``stages/<stage>/step-XXXXXXXX/`` (see ``checkpoints.py``) and ``model/``, the
+final model in the HF layout with ``training.json``. Re-running on the same store resumes: a
+finished warm-up or stage is not run again.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .data import VIDEO_MARKERS, load_records
 from .loop import total_steps, train_stage
 from .ray_train import RayStageJob, run_stage
 from .stages import StageConfig, stage_config
+from .warmup import WarmupConfig, warm_up
 
 RECIPE_STAGES = ("prealign", "pretrain", "finetune")
 # The paper's stage 2 trains on the same caption data as stage 1 (Valley).
@@ -40,6 +43,8 @@ STAGE_DATA = {
 }
 TEMPLATE_TEXTS = (SYSTEM_PROMPT_EVAL, SYSTEM_PROMPT_TRAIN, "USER: ASSISTANT:")
 MODEL_KEY = "model"
+WARMUP_KEY = "warmup"  # the warmed-up initial model (warmup.py), before stage 1
+WARMUP_FILE = "warmup.json"
 TRAINING_FILE = "training.json"
 DEFAULT_VOCAB = 512
 # Per-stage settings of the bundled small model (random init, CPU, global batch 16): the
@@ -49,7 +54,7 @@ DEFAULT_VOCAB = 512
 SMALL_HPARAMS: dict[str, dict[str, Any]] = {
     "prealign": {"epochs": 1, "max_steps": 50, "visual_lr": 1e-3, "warmup_ratio": 0.1},
     "pretrain": {"epochs": 1, "visual_lr": 1e-3, "llm_lr": 1e-3, "warmup_ratio": 0.1},
-    "finetune": {"epochs": 7, "visual_lr": 1e-3, "llm_lr": 1e-3, "warmup_ratio": 0.02},
+    "finetune": {"epochs": 5, "visual_lr": 1e-3, "llm_lr": 1e-3, "warmup_ratio": 0.02},
 }
 ABLATIONS = ("no_gstra", "no_lste", "no_fsra", "no_split_tokens", "lsd_avgpool")
 _VOCAB_LIMIT = re.compile(r"value <= (\d+)")
@@ -140,8 +145,26 @@ def _start_folder(
         key = _final_checkpoint(store, earlier)
         if key:
             return download(store, key, work / f"{stage}-start"), key
-    init = init_small_model(corpus, work / "init", **new_model)
-    return init, f"random init (seed {new_model['seed']})"
+    new_model = dict(new_model)
+    warmup = new_model.pop("warmup", None)
+    origin = f"random init (seed {new_model['seed']})"
+    if warmup is None:
+        return init_small_model(corpus, work / "init", **new_model), origin
+    if not store.exists(f"{WARMUP_KEY}/{WARMUP_FILE}"):  # else: warmed up by an earlier run
+        _warm_up(store, init_small_model(corpus, work / "init", **new_model), corpus, warmup)
+    return download(store, WARMUP_KEY, work / "warmup"), f"scene warm-up of {origin}"
+
+
+def _warm_up(store: Store, init: Path, corpus: Path, cfg: WarmupConfig) -> None:
+    """Warm ``init`` up (``warmup.py``) and save it under ``warmup/``, its summary last (the
+    marker of a finished warm-up; an interrupted one starts again from the same init)."""
+    model = VideoPanda.from_pretrained(init, device="cpu", dtype=torch.float32)
+    summary = warm_up(model, corpus, cfg, log=print)
+    folder = init.parent / "warmup-out"
+    model.save_pretrained(folder)
+    for path in sorted(folder.iterdir()):
+        store.put(f"{WARMUP_KEY}/{path.name}", path.read_bytes())
+    store.put(f"{WARMUP_KEY}/{WARMUP_FILE}", json.dumps(summary, indent=1).encode())
 
 
 def _train_local(job: RayStageJob) -> None:
@@ -244,6 +267,14 @@ def export_model(store: Store, checkpoint: str, training: dict[str, Any]) -> str
     return model_location(store)
 
 
+def _warmup_summary(store: Store) -> dict[str, Any] | None:
+    """The scene warm-up's summary without its per-step losses, or None if there was none."""
+    if not store.exists(f"{WARMUP_KEY}/{WARMUP_FILE}"):
+        return None
+    summary = json.loads(store.get(f"{WARMUP_KEY}/{WARMUP_FILE}"))
+    return {k: v for k, v in summary.items() if k != "losses"}
+
+
 def _corpus_seed(corpus: Path) -> int | None:
     summary = corpus / "synth.json"
     return json.loads(summary.read_text())["seed"] if summary.is_file() else None
@@ -270,6 +301,7 @@ def run_recipe(
     system_prompt: str = "train",
     distill_weight: float = 0.0,
     teacher: tuple[str, str] | None = None,
+    warmup: WarmupConfig | None = None,
     work_dir: str | Path | None = None,
     on_stage: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -284,6 +316,8 @@ def run_recipe(
     the conversations are rendered with; ``llm_layers`` sizes a new model's Llama.
     ``distill_weight`` > 0 adds the distillation loss (spec §7.3) against precomputed teacher
     features, ``teacher`` = (store URL, prefix); each stage starts a fresh compressor.
+    ``warmup`` (a synth corpus only) runs the scene warm-up (``warmup.py``) on the new model
+    before its first stage; it is done once per store and kept under ``warmup/``.
     Returns the ``training.json`` contents, with ``model`` the exported folder.
     """
     unknown = [s for s in stages if s not in RECIPE_STAGES]
@@ -295,7 +329,11 @@ def run_recipe(
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(work_dir) if work_dir else Path(tmp)
         new_model = dict(
-            image_size=image_size, seed=seed, ablations=ablations, llm_layers=llm_layers
+            image_size=image_size,
+            seed=seed,
+            ablations=ablations,
+            llm_layers=llm_layers,
+            warmup=warmup,
         )
         start, origin = _start_folder(store, ordered[0], work, corpus, new_model)
         summaries = []
@@ -339,6 +377,7 @@ def run_recipe(
             "ablations": sorted(ablations),
             "llm_layers": config.llm["num_hidden_layers"],
             "system_prompt": system_prompt,
+            "warmup": _warmup_summary(store),
             "image_size": config.image_size,
             "vocab_size": config.llm["vocab_size"],
             "corpus": {"path": str(corpus), "seed": _corpus_seed(corpus)},

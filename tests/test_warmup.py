@@ -1,0 +1,155 @@
+"""The scene warm-up: per-cell labels from the scene, a visual-only fit, once per recipe store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from videopanda_cluster.model.modeling import VideoPanda
+from videopanda_cluster.storage import LocalStore
+from videopanda_cluster.train import recipe
+from videopanda_cluster.train.scene_teacher import CHANNELS, MOTIONS
+from videopanda_cluster.train.synth import SynthOptions, load_metadata, write_synth
+from videopanda_cluster.train.warmup import (
+    GROUPS,
+    WarmupConfig,
+    _cell_tokens,
+    cell_labels,
+    load_clips,
+    warm_up,
+)
+from videopanda_cluster.video.normalize import to_model_input
+from videopanda_cluster.video.samples import SHAPES
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    # 128x96: letterboxed at 112 px, so the label grid must follow the valid cells
+    options = SynthOptions(width=128, height=96, radius=(0.16, 0.24), travel=(0.6, 1.0))
+    write_synth(root, seed=8, videos=14, options=options)
+    return root
+
+
+@pytest.fixture(scope="module")
+def init(corpus, tmp_path_factory):
+    """A new small model saved like the recipe's; loading it gives frozen parameters."""
+    return recipe.init_small_model(corpus, tmp_path_factory.mktemp("init"), 112, llm_layers=1)
+
+
+def _model(folder) -> VideoPanda:
+    return VideoPanda.from_pretrained(folder, device="cpu", dtype=torch.float32)
+
+
+def test_cell_labels_pick_the_largest_cover_or_none():
+    cover = torch.zeros(3, len(CHANNELS))
+    cover[0, CHANNELS.index("kind:diamond")] = 0.6
+    cover[0, CHANNELS.index("kind:circle")] = 0.3
+    cover[0, CHANNELS.index("colour:blue")] = 0.9
+    cover[0, CHANNELS.index("motion:up")] = 0.9
+    cover[1, CHANNELS.index("kind:square")] = 0.1  # below min_cover
+    labels = cell_labels(cover, min_cover=0.2)
+    none = {group: len(channels) for group, channels in GROUPS.items()}
+    assert labels["kind"].tolist() == [SHAPES.index("diamond"), none["kind"], none["kind"]]
+    assert labels["colour"].tolist()[0] == CHANNELS.index("colour:blue") - GROUPS["colour"][0]
+    assert labels["motion"].tolist() == [MOTIONS.index("up"), none["motion"], none["motion"]]
+
+
+def test_warmup_config_rejects_unknown_groups_and_schedules():
+    assert WarmupConfig().groups == ("kind",)
+    with pytest.raises(ValueError, match="groups must be among"):
+        WarmupConfig(groups=("size",))
+    with pytest.raises(ValueError, match="schedule must be"):
+        WarmupConfig(schedule="step")
+    with pytest.raises(ValueError, match="at least 1"):
+        WarmupConfig(steps=0)
+
+
+def test_labels_follow_the_scene_and_the_token_grid(corpus, init):
+    model = _model(init)
+    clips = load_clips(corpus, model, WarmupConfig())
+    videos = [v for v, split in load_metadata(corpus) if split == "train"]
+    assert len(clips) == len(videos)
+    none = {group: len(channels) for group, channels in GROUPS.items()}
+    for clip, video in zip(clips, videos, strict=True):
+        pixels = to_model_input(clip.frames, clip.geometry, 8)[None]
+        with torch.no_grad():
+            tokens = _cell_tokens(model, pixels)
+        assert [t.shape[0] for t in tokens] == [f["kind"].numel() for f in clip.labels]
+        assert tokens[0].shape[0] < 16  # letterboxed: padding rows have no token
+        kinds = {SHAPES[i] for f in clip.labels for i in f["kind"].tolist() if i < none["kind"]}
+        assert kinds <= {s.kind for s in video.shapes}
+        assert video.shapes[0].kind in kinds
+        motions = {MOTIONS[i] for f in clip.labels for i in f["motion"].tolist() if i < 5}
+        assert video.shapes[0].motion in motions
+        assert motions <= {video.shapes[0].motion, "still"}
+
+
+def test_warm_up_fits_the_visual_path_only_and_is_deterministic(corpus, init):
+    cfg = WarmupConfig(steps=40, batch=4, seed=3, groups=tuple(GROUPS))  # every head
+    first, second = _model(init), _model(init)
+    assert not any(p.requires_grad for p in first.parameters())
+    llm_before = {k: v.clone() for k, v in first.llm.state_dict().items()}
+    stab_before = first.video_tower.patch_embedding.weight.clone()
+    summary = warm_up(first, corpus, cfg)
+    warm_up(second, corpus, cfg)
+    assert all(torch.equal(v, first.llm.state_dict()[k]) for k, v in llm_before.items())
+    assert not torch.equal(stab_before, first.video_tower.patch_embedding.weight)
+    assert not any(p.requires_grad for p in first.parameters())  # flags restored
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    losses = summary["losses"]
+    assert len(losses) == 40 and sum(losses[-10:]) < 0.8 * sum(losses[:10])
+    assert set(summary["cell_accuracy_last_tenth"]) == set(GROUPS)
+    assert summary["videos"] == len([1 for _, s in load_metadata(corpus) if s == "train"])
+
+
+def test_the_recipe_warms_up_once_and_resumes_from_it(corpus, tmp_path, monkeypatch):
+    run = dict(max_steps=1, image_size=112, global_batch=2, threads=1, llm_layers=1)
+    warmup = WarmupConfig(steps=3, batch=2)
+    out = tmp_path / "out"
+    first = recipe.run_recipe(corpus, str(out), ("prealign",), 0, **run, warmup=warmup)
+    assert first["warmup"]["config"]["steps"] == 3 and "losses" not in first["warmup"]
+    assert first["stages"][0]["started_from"] == "scene warm-up of random init (seed 0)"
+    weights = (out / "model" / "model.safetensors").read_bytes()
+    fresh = _model(recipe.init_small_model(corpus, tmp_path / "fresh", 112, llm_layers=1))
+    warm = _model(out / "warmup")
+    assert not torch.equal(
+        fresh.video_tower.patch_embedding.weight, warm.video_tower.patch_embedding.weight
+    )
+    pairs = zip(fresh.llm.parameters(), warm.llm.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    # a run killed after the warm-up: the rerun starts stage 1 from the stored warm model
+    shutil.rmtree(out / "stages")
+    shutil.rmtree(out / "model")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the warm-up ran again")
+
+    monkeypatch.setattr(recipe, "warm_up", fail)
+    again = recipe.run_recipe(corpus, str(out), ("prealign",), 0, **run, warmup=warmup)
+    assert again["warmup"] == first["warmup"]
+    assert (out / "model" / "model.safetensors").read_bytes() == weights
+    plain = recipe.run_recipe(corpus, str(tmp_path / "plain"), ("prealign",), 0, **run)
+    assert plain["warmup"] is None
+    assert not LocalStore(tmp_path / "plain").exists("warmup/warmup.json")
+
+
+def test_the_cli_takes_warmup_steps(corpus, tmp_path):
+    cli = [sys.executable, "-m", "videopanda_cluster.cli", "train", "--corpus", str(corpus)]
+    args = ["--workers", "0", "--stage", "prealign", "--max-steps", "1", "--llm-layers", "1"]
+    args += ["--global-batch", "2", "--micro-batch", "2"]
+    done = subprocess.run(
+        [*cli, "--output", str(tmp_path / "o"), *args, "--warmup-steps", "2"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    training = json.loads((tmp_path / "o" / "model" / "training.json").read_text())
+    assert training["warmup"]["config"]["steps"] == 2
+    assert "warm-up step 2/2" in done.stdout
