@@ -4,6 +4,7 @@
 # card to src/videopanda_cluster/bundled/videopanda-small/.
 #   scripts/train-small-model.sh            # everything (two trainings)
 #   NO_ABLATION=1 scripts/train-small-model.sh
+# ABLATION_FINDING and LIMITS: sentences for the card, on the ablation and on the model's limits.
 # A rerun resumes in $WORK: corpora are kept, finished stages are not trained again (FRESH=1 wipes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,4 +58,5 @@ if [[ -z "${NO_ABLATION:-}" ]]; then
 fi
 .venv/bin/python -m videopanda_cluster.train.model_card --model "$WORK/full/model" \
     --report "$WORK/eval/eval/full/report.json" --dest "$DEST" --corpus "$WORK/corpus" \
-    --command "scripts/train-small-model.sh (videopanda $TRAIN)" "${args[@]}"
+    --command "scripts/train-small-model.sh (videopanda $TRAIN)" --limits "${LIMITS:-}" \
+    "${args[@]}"

@@ -119,8 +119,10 @@ def test_card_names_the_warm_start_and_the_distillation(tmp_path):
     training["warmup"]["cell_accuracy_last_tenth"] = accuracy
     (model / "training.json").write_text(json.dumps(training))
     (tmp_path / "r.json").write_text(json.dumps(_report({"colour": 90.0})))
-    write_card(model, tmp_path / "r.json", tmp_path / "out", "cmd")
+    write_card(model, tmp_path / "r.json", tmp_path / "out", "cmd", limits="Binding is weak.")
     card = (tmp_path / "out" / "README.md").read_text()
+    assert "## Limits\n\nBinding is weak." in card
+    assert "per-token kind labels" in card
     assert "`--warmup-steps 800`" in card and "in 4.0 min before stage 1" in card
     assert "kind 91%, colour 99%, motion 96%" in card
     assert "Distillation (spec §7.3) with weight 10 in every stage" in card
@@ -129,5 +131,5 @@ def test_card_names_the_warm_start_and_the_distillation(tmp_path):
     (model / "training.json").write_text(json.dumps(training))
     write_card(model, tmp_path / "r.json", tmp_path / "plain", "cmd")
     card = (tmp_path / "plain" / "README.md").read_text()
-    assert "Warm start" not in card and "Distillation" not in card
+    assert "Warm start" not in card and "Distillation" not in card and "Limits" not in card
     assert "(all three stages)" in card

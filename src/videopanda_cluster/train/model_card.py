@@ -2,7 +2,8 @@
 the GSTRA+LSTE ablation beside them.
 
 ``python -m videopanda_cluster.train.model_card --model DIR --report FILE [--corpus DIR]
-[--ablation-report FILE --ablation-training FILE] --command TEXT --dest DIR`` copies the model
+[--ablation-report FILE --ablation-training FILE --ablation-finding TEXT] [--limits TEXT]
+--command TEXT --dest DIR`` copies the model
 (``training.json`` without the stages' loss curves) to ``DEST`` and writes ``README.md`` and
 ``eval.json`` there.
 """
@@ -86,10 +87,11 @@ def _warm_start_lines(training: dict[str, Any]) -> list[str]:
     if warmup:
         accuracy = warmup["cell_accuracy_last_tenth"].items()
         acc = ", ".join(f"{group} {100 * a:.0f}%" for group, a in accuracy)
+        groups = " and ".join(warmup["config"].get("groups", ["kind"]))
         lines.append(
             f"- Warm start: the scene warm-up (`--warmup-steps {warmup['config']['steps']}`, "
-            "`train/warmup.py`) fitted STAB and the projector to per-token kind, colour and "
-            f"motion labels of the corpus's ground truth in {warmup['seconds'] / 60:.1f} min "
+            f"`train/warmup.py`) fitted STAB and the projector to per-token {groups} labels "
+            f"of the corpus's ground truth in {warmup['seconds'] / 60:.1f} min "
             f"before stage 1 (per-token accuracy over its last tenth: {acc})."
         )
     weight = training["stages"][0]["config"].get("distill_weight", 0)
@@ -112,8 +114,10 @@ def render_card(
     ablation: tuple[dict[str, Any], dict] | None = None,
     ablation_finding: str = "",
     synth: dict[str, Any] | None = None,
+    limits: str = "",
 ) -> str:
-    """The model card's Markdown; ``synth`` is the training corpus's ``synth.json``."""
+    """The model card's Markdown; ``synth`` is the training corpus's ``synth.json``,
+    ``limits`` a paragraph on what the model does not do well."""
     stages = training["stages"]
     cfg = stages[0]["config"]
     layers = training.get("llm_layers")
@@ -161,6 +165,7 @@ def render_card(
             f"--ablate no_lste` in {_minutes(ablation[0])}.",
         ]
         lines += ["", ablation_finding] if ablation_finding else []
+    lines += ["", "## Limits", "", limits] if limits else []
     lines.append("")
     return "\n".join(lines)
 
@@ -174,6 +179,7 @@ def write_card(
     ablation_training: Path | None = None,
     ablation_finding: str = "",
     corpus: Path | None = None,
+    limits: str = "",
 ) -> dict[str, Any]:
     """Copy the model files to ``dest`` and write its README.md and eval.json; ``corpus`` is
     the training corpus (its ``synth.json`` describes the data in the card)."""
@@ -199,7 +205,7 @@ def write_card(
     if ablation:
         results["ablation"] = {"switches": ablation[0].get("ablations"), "exact_match": ablation[1]}
     (dest / "eval.json").write_text(json.dumps(results, indent=1) + "\n")
-    card = render_card(training, scores, command, ablation, ablation_finding, synth)
+    card = render_card(training, scores, command, ablation, ablation_finding, synth, limits)
     (dest / "README.md").write_text(card)
     return results
 
@@ -214,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ablation-training", type=Path)
     parser.add_argument("--ablation-finding", default="")
     parser.add_argument("--corpus", type=Path)
+    parser.add_argument("--limits", default="")
     args = parser.parse_args(argv)
     results = write_card(
         args.model,
@@ -224,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         args.ablation_training,
         args.ablation_finding,
         args.corpus,
+        args.limits,
     )
     print(json.dumps(results["exact_match"], indent=1))
 
