@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from ..storage import Store
-from ..video.geometry import compute_geometry
+from ..video.geometry import compute_geometry, grid_cells
 from ..video.samples import SHAPES, draw_shape
 from ..video.sampling import sample_positions
 from .distill import TeacherFeatures, write_teacher_features, write_teacher_info
@@ -41,7 +41,6 @@ CHANNELS = (
     "background",
     "pad",
 )
-CELL = 28  # input pixels per STAB token side (patch 14 × LSD window 2)
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class SceneTeacherOptions:
 
     @property
     def cells(self) -> int:
-        return self.image_size // CELL
+        return grid_cells(self.image_size)
 
 
 def _planes(video: SynthVideo, index: int, options: SceneTeacherOptions) -> np.ndarray:
@@ -116,8 +115,7 @@ def write_scene_teacher(
     """Store the features of every video of ``splits`` for ``StoredTeacher`` (keyed by video
     name, which is the training records' id); returns how many were written."""
     options = options or SceneTeacherOptions()
-    if options.image_size % CELL:
-        raise ValueError(f"image_size must be a multiple of {CELL}, got {options.image_size}")
+    grid_cells(options.image_size)  # raises unless a positive multiple of 28
     count = 0
     for video, split in load_metadata(corpus):
         if split in splits:
