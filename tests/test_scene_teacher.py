@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from tests.synth_helpers import letterboxed_corpus
 from videopanda_cluster.storage import LocalStore
 from videopanda_cluster.train.distill import StoredTeacher
 from videopanda_cluster.train.scene_teacher import (
@@ -17,7 +18,7 @@ from videopanda_cluster.train.scene_teacher import (
     scene_features,
     write_scene_teacher,
 )
-from videopanda_cluster.train.synth import SynthOptions, load_metadata, write_synth
+from videopanda_cluster.train.synth import load_metadata
 from videopanda_cluster.video.extract import PreprocessOptions, extract_video
 from videopanda_cluster.video.geometry import compute_geometry
 
@@ -26,10 +27,7 @@ OPTIONS = SceneTeacherOptions(image_size=112, kind_weight=3.0, motion_weight=3.0
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    options = SynthOptions(width=128, height=96, radius=(0.16, 0.24), travel=(0.6, 1.0))
-    write_synth(root, seed=5, videos=12, options=options)
-    return root
+    return letterboxed_corpus(tmp_path_factory.mktemp("synth"), seed=5, videos=12)
 
 
 def _channel(name: str) -> int:

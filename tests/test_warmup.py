@@ -10,11 +10,12 @@ import sys
 import pytest
 import torch
 
+from tests.synth_helpers import letterboxed_corpus
 from videopanda_cluster.model.modeling import VideoPanda
 from videopanda_cluster.storage import LocalStore
 from videopanda_cluster.train import recipe
 from videopanda_cluster.train.scene_teacher import CHANNELS, MOTIONS
-from videopanda_cluster.train.synth import SynthOptions, load_metadata, write_synth
+from videopanda_cluster.train.synth import load_metadata
 from videopanda_cluster.train.warmup import (
     GROUPS,
     WarmupConfig,
@@ -29,11 +30,8 @@ from videopanda_cluster.video.samples import SHAPES
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    # 128x96: letterboxed at 112 px, so the label grid must follow the valid cells
-    options = SynthOptions(width=128, height=96, radius=(0.16, 0.24), travel=(0.6, 1.0))
-    write_synth(root, seed=8, videos=14, options=options)
-    return root
+    # letterboxed at 112 px, so the label grid must follow the valid cells
+    return letterboxed_corpus(tmp_path_factory.mktemp("synth"), seed=8, videos=14)
 
 
 @pytest.fixture(scope="module")
