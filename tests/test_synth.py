@@ -230,12 +230,42 @@ def test_training_json_has_the_reference_fields(corpora, videos):
             video = by_name[record["id"]]
             if stage == "prealign":
                 assert len(turns) == 2 and turns[1]["value"] == video.caption
-            else:
-                pairs = {
-                    (q["value"].removeprefix(f"{VIDEO_TOKEN}\n"), a["value"])
-                    for q, a in zip(turns[::2], turns[1::2], strict=True)
-                }
-                assert pairs == {(qa["question"], qa["answer"]) for qa in video.questions}
+
+
+def _pairs(record: dict) -> set[tuple[str, str]]:
+    turns = record["conversations"]
+    return {
+        (q["value"].removeprefix(f"{VIDEO_TOKEN}\n"), a["value"])
+        for q, a in zip(turns[::2], turns[1::2], strict=True)
+    }
+
+
+def test_finetune_asks_every_binding_of_a_multi_shape_clip_without_giving_answers_away(
+    corpora, videos
+):
+    by_name = {v.name: v for v, _ in videos}
+    records = json.loads((corpora["a"] / "train" / "finetune.json").read_text())
+    per_video: dict[str, list[set]] = {}
+    for record in records:
+        per_video.setdefault(record["id"], []).append(_pairs(record))
+    assert any(len(by_name[n].shapes) > 1 for n in per_video)  # the corpus has such clips
+    for name, conversations in per_video.items():
+        video = by_name[name]
+        assert conversations[0] == {(qa["question"], qa["answer"]) for qa in video.questions}
+        if len(video.shapes) == 1:
+            assert len(conversations) == 1
+            continue
+        assert len(conversations) == 2 and len(conversations[1]) == 2
+        facts = {f"What colour is the {s.kind}?": s.colour for s in video.shapes}
+        facts |= {f"What shape is the {s.colour} object?": s.kind for s in video.shapes}
+        asked = [q for c in conversations for q, _ in c if q in facts]
+        for conversation in conversations:
+            assert all(facts.get(q, a) == a for q, a in conversation)  # true of the scene
+            answers = {a for q, a in conversation if q in facts}
+            for shape in video.shapes:  # never a shape's colour and its kind in one conversation
+                assert not {shape.colour, shape.kind} <= answers
+        # The two conversations together ask colour and kind of both asked shapes.
+        assert len(set(asked)) == 4
 
 
 def test_captions_describe_the_scene(videos):

@@ -10,7 +10,8 @@ Layout written by :func:`write_synth` under ``DIR``:
 - ``videos/<name>.mp4``: every clip (H.264, encoded by :func:`~..video.samples.encode_video`);
 - ``metadata.json``: per video, its split, geometry, shapes, caption and questions;
 - ``train/prealign.json``, ``train/finetune.json``: training records in the reference format
-  (spec §7.2), caption and multi-turn QA conversations of the train split. Their ``video`` paths
+  (spec §7.2), caption and multi-turn QA conversations of the train split (with a second QA
+  conversation per clip with several shapes, :func:`swapped_questions`). Their ``video`` paths
   are **relative to DIR** (``videos/<name>.mp4``);
 - ``eval/{val,test}/MSVD_Zero_Shot_QA/``: ``test_q.json``, ``test_a.json`` (aligned by index,
   ``type`` in test_a) and ``videos/`` (copies), the reference MSVD-QA layout (spec §6.1);
@@ -318,15 +319,39 @@ def _conversation(video: SynthVideo, turns: list[tuple[str, str]]) -> dict[str, 
     return {"id": video.name, "video": video_path(video.name), "conversations": conversations}
 
 
+def swapped_questions(video: SynthVideo) -> tuple[dict[str, str], ...]:
+    """The colour and shape questions with their roles swapped (none for a lone shape): the
+    colour of the shape the shape question asked about, and the kind of the shape the colour
+    question asked about. With the clip's own pair they ask every binding of the two shapes,
+    and neither pair gives the other's answers away within one conversation."""
+    if len(video.shapes) == 1:
+        return ()
+    asked = {q["type"]: q["answer"] for q in video.questions}
+    target = next(s for s in video.shapes if s.colour == asked["colour"])
+    other = next(s for s in video.shapes if s.kind == asked["shape"])
+    return (
+        {"type": "colour", "question": f"What colour is the {other.kind}?", "answer": other.colour},
+        {
+            "type": "shape",
+            "question": f"What shape is the {target.colour} object?",
+            "answer": target.kind,
+        },
+    )
+
+
 def training_records(videos: list[SynthVideo], seed: int) -> dict[str, list[dict[str, Any]]]:
-    """``prealign`` (caption) and ``finetune`` (multi-turn QA, shuffled) records."""
+    """``prealign`` (caption) and ``finetune`` records: per clip its questions as one multi-turn
+    conversation, and for a clip with several shapes a second one, the swapped colour and shape
+    questions (:func:`swapped_questions`), turns shuffled."""
     prealign, finetune = [], []
     for index, video in enumerate(videos):
         rng = _rng(seed, _TRAIN, index)
         prompt = CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))]
         prealign.append(_conversation(video, [(prompt, video.caption)]))
-        qa = [video.questions[i] for i in rng.permutation(len(video.questions))]
-        finetune.append(_conversation(video, [(q["question"], q["answer"]) for q in qa]))
+        for questions in (video.questions, swapped_questions(video)):
+            if questions:
+                qa = [questions[i] for i in rng.permutation(len(questions))]
+                finetune.append(_conversation(video, [(q["question"], q["answer"]) for q in qa]))
     return {"prealign": prealign, "finetune": finetune}
 
 
