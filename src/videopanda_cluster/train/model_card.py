@@ -76,7 +76,8 @@ def _corpus_line(training: dict[str, Any], synth: dict[str, Any] | None) -> str:
             f"{o['travel'][0]}–{o['travel'][1]} of the free span"
         )
     return line + (
-        " (training conversations: captions for prealign/pretrain, multi-turn QA for finetune)."
+        " (training conversations: captions for prealign/pretrain; for finetune, multi-turn QA"
+        " and, per clip with several shapes, its colour and shape questions with roles swapped)."
     )
 
 
