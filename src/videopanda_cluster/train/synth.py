@@ -259,6 +259,24 @@ def caption(video: SynthVideo) -> str:
     return text
 
 
+def _colour_question(shape: Shape, alone: bool = False) -> tuple[str, str, str]:
+    """(type, question, answer) asking the colour of ``shape``, named by its kind."""
+    return (
+        "colour",
+        f"What colour is {'the shape' if alone else f'the {shape.kind}'}?",
+        shape.colour,
+    )
+
+
+def _shape_question(shape: Shape, alone: bool = False) -> tuple[str, str, str]:
+    """(type, question, answer) asking the kind of ``shape``, named by its colour."""
+    return ("shape", f"What shape is the {'' if alone else shape.colour + ' '}object?", shape.kind)
+
+
+def _as_dicts(qa: list[tuple[str, str, str]]) -> tuple[dict[str, str], ...]:
+    return tuple({"type": t, "question": q, "answer": a} for t, q, a in qa)
+
+
 def make_questions(video: SynthVideo, rng: np.random.Generator) -> tuple[dict[str, str], ...]:
     """One question per applicable type (``first`` needs a late shape), in QUESTION_TYPES order.
 
@@ -271,12 +289,8 @@ def make_questions(video: SynthVideo, rng: np.random.Generator) -> tuple[dict[st
     target, other = shapes[picks[0]], shapes[picks[-1]]
     alone = len(shapes) == 1
     qa = [
-        (
-            "colour",
-            f"What colour is {'the shape' if alone else f'the {target.kind}'}?",
-            target.colour,
-        ),
-        ("shape", f"What shape is the {'' if alone else other.colour + ' '}object?", other.kind),
+        _colour_question(target, alone),
+        _shape_question(other, alone),
         ("direction", f"Which way does the {'shape' if alone else main.kind} move?", main.motion),
         ("count", "How many shapes are there in the video?", COUNTS[len(shapes) - 1]),
     ]
@@ -286,7 +300,7 @@ def make_questions(video: SynthVideo, rng: np.random.Generator) -> tuple[dict[st
         pair = [early[int(rng.integers(len(early)))], late[0]]
         a, b = (pair[i].kind for i in rng.permutation(2))
         qa.append(("first", f"Which shape appears first, the {a} or the {b}?", pair[0].kind))
-    return tuple({"type": t, "question": q, "answer": a} for t, q, a in qa)
+    return _as_dicts(qa)
 
 
 # --- splits and files ----------------------------------------------------------------------------
@@ -329,14 +343,7 @@ def swapped_questions(video: SynthVideo) -> tuple[dict[str, str], ...]:
     asked = {q["type"]: q["answer"] for q in video.questions}
     target = next(s for s in video.shapes if s.colour == asked["colour"])
     other = next(s for s in video.shapes if s.kind == asked["shape"])
-    return (
-        {"type": "colour", "question": f"What colour is the {other.kind}?", "answer": other.colour},
-        {
-            "type": "shape",
-            "question": f"What shape is the {target.colour} object?",
-            "answer": target.kind,
-        },
-    )
+    return _as_dicts([_colour_question(other), _shape_question(target)])
 
 
 def training_records(videos: list[SynthVideo], seed: int) -> dict[str, list[dict[str, Any]]]:
