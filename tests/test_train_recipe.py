@@ -241,3 +241,27 @@ def test_llm_layers_and_eval_system_prompt(corpus, tmp_path):
         RayStageJob(**{**job.__dict__, "system_prompt": "nope"}).dataset(model)
     with pytest.raises(ValueError, match="llm_layers"):
         run_recipe(corpus, str(tmp_path / "y"), ("prealign",), 0, **RUN, llm_layers=0)
+
+
+def test_sdpa_attention_trains_like_eager(trained, corpus, tmp_path):
+    """Training with the fused attention: the job's model uses it, the losses equal the eager
+    run's up to fp32 rounding, and training.json says which attention trained the model."""
+    from videopanda_cluster.train.ray_train import RayStageJob
+
+    training = run_recipe(
+        corpus, str(tmp_path / "store"), ("prealign",), 0, **RUN, attention="sdpa"
+    )
+    assert training["attention"] == "sdpa" and trained[1]["attention"] == "eager"
+    (summary,) = training["stages"]
+    expected = torch.tensor(trained[1]["stages"][0]["losses"])
+    torch.testing.assert_close(torch.tensor(summary["losses"]), expected, rtol=1e-4, atol=0)
+    job = RayStageJob(training["model"], "d", str(corpus), "s", "p", {}, attention="sdpa")
+    assert job.load_model().llm.config._attn_implementation == "sdpa"
+    assert (
+        RayStageJob(**{**job.__dict__, "attention": "eager"})
+        .load_model()
+        .llm.config._attn_implementation
+        == "eager"
+    )
+    with pytest.raises(ValueError, match="attention must be eager or sdpa"):
+        run_recipe(corpus, str(tmp_path / "x"), ("prealign",), 0, **RUN, attention="flash")

@@ -67,6 +67,9 @@ def train(
             min=0,
         ),
     ] = 0,
+    attention: Annotated[
+        str, Opt(help="Llama attention while training: eager (reference numerics) or sdpa.")
+    ] = "eager",
 ) -> None:
     """Train the small Video-Panda on a corpus, stage by stage, and export the final model."""
     from .train.recipe import RECIPE_STAGES, SMALL_HPARAMS, run_recipe
@@ -85,6 +88,8 @@ def train(
             settings.pop("max_steps", None)
     if system_prompt not in ("train", "eval"):
         raise typer.BadParameter("--system-prompt must be train or eval")
+    if attention not in ("eager", "sdpa"):
+        raise typer.BadParameter("--attention must be eager or sdpa")
     if distill_weight > 0 and not teacher_store:
         raise typer.BadParameter("--distill-weight needs --teacher-store")
     try:
@@ -108,6 +113,7 @@ def train(
             distill_weight=distill_weight,
             teacher=(teacher_store, teacher_prefix) if teacher_store else None,
             warmup=WarmupConfig(steps=warmup_steps, seed=seed) if warmup_steps else None,
+            attention=attention,
             on_stage=_print_stage,
         )
     except (ValueError, FileNotFoundError, KeyError) as exc:

@@ -179,7 +179,7 @@ def _train_local(job: RayStageJob) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(job.threads or threads)
     try:
-        _train_model(job, VideoPanda.from_pretrained(job.model, device="cpu", dtype=torch.float32))
+        _train_model(job, job.load_model())
     finally:
         torch.set_num_threads(threads)
 
@@ -229,6 +229,7 @@ def run_one_stage(
     flip: bool = False,
     teacher: tuple[str, str] | None = None,
     system_prompt: str = "train",
+    attention: str = "eager",
 ) -> tuple[str, dict]:
     """Train one stage from the model folder ``start`` (Ray Train when ``workers`` ≥ 1);
     returns its final checkpoint's key and trainer state."""
@@ -245,6 +246,7 @@ def run_one_stage(
         threads=threads,
         teacher_store=teacher[0] if teacher else None,
         teacher_prefix=teacher[1] if teacher else "teacher",
+        attention=attention,
     )
     if workers == 0:
         _train_local(job)
@@ -309,6 +311,7 @@ def run_recipe(
     distill_weight: float = 0.0,
     teacher: tuple[str, str] | None = None,
     warmup: WarmupConfig | None = None,
+    attention: str = "eager",
     work_dir: str | Path | None = None,
     on_stage: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -325,8 +328,11 @@ def run_recipe(
     features, ``teacher`` = (store URL, prefix); each stage starts a fresh compressor.
     ``warmup`` (a synth corpus only) runs the scene warm-up (``warmup.py``) on the new model
     before its first stage; it is done once per store and kept under ``warmup/``.
+    ``attention`` ("eager" or "sdpa") is the Llama's attention while training the stages.
     Returns the ``training.json`` contents, with ``model`` the exported folder.
     """
+    if attention not in ("eager", "sdpa"):
+        raise ValueError(f"attention must be eager or sdpa, got {attention!r}")
     unknown = [s for s in stages if s not in RECIPE_STAGES]
     if unknown or not stages:
         raise ValueError(f"stages must be among {', '.join(RECIPE_STAGES)}, got {list(stages)}")
@@ -367,6 +373,7 @@ def run_recipe(
                 flip,
                 teacher,
                 system_prompt,
+                attention,
             )
             samples = len(load_records(corpus / STAGE_DATA[name]))
             summary = _stage_summary(
@@ -384,6 +391,7 @@ def run_recipe(
             "ablations": sorted(ablations),
             "llm_layers": config.llm["num_hidden_layers"],
             "system_prompt": system_prompt,
+            "attention": attention,
             "warmup": _warmup_summary(store),
             "image_size": config.image_size,
             "vocab_size": config.llm["vocab_size"],
