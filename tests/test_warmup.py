@@ -18,10 +18,13 @@ from videopanda_cluster.train.scene_teacher import CHANNELS, MOTIONS
 from videopanda_cluster.train.synth import load_metadata
 from videopanda_cluster.train.warmup import (
     GROUPS,
+    PAIRS,
+    CellHeads,
     WarmupConfig,
     _cell_tokens,
     cell_labels,
     load_clips,
+    pair_sets,
     warm_up,
 )
 from videopanda_cluster.video.normalize import to_model_input
@@ -56,6 +59,27 @@ def test_cell_labels_pick_the_largest_cover_or_none():
     assert labels["kind"].tolist() == [SHAPES.index("diamond"), none["kind"], none["kind"]]
     assert labels["colour"].tolist()[0] == CHANNELS.index("colour:blue") - GROUPS["colour"][0]
     assert labels["motion"].tolist() == [MOTIONS.index("up"), none["motion"], none["motion"]]
+    blue = CHANNELS.index("colour:blue") - GROUPS["colour"][0]
+    assert labels["pair"].tolist() == [SHAPES.index("diamond") * 4 + blue, PAIRS, PAIRS]
+
+
+def test_pair_sets_and_the_pooled_head():
+    """A frame's pair set holds each (kind, colour) of its cells once; the "pairs" head reads
+    one mean token per frame, the cell heads every token."""
+    frames = [
+        {"pair": torch.tensor([PAIRS, 5, 5, 9])},
+        {"pair": torch.tensor([PAIRS, PAIRS])},
+        {"pair": torch.tensor([0])},
+    ]
+    sets = pair_sets(frames)
+    assert sets.shape == (3, PAIRS)
+    assert sets.sum(1).tolist() == [2, 0, 1] and sets[0, 5] == sets[0, 9] == sets[2, 0] == 1
+    heads = CellHeads(8, ("kind", "pairs"))
+    tokens = [torch.randn(4, 8), torch.randn(2, 8), torch.randn(1, 8)]
+    out = heads(tokens)
+    assert out["kind"].shape == (7, 5) and out["pairs"].shape == (3, PAIRS)
+    mean = heads.heads["pairs"](tokens[1].mean(0))
+    torch.testing.assert_close(out["pairs"][1], mean)
 
 
 def test_warmup_config_rejects_unknown_groups_and_schedules():
@@ -89,7 +113,7 @@ def test_labels_follow_the_scene_and_the_token_grid(corpus, init):
 
 
 def test_warm_up_fits_the_visual_path_only_and_is_deterministic(corpus, init):
-    cfg = WarmupConfig(steps=40, batch=4, seed=3, groups=tuple(GROUPS))  # every head
+    cfg = WarmupConfig(steps=40, batch=4, seed=3, groups=(*GROUPS, "pairs"))  # every head
     first, second = _model(init), _model(init)
     assert not any(p.requires_grad for p in first.parameters())
     llm_before = {k: v.clone() for k, v in first.llm.state_dict().items()}
@@ -103,7 +127,7 @@ def test_warm_up_fits_the_visual_path_only_and_is_deterministic(corpus, init):
         assert torch.equal(a, b)
     losses = summary["losses"]
     assert len(losses) == 40 and sum(losses[-10:]) < 0.8 * sum(losses[:10])
-    assert set(summary["cell_accuracy_last_tenth"]) == set(GROUPS)
+    assert set(summary["cell_accuracy_last_tenth"]) == {*GROUPS, "pairs"}
     assert summary["videos"] == len([1 for _, s in load_metadata(corpus) if s == "train"])
 
 

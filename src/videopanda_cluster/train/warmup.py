@@ -8,10 +8,12 @@ stands in for the missing warm start, a deliberate deviation used by the bundled
 before stage 1, STAB and the projector are fitted for ``steps`` steps to per-cell labels read
 off a ``videopanda synth`` corpus's ground truth (``metadata.json``, as ``scene_teacher.py``):
 for every sampled frame and STAB token, the shape kind covering most of its cell (or "none"
-below ``min_cover``); colour and motion labels are available (``groups``) but not needed by the
-recipe, since colour learns from the language loss and motion from the distillation. One linear
-head per label group reads the projected tokens; the heads are dropped afterwards and the LLM is
-not touched. It is privileged information, used in training only; evaluation sees videos alone.
+below ``min_cover``); colour and motion labels, and each frame's set of (kind, colour) pairs read
+from its mean token, are available (``groups``) but not used by the recipe (colour learns from
+the language loss, motion from the distillation; "pairs" did not help, docs/training.md). One
+linear head per label group reads the projected tokens; the heads are dropped afterwards and the
+LLM is not touched. It is privileged information, used in training only; evaluation sees videos
+alone.
 """
 
 from __future__ import annotations
@@ -38,6 +40,15 @@ GROUPS: dict[str, tuple[int, ...]] = {  # label group → its CHANNELS indices
     group: tuple(i for i, name in enumerate(CHANNELS) if name.startswith(f"{group}:"))
     for group in ("kind", "colour", "motion")
 }
+PAIRS = len(GROUPS["kind"]) * len(GROUPS["colour"])  # (kind, colour) pairs: kind · 4 + colour
+# Classes per head, "none" not counted. The cell groups label each token; "pairs" labels a
+# frame with the set of (kind, colour) pairs it shows, read from the *mean* of its tokens: tokens
+# whose kind and colour features merely add up lose under averaging which colour goes with which
+# kind, so this head asks for features that bind the two (docs/training.md, "Fifth round").
+CLASSES: dict[str, int] = {
+    **{group: len(channels) for group, channels in GROUPS.items()},
+    "pairs": PAIRS,
+}
 
 
 @dataclass(frozen=True)
@@ -60,32 +71,53 @@ class WarmupConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch < 1:
             raise ValueError(f"steps and batch must be at least 1, got {self.steps}, {self.batch}")
-        unknown = sorted(set(self.groups) - set(GROUPS))
+        unknown = sorted(set(self.groups) - set(CLASSES))
         if unknown or not self.groups:
-            raise ValueError(f"groups must be among {', '.join(GROUPS)}, got {self.groups}")
+            raise ValueError(f"groups must be among {', '.join(CLASSES)}, got {self.groups}")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule must be constant or cosine, got {self.schedule!r}")
 
 
 def cell_labels(cover: torch.Tensor, min_cover: float) -> dict[str, torch.Tensor]:
-    """(cells, channels) cover at weight 1 → per group (cells,) class ids; the group's size
-    (one past its last class) means "none"."""
+    """(cells, channels) cover at weight 1 → per group of :data:`GROUPS` (cells,) class ids,
+    the group's size (one past its last class) meaning "none"; and ``"pair"``, the covering
+    shape's (kind, colour) pair id, :data:`PAIRS` for none."""
     labels = {}
     for group, channels in GROUPS.items():
         best, index = cover[:, list(channels)].max(dim=1)
         labels[group] = torch.where(best >= min_cover, index, len(channels))
+    kind, colour = labels["kind"], labels["colour"]
+    both = (kind < CLASSES["kind"]) & (colour < CLASSES["colour"])
+    labels["pair"] = torch.where(both, kind * CLASSES["colour"] + colour, PAIRS)
     return labels
 
 
 class CellHeads(nn.Module):
-    """One linear classifier per label group over a projected token (classes + "none")."""
+    """One linear classifier per cell group over a projected token (classes + "none"), and for
+    ``"pairs"`` a multi-label one over a frame's mean token."""
 
-    def __init__(self, width: int, groups: tuple[str, ...] = tuple(GROUPS)) -> None:
+    def __init__(self, width: int, groups: tuple[str, ...] = tuple(CLASSES)) -> None:
         super().__init__()
-        self.heads = nn.ModuleDict({g: nn.Linear(width, len(GROUPS[g]) + 1) for g in groups})
+        sizes = {g: CLASSES[g] + (g != "pairs") for g in groups}
+        self.heads = nn.ModuleDict({g: nn.Linear(width, n) for g, n in sizes.items()})
 
-    def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:  # (N, D) -> (N, classes)
-        return {group: head(tokens) for group, head in self.heads.items()}
+    def forward(self, frames: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per frame its (cells, D) tokens → per cell group (all cells, classes + 1); for
+        "pairs", (frames, PAIRS)."""
+        cells = torch.cat(frames)
+        return {
+            group: head(torch.stack([f.mean(0) for f in frames]) if group == "pairs" else cells)
+            for group, head in self.heads.items()
+        }
+
+
+def pair_sets(labels: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """Per frame's cell labels → (frames, PAIRS) multi-hot of the pairs its cells show."""
+    sets = torch.zeros(len(labels), PAIRS)
+    for row, frame in enumerate(labels):
+        present = frame["pair"][frame["pair"] < PAIRS]
+        sets[row, present] = 1.0
+    return sets
 
 
 @dataclass
@@ -143,7 +175,8 @@ def warm_up(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Fit ``model``'s STAB and projector in place; returns a summary (losses, per-group cell
-    accuracy over the last tenth of the steps, seconds)."""
+    accuracy over the last tenth of the steps, for "pairs" the share of frames whose whole set
+    is right, seconds)."""
     from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
     began = time.monotonic()
@@ -166,8 +199,9 @@ def warm_up(
     model.video_tower.train()
     losses, hits, counts = [], dict.fromkeys(cfg.groups, 0), dict.fromkeys(cfg.groups, 0)
     class_weights = {
-        g: torch.tensor([1.0] * len(GROUPS[g]) + [cfg.none_weight], device=model.device)
+        g: torch.tensor([1.0] * CLASSES[g] + [cfg.none_weight], device=model.device)
         for g in cfg.groups
+        if g != "pairs"
     }
     tail = cfg.steps - max(1, cfg.steps // 10)
     for step in range(cfg.steps):
@@ -176,15 +210,23 @@ def warm_up(
         pixels = torch.stack(
             [to_model_input(c.frames, c.geometry, model.config.num_frames) for c in batch]
         ).to(model.device, model.dtype)
-        tokens = torch.cat(_cell_tokens(model, pixels))
-        logits = heads(tokens)
+        logits = heads(_cell_tokens(model, pixels))
         loss = torch.zeros((), device=model.device)
         for group in cfg.groups:
-            target = torch.cat([f[group] for c in batch for f in c.labels]).to(model.device)
-            loss = loss + F.cross_entropy(logits[group].float(), target, class_weights[group])
+            if group == "pairs":
+                target = pair_sets([f for c in batch for f in c.labels]).to(model.device)
+                bce = F.binary_cross_entropy_with_logits(
+                    logits[group].float(), target, reduction="sum"
+                )
+                loss = loss + bce / target.shape[0]  # summed over the pairs, mean over frames
+                right = ((logits[group] > 0) == target.bool()).all(1)  # the exact set
+            else:
+                target = torch.cat([f[group] for c in batch for f in c.labels]).to(model.device)
+                loss = loss + F.cross_entropy(logits[group].float(), target, class_weights[group])
+                right = logits[group].argmax(1) == target
             if step >= tail:
-                hits[group] += int((logits[group].argmax(1) == target).sum())
-                counts[group] += target.numel()
+                hits[group] += int(right.sum())
+                counts[group] += right.numel()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
