@@ -50,6 +50,9 @@ class Record:
     id: str
     video: str
     turns: tuple[tuple[str, str], ...]  # (role, text), role "human" or "gpt"
+    # Per gpt turn, the optional "focus" of the human turn before it: the word the question is
+    # about (e.g. "circle" in "What colour is the circle?"), for the question-focus loss.
+    focus: tuple[str | None, ...] = ()
 
 
 @dataclass
@@ -60,6 +63,7 @@ class Sample:
     input_ids: list[int]
     labels: list[int]
     pixels: torch.Tensor  # (F, 4, S, S)
+    focus: tuple[str | None, ...] = ()  # Record.focus
 
 
 @dataclass
@@ -84,12 +88,18 @@ def parse_records(rows: Sequence[dict]) -> list[Record]:
     for n, row in enumerate(rows):
         name = f"record {row.get('id', n)!r}" if isinstance(row, dict) else f"record {n}"
         try:
+            ident, video = str(row["id"]), str(row["video"])
             turns = tuple((t["from"], t["value"]) for t in row["conversations"])
-            records.append(Record(str(row["id"]), str(row["video"]), turns))
-        except (KeyError, TypeError) as exc:
+            asked = [t.get("focus") for t in row["conversations"]]
+        except (KeyError, TypeError, AttributeError) as exc:
             raise SampleError(f"{name}: missing field {exc}") from None
         if not turns or any(role not in ROLES or not isinstance(v, str) for role, v in turns):
             raise SampleError(f"{name}: turns must be non-empty human/gpt strings")
+        if any(f is not None and not isinstance(f, str) for f in asked):
+            raise SampleError(f"{name}: a turn's focus must be a string")
+        focus = tuple(asked[n - 1] if n else None for n, (r, _) in enumerate(turns) if r == "gpt")
+        focus = focus if any(focus) else ()
+        records.append(Record(ident, video, turns, focus))
     return records
 
 
@@ -223,7 +233,7 @@ class VideoConversationDataset:
         flip = self.flip and seed is not None and random.Random(seed).random() < 0.5
         frames, geometry = self._decoded(record.video)
         pixels = to_model_input(frames, geometry, self.num_frames, flip=flip)
-        return Sample(record.id, ids, labels, pixels)
+        return Sample(record.id, ids, labels, pixels, record.focus)
 
     def _decoded(self, video: str):
         """A video's decoded frames and geometry, from the cache when there (failures are not

@@ -1,5 +1,16 @@
 """The training forward pass as one module (so DDP can wrap it): video → tokens → summed CE,
-plus the optional distillation term (spec §7.3, ``distill.py``)."""
+plus the optional distillation term (spec §7.3, ``distill.py``) and the optional question-focus
+term (below).
+
+Question focus (training only; a deliberate addition, not in the reference): a Llama trained
+from random weights does not learn to carry the word a question is about ("circle" in "What
+colour is the circle?") to the position that answers, so it cannot look up that shape's colour
+among several (docs/training.md, "Fifth round"; a pretrained Vicuna brings this skill along). For
+every answer whose question has a ``focus`` word, a linear head on the hidden state after
+``focus_layer`` layers at the position that predicts the answer's first token is trained to name
+that word; its summed cross-entropy, times ``focus_weight``, is added to the summed CE, so it is
+normalised by the supervised tokens of the global batch like the CE. The head is never exported.
+"""
 
 from __future__ import annotations
 
@@ -29,10 +40,16 @@ class TrainingModel(nn.Module):
     ``targets``, and leaves that term's :class:`DistillStats` in ``distill_stats``.
     """
 
-    def __init__(self, model: VideoPanda, compressor: VideoCompressor | None = None) -> None:
+    def __init__(
+        self,
+        model: VideoPanda,
+        compressor: VideoCompressor | None = None,
+        focus: FocusHead | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.video_tower_compressor = compressor
+        self.focus_head = focus
         self.distill_stats: DistillStats | None = None
 
     def encode(self, pixels: torch.Tensor, seed: int) -> list[torch.Tensor]:
@@ -58,6 +75,7 @@ class TrainingModel(nn.Module):
         overflow: Overflow,
         targets: Sequence[TeacherFeatures] | None = None,
         distill_scale: float = 0.0,
+        focus_weight: float = 0.0,
     ) -> tuple[torch.Tensor, int, list[str | None]]:
         """Summed next-token CE over the supervised tokens (plus ``distill_scale`` × the summed
         distillation frame losses when distilling), the supervised token count, and each
@@ -74,6 +92,8 @@ class TrainingModel(nn.Module):
         embed = self.model.llm.get_input_embeddings()
         embeds, labels, outcomes = [], [], []
         frames_of: list[FrameTarget] = []
+        focus = self.focus_head is not None and focus_weight != 0
+        asked: list[tuple[int, int, int]] = []  # (row, position, class) of each focus answer
         for n, (sample, seed) in enumerate(zip(samples, seeds, strict=True)):
             frames, grids = self.encode_frames(sample.pixels, seed)
             lengths = [f.shape[0] for f in frames]
@@ -92,6 +112,8 @@ class TrainingModel(nn.Module):
                         targets[n],
                         self.model.config,
                     )
+                if focus:
+                    asked += self.focus_head.targets(len(embeds), fitted[1], sample.focus)
                 embeds.append(fitted[0])
                 labels.append(fitted[1])
         if not embeds:  # nothing to learn from; a zero loss that still reaches every parameter
@@ -101,10 +123,7 @@ class TrainingModel(nn.Module):
             return zero, 0, outcomes
         batch = pad_batch(embeds, labels, side="right")
         labels_out = batch.pop("labels")[:, 1:]
-        if distill:
-            out = self.model.llm(**batch, output_hidden_states=True)
-        else:
-            out = self.model.llm(**batch)
+        out = self.model.llm(**batch, output_hidden_states=distill or bool(asked))
         loss = F.cross_entropy(
             out.logits[:, :-1].float().flatten(0, 1),
             labels_out.flatten(),
@@ -115,4 +134,43 @@ class TrainingModel(nn.Module):
             stats = distill_sum(out.hidden_states, self.video_tower_compressor, frames_of)
             self.distill_stats = stats
             loss = loss + distill_scale * stats.loss_sum
+        if asked:
+            loss = loss + focus_weight * self.focus_head.loss_sum(out.hidden_states, asked)
         return loss, int((labels_out != IGNORE_INDEX).sum()), outcomes
+
+
+def answer_positions(labels: torch.Tensor) -> list[int]:
+    """(L,) labels → per answer, the position whose logits predict its first token."""
+    supervised = labels != IGNORE_INDEX
+    starts = supervised[1:] & ~supervised[:-1]  # position p + 1 starts an answer
+    return starts.nonzero().flatten().tolist()
+
+
+class FocusHead(nn.Module):
+    """The question-focus head: the Llama hidden state after ``layer`` layers at an answering
+    position → which of ``words`` the question is about."""
+
+    def __init__(self, width: int, words: Sequence[str], layer: int = 1) -> None:
+        super().__init__()
+        if not words:
+            raise ValueError("the question-focus loss needs focus words in the data")
+        self.words, self.layer = tuple(words), layer
+        self.index = {w: i for i, w in enumerate(self.words)}
+        self.linear = nn.Linear(width, len(self.words))
+
+    def targets(
+        self, row: int, labels: torch.Tensor, focus: Sequence[str | None]
+    ) -> list[tuple[int, int, int]]:
+        """(row, position, class) of the answers of one fitted sample that have a focus word
+        (answers cut off by truncation have none)."""
+        pairs = zip(answer_positions(labels), focus, strict=False)
+        return [(row, pos, self.index[w]) for pos, w in pairs if w is not None]
+
+    def loss_sum(
+        self, hidden_states: Sequence[torch.Tensor], asked: Sequence[tuple[int, int, int]]
+    ) -> torch.Tensor:
+        """Summed cross-entropy over ``asked``, from the Llama's L + 1 hidden states."""
+        rows, cols, classes = (torch.tensor(x) for x in zip(*asked, strict=True))
+        states = hidden_states[self.layer][rows, cols]  # (N, d_llm)
+        logits = self.linear(states.to(self.linear.weight.dtype)).float()
+        return F.cross_entropy(logits, classes.to(logits.device), reduction="sum")

@@ -37,7 +37,7 @@ from ..video.errors import VideoDecodeError
 from .checkpoints import latest_step, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import Sample, SampleError, SampleStats, VideoConversationDataset
 from .distill import Teacher, TeacherFeatures, plan_counts, teacher_targets
-from .forward import TrainingModel
+from .forward import FocusHead, TrainingModel
 from .stages import StageConfig, autocast, build_optimizer, build_scheduler, set_trainable
 
 log = logging.getLogger(__name__)
@@ -150,10 +150,11 @@ def train_stage(
     set_trainable(model, cfg.name)
     model.train()
     compressor = _distill_setup(model, cfg, teacher, compressor)
+    focus = _focus_setup(model, cfg, dataset)
     steps = total_steps(cfg, len(dataset))
     per_epoch = len(dataset) // cfg.global_batch
     accumulation = cfg.accumulation(world.size)
-    optimizer = build_optimizer(model, cfg, compressor)
+    optimizer = build_optimizer(model, cfg, compressor, focus)
     scheduler = build_scheduler(optimizer, cfg, steps)
     result = StageResult(steps=steps)
     start = latest_step(store, prefix) if resume else None
@@ -163,6 +164,10 @@ def train_stage(
             if "compressor" not in state:
                 raise ValueError(f"checkpoint step {start} under {prefix!r} has no compressor")
             compressor.load_state_dict(state["compressor"])
+        if focus is not None:
+            if "focus_head" not in state:
+                raise ValueError(f"checkpoint step {start} under {prefix!r} has no focus head")
+            focus.load_state_dict(state["focus_head"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -170,11 +175,12 @@ def train_stage(
         result.stats.ids = {k: list(v) for k, v in state["stats"].items()}
         result.checkpoint = f"{prefix}/step-{start:08d}"
         log.info("resuming %s from step %d of %d", cfg.name, start, steps)
-    inner = TrainingModel(model, compressor)
+    inner = TrainingModel(model, compressor, focus)
     net = wrap(inner) if wrap else inner
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if compressor is not None:
-        trainable += list(compressor.parameters())
+    for head in (compressor, focus):
+        if head is not None:
+            trainable += list(head.parameters())
     shard = cfg.global_batch // world.size
     for step in range(start or 0, steps):
         epoch, index = divmod(step, per_epoch)
@@ -188,9 +194,9 @@ def train_stage(
         plan = _plan_distill(batches, cfg, model, teacher, world) if compressor else None
         distill_sum, frames = 0.0, 0
         for m, (samples, seeds) in enumerate(batches):
-            extra = {}
+            extra = {"focus_weight": cfg.focus_weight} if focus is not None else {}
             if plan is not None:
-                extra = {"targets": plan.targets[m], "distill_scale": plan.scale}
+                extra |= {"targets": plan.targets[m], "distill_scale": plan.scale}
             sync = m == accumulation - 1 or not hasattr(net, "no_sync")
             with contextlib.nullcontext() if sync else net.no_sync(), autocast(model.device):
                 loss, count, outcomes = net(samples, seeds, cfg.max_length, cfg.overflow, **extra)
@@ -245,6 +251,8 @@ def train_stage(
             }
             if compressor is not None:
                 state["compressor"] = compressor.state_dict()
+            if focus is not None:
+                state["focus_head"] = focus.state_dict()
             key = save_checkpoint(store, prefix, done, model, state) if world.rank == 0 else None
             result.checkpoint = f"{prefix}/step-{done:08d}"
             world.barrier()
@@ -280,6 +288,18 @@ def _distill_setup(
     compressor.to(device=model.device, dtype=model.dtype)
     compressor.train()
     return compressor.requires_grad_(True)  # every stage (spec §7.1)
+
+
+def _focus_setup(
+    model: VideoPanda, cfg: StageConfig, dataset: VideoConversationDataset
+) -> FocusHead | None:
+    """The trainable question-focus head (forward.py) when this stage has the loss, else None.
+    Its words are the sorted focus words of the whole dataset, the same on every worker."""
+    if not cfg.focus_weight:
+        return None
+    words = sorted({w for r in dataset.records for w in r.focus if w is not None})
+    head = FocusHead(model.config.llm_width, words, cfg.focus_layer)  # after seed_everything
+    return head.to(device=model.device, dtype=model.dtype).train().requires_grad_(True)
 
 
 @dataclass

@@ -41,12 +41,22 @@ class StageConfig:
     # Weight of the distillation loss (spec §7.3; the reference trains with 1). 0 = off: plain CE
     # and no teacher. > 0 needs a teacher passed to train_stage (see distill.py).
     distill_weight: float = 0.0
+    # Weight of the question-focus loss (forward.py; training only, not in the reference): at each
+    # answer with a focus word, a linear head on the Llama's hidden state after ``focus_layer``
+    # layers at the position that predicts the answer must name the word the question is about.
+    focus_weight: float = 0.0
+    focus_layer: int = 1
 
     def __post_init__(self) -> None:
         if self.name not in ("prealign", "pretrain", "finetune"):
             raise ValueError(f"unknown stage {self.name!r}")
         if not self.distill_weight >= 0:
             raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
+        if not self.focus_weight >= 0 or self.focus_layer < 1:
+            raise ValueError(
+                f"focus_weight must be >= 0 and focus_layer >= 1, got {self.focus_weight}, "
+                f"{self.focus_layer}"
+            )
         if self.global_batch < 1 or self.micro_batch < 1 or self.global_batch % self.micro_batch:
             raise ValueError("global_batch must be a positive multiple of micro_batch")
         if self.overflow not in ("truncate", "skip"):
@@ -92,25 +102,33 @@ def set_trainable(model: nn.Module, stage: StageName) -> None:
 
 
 def param_groups(
-    model: nn.Module, cfg: StageConfig, compressor: nn.Module | None = None
+    model: nn.Module,
+    cfg: StageConfig,
+    compressor: nn.Module | None = None,
+    llm_heads: nn.Module | None = None,
 ) -> list[dict]:
     """Trainable parameters in two groups, visual (STAB + projector, and the distillation
-    ``compressor`` when given) and LLM, with their LRs."""
+    ``compressor`` when given) and LLM (with the training-only ``llm_heads``), with their LRs."""
     groups = {"visual": [], "llm": []}
     for name, p in model.named_parameters():
         if p.requires_grad:
             groups["visual" if is_visual(name) else "llm"].append(p)
     if compressor is not None:
         groups["visual"] += [p for p in compressor.parameters() if p.requires_grad]
+    if llm_heads is not None:
+        groups["llm"] += [p for p in llm_heads.parameters() if p.requires_grad]
     lrs = {"visual": cfg.visual_lr, "llm": cfg.llm_lr}
     return [{"params": ps, "lr": lrs[k], "name": k} for k, ps in groups.items() if ps]
 
 
 def build_optimizer(
-    model: nn.Module, cfg: StageConfig, compressor: nn.Module | None = None
+    model: nn.Module,
+    cfg: StageConfig,
+    compressor: nn.Module | None = None,
+    llm_heads: nn.Module | None = None,
 ) -> torch.optim.AdamW:
     return torch.optim.AdamW(
-        param_groups(model, cfg, compressor),
+        param_groups(model, cfg, compressor, llm_heads),
         betas=cfg.betas,
         eps=cfg.eps,
         weight_decay=cfg.weight_decay,

@@ -259,22 +259,27 @@ def caption(video: SynthVideo) -> str:
     return text
 
 
-def _colour_question(shape: Shape, alone: bool = False) -> tuple[str, str, str]:
-    """(type, question, answer) asking the colour of ``shape``, named by its kind."""
-    return (
-        "colour",
-        f"What colour is {'the shape' if alone else f'the {shape.kind}'}?",
-        shape.colour,
-    )
+QA = tuple[str, str, str, str | None]  # type, question, answer, focus (the word asked about)
 
 
-def _shape_question(shape: Shape, alone: bool = False) -> tuple[str, str, str]:
-    """(type, question, answer) asking the kind of ``shape``, named by its colour."""
-    return ("shape", f"What shape is the {'' if alone else shape.colour + ' '}object?", shape.kind)
+def _colour_question(shape: Shape, alone: bool = False) -> QA:
+    """Asks the colour of ``shape``, named by its kind (its focus)."""
+    if alone:
+        return ("colour", "What colour is the shape?", shape.colour, None)
+    return ("colour", f"What colour is the {shape.kind}?", shape.colour, shape.kind)
 
 
-def _as_dicts(qa: list[tuple[str, str, str]]) -> tuple[dict[str, str], ...]:
-    return tuple({"type": t, "question": q, "answer": a} for t, q, a in qa)
+def _shape_question(shape: Shape, alone: bool = False) -> QA:
+    """Asks the kind of ``shape``, named by its colour (its focus)."""
+    if alone:
+        return ("shape", "What shape is the object?", shape.kind, None)
+    return ("shape", f"What shape is the {shape.colour} object?", shape.kind, shape.colour)
+
+
+def _as_dicts(qa: list[QA]) -> tuple[dict[str, str], ...]:
+    """Question records; ``focus`` only where the question names a shape by one attribute."""
+    rows = ({"type": t, "question": q, "answer": a, "focus": f} for t, q, a, f in qa)
+    return tuple({k: v for k, v in row.items() if v is not None} for row in rows)
 
 
 def make_questions(video: SynthVideo, rng: np.random.Generator) -> tuple[dict[str, str], ...]:
@@ -288,18 +293,23 @@ def make_questions(video: SynthVideo, rng: np.random.Generator) -> tuple[dict[st
     picks = rng.permutation(len(shapes))
     target, other = shapes[picks[0]], shapes[picks[-1]]
     alone = len(shapes) == 1
-    qa = [
+    qa: list[QA] = [
         _colour_question(target, alone),
         _shape_question(other, alone),
-        ("direction", f"Which way does the {'shape' if alone else main.kind} move?", main.motion),
-        ("count", "How many shapes are there in the video?", COUNTS[len(shapes) - 1]),
+        (
+            "direction",
+            f"Which way does the {'shape' if alone else main.kind} move?",
+            main.motion,
+            None if alone else main.kind,
+        ),
+        ("count", "How many shapes are there in the video?", COUNTS[len(shapes) - 1], None),
     ]
     late = [s for s in shapes if s.appear > 0]
     if late:
         early = [s for s in shapes if s.appear == 0]
         pair = [early[int(rng.integers(len(early)))], late[0]]
         a, b = (pair[i].kind for i in rng.permutation(2))
-        qa.append(("first", f"Which shape appears first, the {a} or the {b}?", pair[0].kind))
+        qa.append(("first", f"Which shape appears first, the {a} or the {b}?", pair[0].kind, None))
     return _as_dicts(qa)
 
 
@@ -324,12 +334,19 @@ def video_path(name: str) -> str:
     return f"videos/{name}.mp4"
 
 
-def _conversation(video: SynthVideo, turns: list[tuple[str, str]]) -> dict[str, Any]:
-    """A reference training record (spec §7.2); the first human turn carries the video marker."""
+def _conversation(
+    video: SynthVideo, turns: list[tuple[str, str]], focus: list[str | None] | None = None
+) -> dict[str, Any]:
+    """A reference training record (spec §7.2); the first human turn carries the video marker.
+    A human turn gets a ``focus`` key (the word its question is about, for the question-focus
+    loss of ``forward.py``) where ``focus`` gives one; the reference format has no such key."""
     conversations = []
     for i, (question, answer) in enumerate(turns):
         value = f"{VIDEO_TOKEN}\n{question}" if i == 0 else question
-        conversations += [{"from": "human", "value": value}, {"from": "gpt", "value": answer}]
+        human = {"from": "human", "value": value}
+        if focus and focus[i] is not None:
+            human["focus"] = focus[i]
+        conversations += [human, {"from": "gpt", "value": answer}]
     return {"id": video.name, "video": video_path(video.name), "conversations": conversations}
 
 
@@ -358,7 +375,8 @@ def training_records(videos: list[SynthVideo], seed: int) -> dict[str, list[dict
         for questions in (video.questions, swapped_questions(video)):
             if questions:
                 qa = [questions[i] for i in rng.permutation(len(questions))]
-                finetune.append(_conversation(video, [(q["question"], q["answer"]) for q in qa]))
+                turns = [(q["question"], q["answer"]) for q in qa]
+                finetune.append(_conversation(video, turns, [q.get("focus") for q in qa]))
     return {"prealign": prealign, "finetune": finetune}
 
 
