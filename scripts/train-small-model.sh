@@ -12,7 +12,7 @@ scripts/setup.sh
 VP=.venv/bin/videopanda
 WORK=${WORK:-.cache/small-model}
 DEST=${DEST:-src/videopanda_cluster/bundled/videopanda-small}
-TRAIN="train --workers 0 --hparams small --image-size 112 --llm-layers 2 --system-prompt eval"
+TRAIN="train --workers 0 --hparams small --image-size 112 --llm-layers 2 --system-prompt eval --attention sdpa"
 TRAIN+=" --global-batch 16 --micro-batch 16 --seed 0"
 # Square frames, large shapes, long moves: at 112 px a shape then spans several STAB tokens.
 SYNTH="--size 128x128 --radius 0.16,0.24 --travel 0.6,1.0"

@@ -61,6 +61,8 @@ SMALL_HPARAMS: dict[str, dict[str, Any]] = {
         "visual_lr": 1e-3,
         "llm_lr": 1e-3,
         "warmup_ratio": 0.02,
+        "focus_weight": 1.0,  # the question-focus loss (forward.py), after the first Llama layer
+        "focus_layer": 1,
     },
 }
 ABLATIONS = ("no_gstra", "no_lste", "no_fsra", "no_split_tokens", "lsd_avgpool")
