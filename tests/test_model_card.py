@@ -133,3 +133,11 @@ def test_card_names_the_warm_start_and_the_distillation(tmp_path):
     card = (tmp_path / "plain" / "README.md").read_text()
     assert "Warm start" not in card and "Distillation" not in card and "Limits" not in card
     assert "(all three stages)" in card
+    assert "Question-focus" not in card and "attention while training" not in card
+    training["stages"][0]["config"] |= {"focus_weight": 1.0, "focus_layer": 1}
+    training["attention"] = "sdpa"
+    (model / "training.json").write_text(json.dumps(training))
+    write_card(model, tmp_path / "r.json", tmp_path / "focus", "cmd")
+    card = (tmp_path / "focus" / "README.md").read_text()
+    assert "Question-focus loss (`train/forward.py`) with weight 1 in finetune" in card
+    assert "hidden state after layer 1" in card and "attention while training: sdpa" in card

@@ -82,7 +82,8 @@ def _corpus_line(training: dict[str, Any], synth: dict[str, Any] | None) -> str:
 
 
 def _warm_start_lines(training: dict[str, Any]) -> list[str]:
-    """What the card says of the scene warm-up and the distillation, when the run had them."""
+    """What the card says of the scene warm-up, the distillation and the question-focus loss,
+    when the run had them."""
     lines = []
     warmup = training.get("warmup")
     if warmup:
@@ -101,6 +102,17 @@ def _warm_start_lines(training: dict[str, Any]) -> list[str]:
             f"- Distillation (spec §7.3) with weight {weight:g} in every stage, against the "
             "scene teacher of `videopanda synth-teacher` (ground-truth cover per frame and token)."
         )
+    focus = [s for s in training["stages"] if s["config"].get("focus_weight")]
+    if focus:
+        cfg = focus[0]["config"]
+        lines.append(
+            f"- Question-focus loss (`train/forward.py`) with weight {cfg['focus_weight']:g} in "
+            f"{' and '.join(s['stage'] for s in focus)}: a training-only linear head on the "
+            f"Llama's hidden state after layer {cfg['focus_layer']}, at the position that "
+            "answers, names the word the question is about (the records' `focus`)."
+        )
+    if training.get("attention", "eager") != "eager":
+        lines.append(f"- Llama attention while training: {training['attention']}.")
     return lines
 
 
