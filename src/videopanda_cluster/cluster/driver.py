@@ -19,16 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..jobs.failures import JobFailed
 from ..video.extract import PreprocessOptions
 from .rows import answer_row, error_rows, feature_row
+
+__all__ = ["JobFailed", "run_job"]
 
 MAX_ATTEMPTS = 4
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray uses 127.0.0.1 as the node address
 TINY_MODEL_DIR = Path(os.environ.get("VIDEOPANDA_CACHE", ".cache")) / "tiny-random-model"
-
-
-class JobFailed(RuntimeError):
-    """The job cannot go on (e.g. its store stayed unreachable); the ledger stays resumable."""
 
 
 @dataclass

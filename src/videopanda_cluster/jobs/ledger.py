@@ -18,12 +18,13 @@ import time
 from typing import Any
 
 from ..storage.base import Store
+from .failures import UsageError
 
 LEDGER_FORMAT = 1
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-class LedgerConflict(Exception):
+class LedgerConflict(UsageError):
     """The job exists with another configuration."""
 
 
