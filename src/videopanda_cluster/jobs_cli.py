@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -56,6 +56,13 @@ def _job_command(kind: str):
         address: Annotated[
             str | None, Opt(help="Join this Ray cluster (e.g. ray://head:10001 or auto).")
         ] = None,
+        store_retry_window: Annotated[
+            float | None, Opt(help="Seconds a shard retries an unreachable or throttling store.")
+        ] = None,
+        stop_grace: Annotated[
+            float | None, Opt(help="Seconds in-flight shards get after the first Ctrl-C/SIGTERM.")
+        ] = None,
+        debug: Annotated[bool, Opt("--debug", help="Show the traceback of a failure.")] = False,
     ) -> None:
         cli_values = {
             "kind": kind,
@@ -81,8 +88,10 @@ def _job_command(kind: str):
             "decode_timeout": decode_timeout,
             "use_feature_cache": feature_cache,
             "address": address,
+            "store_retry_window": store_retry_window,
+            "stop_grace": stop_grace,
         }
-        run(cli_values, config)
+        run(cli_values, config, debug=debug)
 
     command.__doc__ = {
         "caption": "Caption every video of INPUTS.",
@@ -92,17 +101,18 @@ def _job_command(kind: str):
     return command
 
 
-def run(cli_values: dict[str, Any], config_file: Path | None) -> dict[str, Any]:
+def run(cli_values: dict[str, Any], config_file: Path | None, debug: bool = False) -> dict:
+    """Build the config, run the job with a progress bar, print its summary; a failure prints
+    one line (the traceback too with ``debug``) and exits with its documented code."""
     from .cluster.driver import run_job
-    from .jobs.config import ConfigError, build_config, load_config
+    from .jobs.config import build_config, load_config
 
     console = Console()
     try:
         file_values = load_config(config_file) if config_file else {}
         cfg = build_config(file_values, cli_values)
-    except (ConfigError, OSError) as exc:
-        console.print(f"[red]configuration error[/red]: {exc}")
-        raise typer.Exit(2) from None
+    except (ValueError, OSError) as exc:
+        fail(console, exc, debug, prefix="configuration error")
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -123,21 +133,26 @@ def run(cli_values: dict[str, Any], config_file: Path | None) -> dict[str, Any]:
         try:
             summary = run_job(cfg, on_progress=on_progress)
         except Exception as exc:
-            from .cluster.driver import JobFailed
-            from .jobs.ledger import LedgerConflict
-            from .storage.base import StoreUnavailable
-
-            if isinstance(exc, (LedgerConflict, ValueError)):
-                console.print(f"[red]error[/red]: {exc}")
-                raise typer.Exit(2) from None
-            if isinstance(exc, (JobFailed, StoreUnavailable)):
-                console.print(f"[red]job failed[/red]: {exc}")
-                raise typer.Exit(1) from None
-            raise
+            bar.stop()
+            fail(console, exc, debug)
         final = summary["progress"]
         bar.update(task, total=final.get("total_videos"), completed=final.get("committed_videos"))
     print_summary(console, summary)
     return summary
+
+
+def fail(console: Console, exc: BaseException, debug: bool, prefix: str | None = None) -> NoReturn:
+    """Print ``exc`` as one line (see docs/pipeline.md, exit codes) and exit with its code."""
+    from .jobs.failures import ExitCode, describe, one_line
+
+    if debug:
+        console.print_exception()
+    if prefix is None:
+        code, line = describe(exc)
+    else:
+        code, line = ExitCode.USAGE, f"{prefix}: {one_line(exc)}"
+    console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(int(code))
 
 
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
@@ -161,16 +176,20 @@ def status(
     output: Annotated[str, Opt(help="Store of the job.")] = "out",
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Progress of a job, from its ledger."""
+    """Progress of a job, from its ledger (the store is only read: nothing is created)."""
     from .jobs.ledger import Ledger
     from .storage.open import open_store
 
-    store = open_store(output)
+    console = Console()
     try:
+        store = open_store(output, create=False)
         ledger = Ledger.load(store, job_id)
-    except (KeyError, ValueError):
-        Console().print(f"[red]no job {job_id!r} in {store.url}[/red]")
+    except (KeyError, FileNotFoundError) as exc:
+        where = store.url if isinstance(exc, KeyError) else output
+        console.print(f"no job {job_id!r} in {where}", style="red", markup=False)
         raise typer.Exit(1) from None
+    except Exception as exc:
+        fail(console, exc, debug=False)
     info = {"job_id": job_id, **ledger.progress()}
     if as_json:
         print(json.dumps(info))

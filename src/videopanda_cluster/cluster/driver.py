@@ -9,17 +9,27 @@ node); a committed shard is never written again, so every row exists exactly onc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..jobs.failures import JobFailed
+from ..jobs.failures import (
+    ExitCode,
+    Interrupted,
+    JobError,
+    JobFailed,
+    environment_fault,
+    one_line,
+    root_cause,
+)
 from ..video.extract import PreprocessOptions
 from .rows import answer_row, error_rows, feature_row
 
@@ -147,19 +157,25 @@ class Pipeline:
             ]
         self.writer = ray.remote(WriterWorker).options(num_cpus=0, **restart).remote(store_url)
         self.generation = generation_options(cfg)
+        self.stop = threading.Event()  # set: start no new shard attempt, retry nothing
         # Decoders skip cached videos; they wait (inside Ray, not here) for the cache identity,
         # which needs the STAB weights an encoder loads.
         self.cache_identity = self.encoders[0].cache_identity.remote() if cache else None
 
-    def run_shard(self, shard_id: str) -> dict[str, Any]:
-        """Process and commit one shard, retrying when a worker dies."""
+    def run_shard(self, shard_id: str) -> dict[str, Any] | None:
+        """Process and commit one shard; None if the job stopped before it was committed.
+
+        A dead worker (actors restart, possibly elsewhere) retries the shard up to
+        ``MAX_ATTEMPTS`` times. A store that is unreachable or throttling retries it with
+        exponential backoff for ``cfg.store_retry_window`` seconds, then fails the job
+        (:class:`JobFailed`, resumable). Other faults of the environment (credentials, full
+        disk) fail the job at once. Nothing is committed for an attempt that failed.
+        """
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
-        from ..storage.base import StoreUnavailable
-
-        last: Exception | None = None
-        for _ in range(MAX_ATTEMPTS):
+        crashes, delay, outage_since = 0, 1.0, None
+        while not self.stop.is_set():
             try:
                 self.ledger.record_attempt(shard_id)
                 rows, videos, stage_s = self._process(shard_id)
@@ -169,15 +185,33 @@ class Pipeline:
                     shard_id, rows=stats["rows"], failed=stats["failed"], counters=dict(errors)
                 )
                 return {**stats, "videos": videos, "stage_s": stage_s, "errors": errors}
-            except StoreUnavailable as exc:
-                raise JobFailed(_store_down(exc)) from None
-            except RayTaskError as exc:
-                if isinstance(exc.cause, StoreUnavailable):
-                    raise JobFailed(_store_down(exc.cause)) from None
-                last = exc
-            except (RayActorError, ray.exceptions.ObjectLostError) as exc:
-                last = exc
-        raise RuntimeError(f"shard {shard_id} failed after {MAX_ATTEMPTS} attempts: {last}")
+            except Exception as exc:
+                if self.stop.is_set():
+                    return None  # interrupted or failed elsewhere: leave the shard pending
+                fault = environment_fault(exc)
+                if fault is not None:
+                    if fault.exit_code != ExitCode.STORE_UNAVAILABLE:
+                        raise fault from None
+                    now = time.monotonic()
+                    outage_since = outage_since or now
+                    waited = now - outage_since
+                    if waited >= self.cfg.store_retry_window:
+                        raise JobFailed(
+                            f"after {waited:.0f} s of retries: {fault}", fault.exit_code
+                        ) from None
+                    self.stop.wait(min(delay, self.cfg.store_retry_window - waited))
+                    delay = min(2 * delay, 30.0)
+                    continue
+                if not isinstance(exc, (RayActorError, RayTaskError, ObjectLostError)):
+                    raise
+                crashes += 1
+                if crashes >= MAX_ATTEMPTS:
+                    raise JobFailed(
+                        f"shard {shard_id} failed {crashes} times: {one_line(root_cause(exc))}; "
+                        "rerun to resume",
+                        ExitCode.CLUSTER if isinstance(exc, RayActorError) else ExitCode.INTERNAL,
+                    ) from None
+        return None
 
     def _process(self, shard_id: str) -> tuple[list[dict], int, Counter]:
         import ray
@@ -190,7 +224,13 @@ class Pipeline:
             .remote(vid, self.plan.items[vid].uri, self.cache_identity)
             for i, vid in enumerate(video_ids)
         ]
-        metas = ray.get([meta for meta, _ in calls])
+        try:
+            metas = ray.get([meta for meta, _ in calls])
+        except Exception as exc:  # the input store failed, not the result store
+            fault = environment_fault(exc, "input store")
+            if fault is None:
+                raise
+            raise fault from None
         stage_s = Counter(decode_s=sum(m["decode_s"] for m in metas))
         rows: list[dict] = []
         ok = []
@@ -240,13 +280,6 @@ class Pipeline:
 
         for actor in [*self.decoders, *self.encoders, *self.generators, self.writer]:
             ray.kill(actor)
-
-
-def _store_down(exc: Exception) -> str:
-    return (
-        f"the result store is unavailable ({exc}); committed shards are safe in the ledger: "
-        "rerun the same command to resume"
-    )
 
 
 def default_checkpoint() -> tuple[Path, str]:
@@ -310,9 +343,11 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
 
 
 def run_job(cfg, on_progress=None) -> dict[str, Any]:
-    """Run (or resume) a job to completion; returns the summary (also stored as summary.json)."""
-    import json
+    """Run (or resume) a job to completion; returns the summary (also stored as summary.json).
 
+    Raises a :class:`JobError` when the job cannot finish (store down, interrupted, ...) after
+    writing the summary of what this run committed; a rerun resumes from the ledger.
+    """
     from ..storage.open import open_store
 
     started = time.time()
@@ -321,26 +356,130 @@ def run_job(cfg, on_progress=None) -> dict[str, Any]:
     pending = ledger.pending()
     progress = ledger.progress()
     stats = Stats()
+    failure: JobError | None = None
     if pending:
-        start_ray(cfg)
+        try:
+            start_ray(cfg)
+        except Exception as exc:
+            raise JobFailed(f"Ray did not start: {one_line(exc)}", ExitCode.CLUSTER) from None
         pipeline = Pipeline(cfg, plan, ledger, store.url)
         try:
-            with ThreadPoolExecutor(max_workers=cfg.max_in_flight) as pool:
-                futures = [pool.submit(pipeline.run_shard, s) for s in pending]
-                for future in as_completed(futures):
-                    stats.add(future.result())
-                    if on_progress:
-                        on_progress(stats, progress, time.time() - started)
+            with StopOnSignal(pipeline.stop) as signals:
+                failure = _run_shards(pipeline, pending, stats, progress, started, on_progress)
+                if failure is None and signals.received:
+                    failure = Interrupted("interrupted")
         finally:
             pipeline.close()
-    final = ledger.progress()
+    summary = _write_summary(cfg, store, plan, ledger, stats, started, failure)
+    if failure is not None:
+        final = summary["progress"]
+        if isinstance(failure, Interrupted):
+            failure = Interrupted(
+                f"interrupted; {final['committed_shards']} of {final['total_shards']} shards "
+                "committed: rerun to resume"
+            )
+        raise failure
+    return summary
+
+
+def _run_shards(pipeline, pending, stats, progress, started, on_progress) -> JobError | None:
+    """Run ``pending`` shards, ``max_in_flight`` at a time, until done or stopped.
+
+    When ``pipeline.stop`` is set (a signal, or a shard failed the job) no new shard starts;
+    shards in flight get ``cfg.stop_grace`` seconds to commit, then their actors are killed.
+    Returns the failure that stopped the job, if any.
+    """
+    cfg = pipeline.cfg
+    failure: JobError | None = None
+    pool = ThreadPoolExecutor(max_workers=cfg.max_in_flight)
+    try:
+        running = {pool.submit(pipeline.run_shard, s) for s in pending}
+        stopped_at = None
+        while running:
+            done, running = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
+            for future in done:
+                if future.cancelled():
+                    continue
+                try:
+                    result = future.result()
+                except Exception as exc:
+                    if failure is None:
+                        failure = exc if isinstance(exc, JobError) else _unexpected(exc)
+                    pipeline.stop.set()
+                    continue
+                if result is not None:
+                    stats.add(result)
+                    if on_progress:
+                        on_progress(stats, progress, time.time() - started)
+            if pipeline.stop.is_set():
+                if stopped_at is None:
+                    stopped_at = time.monotonic()
+                    for future in running:
+                        future.cancel()  # shards not started yet
+                elif time.monotonic() - stopped_at > cfg.stop_grace:
+                    pipeline.close()  # in-flight attempts fail and are left uncommitted
+                    wait(running, timeout=30)
+                    break
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return failure
+
+
+def _unexpected(exc: Exception) -> JobError:
+    """A failure no rule knows: kept as the job's error with its one-line description."""
+    from ..jobs.failures import describe
+
+    code, line = describe(exc)
+    error = JobFailed(line.removeprefix("job failed: "), code)
+    error.__cause__ = exc
+    return error
+
+
+class StopOnSignal:
+    """First SIGINT/SIGTERM sets ``event`` (stop submitting, let in-flight shards finish);
+    a second exits the process at once with code 130. Only in the main thread."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+        self.received = 0
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.received += 1
+        if self.received > 1:
+            os.write(2, b"interrupted again: exiting now\n")
+            os._exit(ExitCode.INTERRUPTED)
+        os.write(2, b"interrupted: stopping; in-flight shards may finish (again to exit now)\n")
+        self.event.set()
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _write_summary(cfg, store, plan, ledger, stats, started, failure) -> dict[str, Any]:
+    """The run's summary, stored as summary.json when the store takes it."""
+    import json
+
+    final = None
+    if failure is None:
+        final = ledger.progress()
+    elif _store_ok(failure):
+        with contextlib.suppress(Exception):  # the failure is what gets reported
+            final = ledger.progress()
     elapsed = time.time() - started
     summary = {
         "job_id": plan.job_id,
         "kind": cfg.kind,
         "store": store.url,
         "results": f"{plan.prefix}/",
-        "progress": final,
+        "progress": final or _progress_unknown(ledger),
         "this_run": {
             "shards": stats.shards,
             "videos": stats.videos,
@@ -351,7 +490,33 @@ def run_job(cfg, on_progress=None) -> dict[str, Any]:
             "seconds": round(elapsed, 3),
             "videos_per_s": round(stats.videos / elapsed, 3) if elapsed > 0 else None,
         },
+        "stopped": None
+        if failure is None
+        else {
+            "reason": one_line(failure),
+            "exit_code": int(failure.exit_code),
+        },
         "model": plan.job["model"],
     }
-    store.put(f"jobs/{plan.job_id}/summary.json", json.dumps(summary, indent=2).encode())
+    if final is not None:
+        with contextlib.suppress(Exception):  # the failure is reported either way
+            store.put(f"jobs/{plan.job_id}/summary.json", json.dumps(summary, indent=2).encode())
     return summary
+
+
+def _store_ok(failure: JobError) -> bool:
+    """Whether the result store can still be read after ``failure``."""
+    return failure.exit_code not in (
+        ExitCode.STORE_UNAVAILABLE,
+        ExitCode.ACCESS_DENIED,
+        ExitCode.LOCAL_RESOURCE,
+    )
+
+
+def _progress_unknown(ledger) -> dict[str, Any]:
+    return {
+        "total_shards": len(ledger.shards),
+        "total_videos": sum(len(s) for s in ledger.shards),
+        "committed_shards": None,
+        "committed_videos": None,
+    }

@@ -2,10 +2,10 @@
 
 The configuration hash covers :data:`RESULT_FIELDS`: every field except the
 :data:`OPERATIONAL_FIELDS`, which only change where and how fast a job runs (``address``, the
-``*_workers`` counts, ``max_in_flight``, ``num_gpus_*``, ``device``) or name it (``output``,
-``job_id``). So a job resumes with other workers or GPUs, while a change of kind, inputs,
-checkpoint, prompts, questions, generation, preprocessing, batch sizes, shard size or feature
-cache use makes a new job.
+``*_workers`` counts, ``max_in_flight``, ``num_gpus_*``, ``device``), how it reacts to faults
+(``store_retry_window``, ``stop_grace``) or name it (``output``, ``job_id``). So a job resumes
+with other workers or GPUs, while a change of kind, inputs, checkpoint, prompts, questions,
+generation, preprocessing, batch sizes, shard size or feature cache use makes a new job.
 """
 
 from __future__ import annotations
@@ -72,6 +72,9 @@ class JobConfig(BaseModel):
     address: str | None = None  # Ray address
     use_feature_cache: bool = True
     device: str | None = None  # torch device of the model actors
+    # faults
+    store_retry_window: float = Field(120.0, ge=0)  # s a shard retries an unreachable store
+    stop_grace: float = Field(30.0, ge=0)  # s in-flight shards get after the first Ctrl-C/SIGTERM
 
     @field_validator("job_id")
     @classmethod
@@ -81,7 +84,8 @@ class JobConfig(BaseModel):
 
 OPERATIONAL_FIELDS = frozenset(
     {"address", "decode_workers", "encode_workers", "generate_workers", "max_in_flight",
-     "num_gpus_encode", "num_gpus_generate", "device", "output", "job_id"}
+     "num_gpus_encode", "num_gpus_generate", "device", "output", "job_id",
+     "store_retry_window", "stop_grace"}
 )  # fmt: skip
 # Everything else, new fields included, is hashed.
 RESULT_FIELDS = frozenset(JobConfig.model_fields) - OPERATIONAL_FIELDS

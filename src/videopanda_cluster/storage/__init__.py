@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from .base import (
     Store,
+    StoreAccessDenied,
     StoreUnavailable,
     safe_key_component,
     validate_key,
@@ -26,6 +27,7 @@ __all__ = [
     "AzureBlobStore",
     "LocalStore",
     "Store",
+    "StoreAccessDenied",
     "StoreUnavailable",
     "open_store",
     "safe_key_component",

@@ -11,6 +11,7 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
+    ClientAuthenticationError,
     HttpResponseError,
     IncompleteReadError,
     ResourceExistsError,
@@ -21,7 +22,7 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobClient, ContainerClient, ExponentialRetry
 
-from .base import Store, StoreUnavailable, validate_key, validate_prefix
+from .base import Store, StoreAccessDenied, StoreUnavailable, validate_key, validate_prefix
 
 READ_AHEAD = 4 * 1024 * 1024  # bytes fetched per ranged read of open_read()
 SINGLE_PUT_SIZE = 64 * 1024 * 1024  # larger objects are uploaded as staged blocks + commit
@@ -73,7 +74,8 @@ class AzureBlobStore(Store):
     """Objects are block blobs named ``<prefix>/<key>`` in one container.
 
     Authenticates with ``connection_string``, else ``account_url`` plus ``credential`` (by default
-    ``DefaultAzureCredential()``). Creates the container if missing. Transient failures (connection
+    ``DefaultAzureCredential()``). Creates the container if missing (unless ``create`` is False:
+    FileNotFoundError). Transient failures (connection
     errors, timeouts, 5xx) are retried ``retry_total`` times with exponential backoff starting at
     ``retry_backoff`` seconds; after that operations raise :class:`StoreUnavailable`.
     """
@@ -90,6 +92,7 @@ class AzureBlobStore(Store):
         timeout: float = 30,
         *,
         single_put_size: int = SINGLE_PUT_SIZE,
+        create: bool = True,
     ) -> None:
         if not _CONTAINER_NAME.fullmatch(container):
             raise ValueError(
@@ -128,6 +131,8 @@ class AzureBlobStore(Store):
         self._redact = _redactor(connection_string)
         with self._errors("create container"):
             if not client.exists():
+                if not create:
+                    raise FileNotFoundError(f"no store at {self.url}: no container {container!r}")
                 with contextlib.suppress(ResourceExistsError):
                     client.create_container()
 
@@ -140,23 +145,33 @@ class AzureBlobStore(Store):
 
     @contextlib.contextmanager
     def _errors(self, action: str) -> Iterator[None]:
-        """StoreUnavailable for what retries did not fix: transport errors, cut-off bodies, 5xx.
-
-        Other HTTP errors (403, 409, ...) propagate unchanged.
+        """Faults of the environment as :class:`StoreUnavailable`, after the SDK's retries:
+        transport errors, cut-off bodies, 408, 429 (throttling) and 5xx; 401/403 and failed
+        credential look-ups as :class:`StoreAccessDenied`. Other HTTP errors (404, 409, 412, ...)
+        propagate unchanged: they are answers about the object, not about the store.
         """
         try:
             yield
         except (ServiceRequestError, ServiceResponseError, HttpResponseError) as exc:
             status = getattr(exc, "status_code", None)
-            transient = not isinstance(exc, HttpResponseError) or isinstance(
-                exc, IncompleteReadError
+            denied = isinstance(exc, ClientAuthenticationError) or status in (401, 403)
+            transient = (
+                not isinstance(exc, HttpResponseError)
+                or isinstance(exc, IncompleteReadError)
+                or status in (408, 429)
+                or (status is not None and status >= 500)
             )
-            if not (transient or (status and status >= 500)):
+            if not (denied or transient):
                 raise
             detail = self._redact(str(exc).splitlines()[0] if str(exc) else "")[:300]
+            kind = f"{type(exc).__name__}{f' {status}' if status else ''}"
+            if denied:
+                raise StoreAccessDenied(
+                    f"Azure store {self.url} refused access ({action}): {kind}: {detail}"
+                ) from None
             raise StoreUnavailable(
                 f"Azure store {self.url} unavailable ({action}) after {self.retry_total} "
-                f"retries: {type(exc).__name__}{f' {status}' if status else ''}: {detail}"
+                f"retries: {kind}: {detail}"
             ) from None
 
     def blob_name(self, key: str) -> str:

@@ -14,7 +14,15 @@ _SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 
 
 class StoreUnavailable(Exception):
-    """The backend could not be reached, even after retries. Messages never carry credentials."""
+    """The backend could not be reached, even after retries (outage, timeouts, 5xx, throttling).
+
+    A fault of the environment, never of the data: callers leave the work uncommitted. Messages
+    never carry credentials.
+    """
+
+
+class StoreAccessDenied(StoreUnavailable):
+    """The backend refused the credentials (401/403: wrong or expired key or SAS, no permission)."""
 
 
 def validate_key(key: str) -> str:

@@ -18,11 +18,15 @@ _TMP_NAME = re.compile(r"\.tmp-[0-9a-f]{32}")
 class LocalStore(Store):
     """Objects are files under ``root``; writes go through an fsynced temp file in the same folder.
 
+    ``root`` is created if missing, unless ``create`` is False (then FileNotFoundError).
+
     Unlike blob storage, a key cannot also be the folder of other keys (``a`` and ``a/b``).
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], create: bool = True) -> None:
         path = Path(root).expanduser()
+        if not create and not path.is_dir():
+            raise FileNotFoundError(f"no store at {path}")
         path.mkdir(parents=True, exist_ok=True)
         self.root = path.resolve()
 

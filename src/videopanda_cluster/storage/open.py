@@ -10,6 +10,12 @@ from .base import Store
 from .local import LocalStore
 
 _HELP = "use a local path, file:///abs/path or az://container/prefix"
+# Operators tune the Azure SDK's retries of every process (driver and workers) by environment:
+# (variable, AzureBlobStore argument, type).
+_RETRY_ENV = (
+    ("VIDEOPANDA_AZURE_RETRIES", "retry_total", int),
+    ("VIDEOPANDA_AZURE_BACKOFF", "retry_backoff", float),
+)
 
 
 def open_store(url: str, **options: Any) -> Store:
@@ -19,7 +25,8 @@ def open_store(url: str, **options: Any) -> Store:
     ``DefaultAzureCredential`` at ``AZURE_STORAGE_ACCOUNT_URL`` (or
     ``https://$AZURE_STORAGE_ACCOUNT.blob.core.windows.net``). A ``file://`` path is
     percent-decoded (as ``Path.as_uri`` encodes it); an ``az://`` prefix is taken as written, like
-    the blob keys of ``az://`` video URIs.
+    the blob keys of ``az://`` video URIs. ``VIDEOPANDA_AZURE_RETRIES`` and
+    ``VIDEOPANDA_AZURE_BACKOFF`` override the Azure SDK's retry count and first backoff (s).
     """
     if not isinstance(url, str) or not url.strip():
         raise ValueError(f"empty store URL ({_HELP})")
@@ -64,4 +71,11 @@ def _open_azure(container: str, prefix: str, options: dict[str, Any]) -> Store:
                 "az:// store needs AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_ACCOUNT_URL "
                 "or AZURE_STORAGE_ACCOUNT to be set"
             )
+    for name, key, kind in _RETRY_ENV:
+        value = os.environ.get(name, "").strip()
+        if value and key not in options:
+            try:
+                options[key] = kind(value)
+            except ValueError:
+                raise ValueError(f"{name}={value!r} is not a number") from None
     return AzureBlobStore(container, prefix, **options)
