@@ -222,3 +222,23 @@ def test_second_ctrl_c_exits_at_once(inputs_dir, tmp_path):
     assert proc.returncode == ExitCode.INTERRUPTED, output
     assert time.time() - second < 10
     assert "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_workers_that_keep_dying_are_one_line_without_colours(inputs_dir, tmp_path):
+    """A checkpoint whose weights are cut short: every model actor dies at start. The job stops
+    with the cluster code and one line (Ray's message has ANSI colours and a traceback)."""
+    import shutil
+
+    from videopanda_cluster.bundled import small_model
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(small_model(), broken)
+    weights = next(broken.glob("*.safetensors"))
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    proc = cli(
+        "caption", str(inputs_dir), "--output", str(tmp_path / "out"), "--checkpoint",
+        str(broken), "--shard-size", "8",
+    )  # fmt: skip
+    assert_one_line(proc, ExitCode.CLUSTER, "failed 4 times")

@@ -203,7 +203,15 @@ def test_long_storage_outage_fails_clearly_and_resumes(ray_local, inputs_dir, az
 
     def run() -> None:
         try:
-            job("caption", inputs_dir, url, shard_size=2, max_in_flight=1, job_id="long-outage")  # type: ignore[arg-type]
+            job(  # type: ignore[arg-type]
+                "caption",
+                inputs_dir,
+                url,
+                shard_size=2,
+                max_in_flight=1,
+                job_id="long-outage",
+                store_retry_window=5,
+            )
         except Exception as exc:
             result["error"] = exc
 
@@ -216,7 +224,7 @@ def test_long_storage_outage_fails_clearly_and_resumes(ray_local, inputs_dir, az
     assert not thread.is_alive()
     error = result.get("error")
     assert isinstance(error, JobFailed), error
-    assert "rerun the same command" in str(error)
+    assert "result store unreachable" in str(error) and "rerun to resume" in str(error)
     assert azurite.connection_string not in str(error)
     ledger = Ledger.load(store, "long-outage")
     before = ledger.committed()
