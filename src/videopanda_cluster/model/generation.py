@@ -42,7 +42,7 @@ class PromptTooLong(ValueError):
             f"the prompt takes {prompt_tokens} tokens (template, question and video); with "
             f"max_new_tokens={max_new_tokens} it needs {need} positions, more than the model's "
             f"context of {limit} (max_position_embeddings): shorten the question by at least "
-            f"{need - limit} tokens"
+            f"{need - limit} tokens (or lower max_new_tokens)"
         )
         self.prompt_tokens, self.max_new_tokens, self.limit = prompt_tokens, max_new_tokens, limit
 
