@@ -16,6 +16,7 @@ from videopanda_cluster.model.prompt import (
     decode_new_tokens,
     load_tokenizer,
     postprocess,
+    prompt_ids,
     tokenize_prompt,
 )
 from videopanda_cluster.model.tokenizer_builder import build_sentencepiece_tokenizer
@@ -97,11 +98,13 @@ def test_tokenize_prompt_matches_sentencepiece(question: str, tokenizer, sp) -> 
     assert ids[start + 8 : start + 10] == [sp.piece_to_id("▁"), sp.piece_to_id("<0x0A>")]
 
 
-def test_literal_eos_text_in_question_becomes_eos_id(tokenizer) -> None:
-    """As in the reference, the slow tokenizer parses "</s>" typed by the user as the EOS token."""
+def test_template_text_parses_eos_text_but_a_question_does_not(tokenizer) -> None:
+    """tokenize_prompt reads "</s>" in (trusted) template text as the EOS token, as the training
+    conversations need; prompt_ids reads the same string in a question as plain text."""
     ids = tokenize_prompt(build_prompt("stop </s> here"), tokenizer)
     assert ids.count(tokenizer.eos_token_id) == 1
     assert ids.index(tokenizer.eos_token_id) > ids.index(IMAGE_TOKEN_INDEX)
+    assert tokenizer.eos_token_id not in prompt_ids("stop </s> here", 8, tokenizer)
 
 
 def test_tokenize_prompt_without_markers_and_adjacent_markers(tokenizer, sp) -> None:

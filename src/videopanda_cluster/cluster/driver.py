@@ -31,7 +31,7 @@ from ..jobs.failures import (
     root_cause,
 )
 from ..video.extract import PreprocessOptions
-from .rows import answer_row, error_rows, feature_row
+from .rows import answer_row, error_rows, feature_row, no_question_row
 
 __all__ = ["JobFailed", "run_job"]
 
@@ -218,11 +218,18 @@ class Pipeline:
 
         video_ids = self.ledger.shard_videos(shard_id)
         offset = int(shard_id) if shard_id.isdigit() else 0
+        # a qa video without a question is accounted by one error row and not read
+        unasked = {v for v in video_ids if self.cfg.kind == "qa" and not self.plan.questions[v]}
+        rows = [
+            no_question_row(self.plan.job, v, self.plan.items[v].uri)
+            for v in video_ids
+            if v in unasked
+        ]
         calls = [
             self.decoders[(offset + i) % len(self.decoders)]
             .decode.options(num_returns=2)
             .remote(vid, self.plan.items[vid].uri, self.cache_identity)
-            for i, vid in enumerate(video_ids)
+            for i, vid in enumerate(v for v in video_ids if v not in unasked)
         ]
         try:
             metas = ray.get([meta for meta, _ in calls])
@@ -232,7 +239,6 @@ class Pipeline:
                 raise
             raise fault from None
         stage_s = Counter(decode_s=sum(m["decode_s"] for m in metas))
-        rows: list[dict] = []
         ok = []
         for i, meta in enumerate(metas):
             if meta["ok"]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..video.errors import Reason
+
 ROW_FIELDS = (
     "job_id", "kind", "video_id", "question_id", "question", "prompt", "answer", "status",
     "error", "message", "uri", "content_hash", "provenance", "model", "generation", "timings",
@@ -56,9 +58,18 @@ def encoded_fields(row: dict[str, Any], encoded: dict[str, Any]) -> None:
     row["feature_key"] = encoded["feature_key"]
 
 
+def no_question_row(job: dict[str, Any], video_id: str, uri: str) -> dict[str, Any]:
+    """The one row of a qa job's video that has no question (the video is not read)."""
+    video = {"video_id": video_id, "uri": uri, "error": Reason.NO_QUESTION.value}
+    video["message"] = "no question for this video: none in the manifest and no --question"
+    return error_rows(job, video, [])[0]
+
+
 def answer_row(
     job: dict[str, Any], decoded: dict[str, Any], encoded: dict[str, Any], answer: dict[str, Any]
 ) -> dict[str, Any]:
+    """The row of one generated answer, or of a prompt the generator refused (``error`` set,
+    e.g. ``question_too_long``)."""
     row = base_row(job, decoded)
     encoded_fields(row, encoded)
     row.update(
@@ -68,6 +79,8 @@ def answer_row(
         answer=answer["answer"],
         status="ok",
     )
+    if answer.get("error"):
+        row.update(status="error", error=answer["error"], message=answer["message"])
     row["timings"]["generate_s"] = answer["generate_s"]
     row["workers"]["generate"] = answer["generate_worker"]
     return row

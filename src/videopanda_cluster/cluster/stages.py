@@ -178,16 +178,27 @@ class GenerateWorker:
         tokens: list[list[torch.Tensor]],
     ) -> list[dict]:
         """requests: {video_id, index (into ``tokens``), prompts: [{question_id, question}]}
-        → one {video_id, question_id, question, prompt, answer} per prompt."""
+        → one {video_id, question_id, question, prompt, answer} per prompt, in order. A prompt
+        that does not fit the model's context gets ``answer`` None with ``error``
+        (``question_too_long``) and ``message`` instead; the others are answered."""
         import torch
 
-        from ..model.generation import GenerationOptions, cut_stop, generate, splice
-        from ..model.prompt import build_prompt, decode_new_tokens, tokenize_prompt
+        from ..model.generation import (
+            GenerationOptions,
+            PromptTooLong,
+            check_context,
+            context_limit,
+            cut_stop,
+            generate,
+            splice,
+        )
+        from ..model.prompt import build_prompt, decode_new_tokens, prompt_ids
 
         start = time.perf_counter()
         gen = GenerationOptions(**options)
         model = self.model
         embed = model.llm.get_input_embeddings()
+        limit = context_limit(model.llm)
         embeds, meta = [], []
         with torch.no_grad():
             for req in requests:
@@ -196,17 +207,28 @@ class GenerateWorker:
                     for f in tokens[req["index"]]
                 ]
                 for p in req["prompts"]:
-                    prompt = build_prompt(p["question"], len(frames))
-                    ids = tokenize_prompt(prompt, model.tokenizer)
-                    embeds.append(splice(embed, ids, frames))
-                    meta.append({"video_id": req["video_id"], **p, "prompt": prompt})
+                    entry = {
+                        "video_id": req["video_id"],
+                        **p,
+                        "prompt": build_prompt(p["question"], len(frames)),
+                    }
+                    ids = prompt_ids(p["question"], len(frames), model.tokenizer)
+                    try:
+                        check_context(ids, frames, gen.max_new_tokens, limit)
+                    except PromptTooLong as exc:
+                        entry.update(error=Reason.QUESTION_TOO_LONG.value, message=str(exc))
+                    else:
+                        embeds.append(splice(embed, ids, frames))
+                    meta.append(entry)
         if gen.seed is not None:
             torch.manual_seed(gen.seed)
-        outputs = generate(model.llm, model.tokenizer, embeds, gen) if embeds else []
+        outputs = iter(generate(model.llm, model.tokenizer, embeds, gen) if embeds else [])
         elapsed = (time.perf_counter() - start) / max(1, len(meta))
         rows = []
-        for m, ids in zip(meta, outputs, strict=True):
-            answer = cut_stop(decode_new_tokens(model.tokenizer, ids), gen.stop)
+        for m in meta:
+            answer = None
+            if "error" not in m:
+                answer = cut_stop(decode_new_tokens(model.tokenizer, next(outputs)), gen.stop)
             rows.append(
                 {**m, "answer": answer, "generate_s": elapsed, "generate_worker": worker_id()}
             )

@@ -18,12 +18,31 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
+from .inputs import question_problem
 from .ledger import check_job_id
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 Positive = Annotated[int, Field(ge=1)]
+
+
+def _question_text(value: str) -> str:
+    problem = question_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# A question or caption prompt: not empty, not only whitespace, no NUL (inputs.question_problem).
+QuestionText = Annotated[str, Field(min_length=1), AfterValidator(_question_text)]
 
 
 class ConfigError(ValueError):
@@ -44,8 +63,8 @@ class JobConfig(BaseModel):
     output: NonEmpty = "out"  # store url
     job_id: str | None = None  # default: default_job_id(cfg)
     checkpoint: str | None = None  # model folder; None = the bundled model, else tiny random
-    caption_prompt: NonEmpty = "Describe this video in detail."
-    questions: list[NonEmpty] = Field(default_factory=list)  # qa: for videos without questions
+    caption_prompt: QuestionText = "Describe this video in detail."
+    questions: list[QuestionText] = Field(default_factory=list)  # qa: for videos without questions
     # generation
     max_new_tokens: Positive = 64
     do_sample: bool = False

@@ -76,6 +76,18 @@ def id_problem(value: str) -> str | None:
     return f"contains the control character U+{char:04X}"
 
 
+def question_problem(text: Any) -> str | None:
+    """Why ``text`` cannot be a question (or caption prompt), or None if it can. Any other text
+    is allowed: the model reads it as plain text, markers such as ``<image>`` included."""
+    if not isinstance(text, str):
+        return f"must be a non-empty string, got {type(text).__name__}"
+    if not text.strip():
+        return f"must be a non-empty string, got {_show(text)} (empty or only whitespace)"
+    if "\0" in text:
+        return "contains a NUL byte"
+    return None
+
+
 def is_video_name(name: str) -> bool:
     """Whether a file name has one of :data:`VIDEO_EXTENSIONS` (any case)."""
     return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
@@ -129,8 +141,9 @@ def read_inputs(
 
 def _check_default_questions(questions: list[str]) -> list[str]:
     for i, text in enumerate(questions):
-        if not isinstance(text, str) or not text or "\0" in text:
-            raise InputError(f"default question {i}: must be a non-empty string without NUL")
+        problem = question_problem(text)
+        if problem:
+            raise InputError(f"default question {i}: {problem}")
     return questions
 
 
@@ -321,10 +334,9 @@ def _jsonl_questions(value: Any, video_id: str, where: str) -> list[Question]:
 def _question(
     text: Any, qid: Any, default_id: str, where: str, text_field: str, id_field: str
 ) -> Question:
-    if not isinstance(text, str) or not text:
-        raise InputError(f"{where}: field `{text_field}` must be a non-empty string")
-    if "\0" in text:
-        raise InputError(f"{where}: field `{text_field}` contains a NUL byte")
+    problem = question_problem(text)
+    if problem:
+        raise InputError(f"{where}: field `{text_field}` {problem}")
     question_id = default_id if qid is None or qid == "" else _check_id(qid, where, id_field)
     return Question(question_id, text)
 
@@ -395,7 +407,8 @@ def _group_rows(rows: Iterable[Row], base: str) -> list[VideoItem]:
     """One item per video_id; each row with a ``question`` adds one question to its video.
 
     Without a ``question`` column a repeated video_id is an error; with one, rows of a video may
-    be anywhere in the file but must agree on its uri.
+    be anywhere in the file but must agree on its uri. An empty (or null) ``question`` cell lists
+    the video without adding a question; a cell of only whitespace is an error.
     """
     items: dict[str, VideoItem] = {}
     first: dict[str, str] = {}

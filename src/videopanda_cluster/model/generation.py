@@ -33,6 +33,36 @@ class GenerationOptions:
             raise ValueError("temperature must be > 0 when sampling")
 
 
+class PromptTooLong(ValueError):
+    """A prompt that leaves no room for ``max_new_tokens`` within the model's context."""
+
+    def __init__(self, prompt_tokens: int, max_new_tokens: int, limit: int) -> None:
+        need = prompt_tokens + max_new_tokens
+        super().__init__(
+            f"the prompt takes {prompt_tokens} tokens (template, question and video); with "
+            f"max_new_tokens={max_new_tokens} it needs {need} positions, more than the model's "
+            f"context of {limit} (max_position_embeddings): shorten the question by at least "
+            f"{need - limit} tokens (or lower max_new_tokens)"
+        )
+        self.prompt_tokens, self.max_new_tokens, self.limit = prompt_tokens, max_new_tokens, limit
+
+
+def context_limit(llm) -> int:
+    """The positions the language model was built for (its ``max_position_embeddings``)."""
+    return int(llm.config.max_position_embeddings)
+
+
+def check_context(
+    ids: Sequence[int], frames: Sequence[torch.Tensor], max_new_tokens: int, limit: int
+) -> None:
+    """Raise :class:`PromptTooLong` unless the prompt fits: its text tokens plus every frame's
+    visual tokens plus ``max_new_tokens`` must be at most ``limit`` positions, so that no answer
+    token is generated at a position the model never saw."""
+    length = len(ids) - list(ids).count(IMAGE_TOKEN_INDEX) + sum(f.shape[0] for f in frames)
+    if length + max_new_tokens > limit:
+        raise PromptTooLong(length, max_new_tokens, limit)
+
+
 def splice(
     embed: torch.nn.Embedding, ids: Sequence[int], frames: Sequence[torch.Tensor]
 ) -> torch.Tensor:

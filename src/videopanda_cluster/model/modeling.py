@@ -14,9 +14,16 @@ import torch
 from torch import nn
 
 from .config import VideoPandaConfig
-from .generation import GenerationOptions, cut_stop, generate, splice
+from .generation import (
+    GenerationOptions,
+    check_context,
+    context_limit,
+    cut_stop,
+    generate,
+    splice,
+)
 from .projector import build_projector
-from .prompt import SYSTEM_PROMPT_EVAL, build_prompt, decode_new_tokens, tokenize_prompt
+from .prompt import SYSTEM_PROMPT_EVAL, decode_new_tokens, prompt_ids
 from .stab import STAB
 
 
@@ -107,7 +114,9 @@ class VideoPanda(nn.Module):
 
         ``videos``: (N, 8, 4, H, W) or N tensors (8, 4, H, W). ``questions``: one string per
         video (returns N strings) or a list of strings per video (returns N lists).
-        ``generation``: fields of :class:`GenerationOptions` (greedy by default).
+        ``generation``: fields of :class:`GenerationOptions` (greedy by default). Questions are
+        plain text (see :func:`prompt_ids`); one too long for the model's context raises
+        :class:`~videopanda_cluster.model.generation.PromptTooLong`.
         """
         if self.tokenizer is None:
             raise RuntimeError("no tokenizer: load the model with VideoPanda.from_pretrained")
@@ -119,9 +128,11 @@ class VideoPanda(nn.Module):
         per_video, _ = self.encode_frames(stacked)
         embed = self.llm.get_input_embeddings()
         embeds, owners = [], []
+        limit = context_limit(self.llm)
         for v, qs in enumerate(nested):
             for q in qs:
-                ids = tokenize_prompt(build_prompt(q, len(per_video[v]), system), self.tokenizer)
+                ids = prompt_ids(q, len(per_video[v]), self.tokenizer, system)
+                check_context(ids, per_video[v], options.max_new_tokens, limit)
                 embeds.append(splice(embed, ids, per_video[v]))
                 owners.append(v)
         outputs = generate(self.llm, self.tokenizer, embeds, options)

@@ -29,26 +29,70 @@ SYSTEM_PROMPT_TRAIN = (
 )
 
 
+def _template(question: str, system: str) -> tuple[str, str]:
+    """The single-turn template around the frames: (text before them, text after them)."""
+    return f"{system} USER: ", f"\n{question} ASSISTANT:"
+
+
 def build_prompt(question: str, num_frames: int = 8, system: str = SYSTEM_PROMPT_EVAL) -> str:
-    """Single-turn prompt, separator style "TWO", with the assistant turn left open."""
-    return f"{system} USER: " + IMAGE_MARKER * num_frames + f"\n{question} ASSISTANT:"
+    """Single-turn prompt, separator style "TWO", with the assistant turn left open.
+
+    This is the prompt's text as recorded in result rows; the model's ids come from
+    :func:`prompt_ids`, which never reads markers or special tokens out of ``question``.
+    """
+    head, tail = _template(question, system)
+    return head + IMAGE_MARKER * num_frames + tail
+
+
+def prompt_ids(
+    question: str,
+    num_frames: int,
+    tokenizer: PreTrainedTokenizerBase,
+    system: str = SYSTEM_PROMPT_EVAL,
+) -> list[int]:
+    """Token ids of :func:`build_prompt` with exactly ``num_frames`` placeholders.
+
+    The placeholders come from the template, not from the text: the template's two text pieces
+    (the second holds ``question``) are tokenised as plain text, so ``<image>``, ``</s>``,
+    ``<s>``, ``<unk>`` or any other special-token string typed in a question is ordinary text.
+    For a question without such strings the ids equal ``tokenize_prompt(build_prompt(...))``.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    head, tail = _template(question, system)
+    return [
+        *_piece_ids(head, tokenizer, first=True, plain=True),
+        *[IMAGE_TOKEN_INDEX] * num_frames,
+        *_piece_ids(tail, tokenizer, first=False, plain=True),
+    ]
 
 
 def tokenize_prompt(prompt: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Token ids of ``prompt`` with one :data:`IMAGE_TOKEN_INDEX` per ``<image>`` marker.
+    """Token ids of template text ``prompt`` with one :data:`IMAGE_TOKEN_INDEX` per ``<image>``.
 
     Each text chunk between markers is tokenised on its own (so each gets the tokenizer's
-    leading-space and BOS handling); only the first chunk keeps its BOS.
+    leading-space and BOS handling); only the first chunk keeps its BOS. Every ``<image>`` is a
+    placeholder and special-token strings (``</s>``) are special tokens, so ``prompt`` must be
+    trusted text (the training conversations); questions go through :func:`prompt_ids`.
     """
-    bos = tokenizer.bos_token_id
     ids: list[int] = []
     for n, chunk in enumerate(prompt.split(IMAGE_MARKER)):
-        chunk_ids: list[int] = list(tokenizer(chunk).input_ids)
         if n > 0:
             ids.append(IMAGE_TOKEN_INDEX)
-            if bos is not None and chunk_ids[:1] == [bos]:
-                chunk_ids = chunk_ids[1:]
-        ids.extend(chunk_ids)
+        ids.extend(_piece_ids(chunk, tokenizer, first=n == 0, plain=False))
+    return ids
+
+
+def _piece_ids(
+    text: str, tokenizer: PreTrainedTokenizerBase, first: bool, plain: bool
+) -> list[int]:
+    """Ids of one text piece of a prompt: the BOS is kept only on the ``first`` piece. ``plain``:
+    special-token strings in ``text`` are tokenised as the characters they are."""
+    kwargs = {"split_special_tokens": True} if plain else {}
+    ids: list[int] = list(tokenizer(text, **kwargs).input_ids)
+    bos = tokenizer.bos_token_id
+    if not first and bos is not None and ids[:1] == [bos]:
+        ids = ids[1:]
     return ids
 
 

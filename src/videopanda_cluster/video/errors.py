@@ -19,6 +19,9 @@ class Reason(StrEnum):
     DECODE_FAILED = "decode_failed"  # the decoder failed on data it should handle
     TIMEOUT = "timeout"  # the decode overran its deadline and was stopped
     CRASHED = "decoder_crashed"  # the isolated decode process died
+    # Faults of a job's input rather than of the video file (one enum for every row error code)
+    QUESTION_TOO_LONG = "question_too_long"  # the prompt and the answer exceed the model's context
+    NO_QUESTION = "no_question"  # a qa job's video with no question: nothing to answer
 
 
 class VideoDecodeError(Exception):
