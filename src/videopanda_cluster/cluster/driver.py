@@ -465,6 +465,8 @@ class StopOnSignal:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.received:
+            return  # stay installed: a second signal while the process winds down exits at once
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
