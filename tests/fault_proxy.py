@@ -21,7 +21,7 @@ class FaultProxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.failed = 0  # requests answered with an error
-        self._rule: tuple[int, float, str | None] | None = None
+        self._rule: tuple[int, float, str | None, float | None] | None = None
         self._lock = threading.Lock()
         proxy = self
 
@@ -69,19 +69,27 @@ class FaultProxy:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def fail(self, status: int, seconds: float, method: str | None = None) -> None:
-        """Answer ``method`` requests (all when None) with ``status`` for ``seconds``."""
+        """Answer ``method`` requests (all when None) with ``status`` for ``seconds``, counted
+        from the first such request (so a job that takes a while to start still meets it)."""
         with self._lock:
-            self._rule = (status, time.monotonic() + seconds, method)
+            self._rule = (status, seconds, method, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rule = None
 
     def _status_for(self, method: str) -> int | None:
         with self._lock:
             if self._rule is None:
                 return None
-            status, until, only = self._rule
-            if time.monotonic() > until:
-                self._rule = None
-                return None
+            status, seconds, only, since = self._rule
             if only is not None and method != only:
+                return None
+            now = time.monotonic()
+            if since is None:
+                self._rule = (status, seconds, only, now)
+            elif now - since > seconds:
+                self._rule = None
                 return None
             self.failed += 1
             return status

@@ -225,7 +225,7 @@ def test_refused_credentials_stop_the_job_at_once_and_commit_nothing(faults, inp
         with pytest.raises(JobFailed) as caught:
             run(inputs=inputs, output=out, job_id="denied", store_retry_window=600.0)
     finally:
-        proxy.fail(403, 0.0)
+        proxy.clear()
     assert caught.value.exit_code == ExitCode.ACCESS_DENIED
     assert "refused access" in str(caught.value) and ACCOUNT_KEY not in str(caught.value)
     assert result_rows(out, "denied") == []
