@@ -260,11 +260,22 @@ def default_checkpoint() -> tuple[Path, str]:
     return ensure_tiny_checkpoint(TINY_MODEL_DIR), "tiny-random (generated, untrained)"
 
 
+def job_id_of(cfg) -> str:
+    """``cfg.job_id``, else the default id derived from the settings."""
+    from ..jobs.config import default_job_id
+
+    return cfg.job_id or default_job_id(cfg)
+
+
 def plan_job(cfg, store) -> tuple[JobPlan, Any]:
-    """Read inputs, fix the job id, and open (or resume) the ledger."""
-    from ..jobs.config import config_hash, default_job_id
+    """Read inputs, fix the job id, and open (or resume) the ledger.
+
+    Inputs that differ from the job's plan are refused (InputsChanged), or with ``cfg.update``
+    planned in new shards; ``ledger.plan_update`` then tells what changed.
+    """
+    from ..jobs.config import config_hash
     from ..jobs.inputs import read_inputs
-    from ..jobs.ledger import Ledger, plan_shards
+    from ..jobs.ledger import Ledger, plan_shards, video_digest
     from ..model.config import VideoPandaConfig
     from .fingerprint import checkpoint_fingerprint
 
@@ -272,13 +283,24 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
     if not cfg.checkpoint:
         checkpoint, default_id = default_checkpoint()
     ckpt_hash = checkpoint_fingerprint(checkpoint)
-    job_id = cfg.job_id or default_job_id(cfg)
+    job_id = job_id_of(cfg)
     job_hash = hashlib.sha256(f"{config_hash(cfg)}|{ckpt_hash}".encode()).hexdigest()
     items = read_inputs(cfg.inputs, default_questions=cfg.questions or None)
     if cfg.kind == "qa" and not cfg.questions and not any(it.questions for it in items):
         raise ValueError("a qa job needs questions: in the manifest or with --question")
+    digest = {
+        it.video_id: video_digest(it.uri, [(q.question_id, q.text) for q in it.questions])
+        for it in items
+    }
+    shards = plan_shards([it.video_id for it in items], cfg.shard_size)
     ledger = Ledger.open_or_create(
-        store, job_id, job_hash, plan_shards([it.video_id for it in items], cfg.shard_size)
+        store,
+        job_id,
+        job_hash,
+        shards,
+        [[digest[v] for v in shard] for shard in shards],
+        update=cfg.update,
+        shard_size=cfg.shard_size,
     )
     job = {
         "job_id": job_id,
@@ -310,13 +332,23 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
 
 
 def run_job(cfg, on_progress=None) -> dict[str, Any]:
-    """Run (or resume) a job to completion; returns the summary (also stored as summary.json)."""
-    import json
+    """Run (or resume) a job to completion; returns the summary (also stored as summary.json).
 
+    The driver holds the job's lease (:class:`~videopanda_cluster.jobs.lease.JobLease`) from
+    before planning to after the summary: a second driver of the job gets JobLocked.
+    """
+    from ..jobs.lease import JobLease
     from ..storage.open import open_store
 
     started = time.time()
     store = open_store(cfg.output)
+    with JobLease(store, job_id_of(cfg), cfg.lease_seconds) as lease:
+        return _run_leased(cfg, store, lease, started, on_progress)
+
+
+def _run_leased(cfg, store, lease, started: float, on_progress) -> dict[str, Any]:
+    import json
+
     plan, ledger = plan_job(cfg, store)
     pending = ledger.pending()
     progress = ledger.progress()
@@ -327,10 +359,16 @@ def run_job(cfg, on_progress=None) -> dict[str, Any]:
         try:
             with ThreadPoolExecutor(max_workers=cfg.max_in_flight) as pool:
                 futures = [pool.submit(pipeline.run_shard, s) for s in pending]
-                for future in as_completed(futures):
-                    stats.add(future.result())
-                    if on_progress:
-                        on_progress(stats, progress, time.time() - started)
+                try:
+                    for future in as_completed(futures):
+                        stats.add(future.result())
+                        lease.check()
+                        if on_progress:
+                            on_progress(stats, progress, time.time() - started)
+                except BaseException:
+                    for future in futures:  # shards not started yet stay pending
+                        future.cancel()
+                    raise
         finally:
             pipeline.close()
     final = ledger.progress()
@@ -353,5 +391,7 @@ def run_job(cfg, on_progress=None) -> dict[str, Any]:
         },
         "model": plan.job["model"],
     }
+    if ledger.plan_update is not None:
+        summary["inputs_update"] = ledger.plan_update.summary()
     store.put(f"jobs/{plan.job_id}/summary.json", json.dumps(summary, indent=2).encode())
     return summary

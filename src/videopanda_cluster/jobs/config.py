@@ -2,10 +2,10 @@
 
 The configuration hash covers :data:`RESULT_FIELDS`: every field except the
 :data:`OPERATIONAL_FIELDS`, which only change where and how fast a job runs (``address``, the
-``*_workers`` counts, ``max_in_flight``, ``num_gpus_*``, ``device``) or name it (``output``,
-``job_id``). So a job resumes with other workers or GPUs, while a change of kind, inputs,
-checkpoint, prompts, questions, generation, preprocessing, batch sizes, shard size or feature
-cache use makes a new job.
+``*_workers`` counts, ``max_in_flight``, ``num_gpus_*``, ``device``, ``lease_seconds``), name it
+(``output``, ``job_id``) or say how a rerun treats changed inputs (``update``). So a job resumes
+with other workers or GPUs, while a change of kind, inputs, checkpoint, prompts, questions,
+generation, preprocessing, batch sizes, shard size or feature cache use makes a new job.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .lease import LEASE_SECONDS
 from .ledger import check_job_id
 
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -72,6 +73,9 @@ class JobConfig(BaseModel):
     address: str | None = None  # Ray address
     use_feature_cache: bool = True
     device: str | None = None  # torch device of the model actors
+    # reruns
+    update: bool = False  # plan videos added to the inputs in new shards (else: refused)
+    lease_seconds: float = Field(LEASE_SECONDS, gt=0)  # a driver silent this long loses the job
 
     @field_validator("job_id")
     @classmethod
@@ -81,7 +85,8 @@ class JobConfig(BaseModel):
 
 OPERATIONAL_FIELDS = frozenset(
     {"address", "decode_workers", "encode_workers", "generate_workers", "max_in_flight",
-     "num_gpus_encode", "num_gpus_generate", "device", "output", "job_id"}
+     "num_gpus_encode", "num_gpus_generate", "device", "output", "job_id", "update",
+     "lease_seconds"}
 )  # fmt: skip
 # Everything else, new fields included, is hashed.
 RESULT_FIELDS = frozenset(JobConfig.model_fields) - OPERATIONAL_FIELDS
