@@ -85,6 +85,20 @@ def test_an_expired_lease_is_taken_over_and_its_old_holder_learns_it(store, capl
         assert held(store, "stale").released_at is None
 
 
+def test_a_lease_left_by_a_dead_process_of_this_host_is_taken_at_once(store, caplog):
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    now = time.time()
+    record = LeaseRecord(socket.gethostname(), int(gone.stdout), "k" * 32, now, now, 120.0)
+    store.put(lease_key("killed"), record.encode())  # a driver killed with SIGKILL a moment ago
+    with caplog.at_level(logging.WARNING), JobLease(store, "killed"):
+        assert held(store, "killed").pid == os.getpid()
+    assert f"pid {int(gone.stdout)}'s lease (its driver is gone)" in caplog.text
+
+
 def test_a_lease_taken_over_stops_its_holder(store):
     with JobLease(store, "lost", expires_after=0.4) as lease:
         crashed_lease(store, "lost", silent_for=0)  # someone else's lease replaced it
@@ -124,3 +138,19 @@ def test_an_unreadable_lease_counts_as_expired(store):
     store.put(lease_key("junk"), b"{not json")
     with JobLease(store, "junk"):
         assert json.loads(store.get(lease_key("junk")))["host"] == socket.gethostname()
+
+
+def test_a_lease_whose_release_failed_in_an_outage_is_retaken_by_this_process(tmp_path, caplog):
+    """The store is down when a failed job ends: its lease stays behind, unreleased. The same
+    process rerunning the job (a retry loop, a notebook) takes it over at once."""
+    from tests.azurite import AzuriteServer
+
+    with AzuriteServer(tmp_path / "azurite") as server:
+        store = azure_store(server, retry_total=1, retry_backoff=0.05, timeout=2)
+        with caplog.at_level(logging.WARNING), JobLease(store, "outage"):
+            server.stop()
+        assert "could not release its lease" in caplog.text
+        server.start()
+        assert held(store, "outage").released_at is None  # left behind, heartbeat recent
+        with JobLease(store, "outage") as lease:
+            assert held(store, "outage").token == lease.record.token

@@ -128,3 +128,24 @@ def test_a_crashed_drivers_lease_is_taken_over(videos, tmp_path):
     _, summary = job("caption", manifest, out, job_id="resumed", **SMALL)
     assert summary["progress"]["committed_videos"] == 1
     assert held(store, "resumed").released_at is not None
+
+
+def test_the_command_refuses_changed_inputs_and_takes_update(videos, tmp_path):
+    from tests.test_cli import _cli
+
+    manifest = write_manifest(tmp_path / "m.jsonl", {v: videos[v] for v in ("v0", "v1")})
+    out = tmp_path / "out"
+    _, first = job("caption", manifest, out, **SMALL)
+    write_manifest(manifest, {v: videos[v] for v in ("v0", "v2")})
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]
+    command = ["caption", str(manifest), "--output", str(out), *flags]
+    refused = _cli(*command)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "planned from other inputs: 1 added ('v2'), 1 removed ('v1')" in " ".join(
+        refused.stdout.split()
+    )
+    updated = _cli(*command, "--update", timeout=600)
+    assert updated.returncode == 0, updated.stdout + updated.stderr
+    assert "inputs update: removed videos" in updated.stdout and "1 (v1)" in updated.stdout
+    summary = json.loads((out / "jobs" / first["job_id"] / "summary.json").read_text())
+    assert summary["this_run"]["videos"] == 1 and summary["inputs_update"]["added_videos"] == 1

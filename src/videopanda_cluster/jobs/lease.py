@@ -3,10 +3,12 @@
 ``jobs/<job_id>/lease.json`` names its holder (host, pid, a random token), when it was acquired and
 its last heartbeat. It is created with put_if_absent; the holder renews it every
 ``expires_after / 4`` seconds and marks it released when it stops (also on failure). Another
-driver refuses with :class:`JobLocked` while the lease is live; a lease without a heartbeat for
-``expires_after`` seconds (its driver crashed or lost the store) or a released one is taken over
-with a compare-and-swap, so two drivers never both win it. Heartbeats are compared with the clock
-of the driver that reads them: drivers' clocks must agree within a few seconds.
+driver refuses with :class:`JobLocked` while the lease is live. A lease is taken over, with a
+compare-and-swap so that two drivers never both win it, when it is released, has had no heartbeat
+for ``expires_after`` seconds (its driver crashed or lost the store), or was left on this host by
+a process that is gone (a killed driver, rerun on the same machine) or by this process (its
+release failed). Heartbeats are compared with the clock of the driver that reads them: drivers'
+clocks must agree within a few seconds.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .failures import JobLocked
 
 LEASE_SECONDS = 120.0  # a lease without a heartbeat for this long is taken over
 log = logging.getLogger(__name__)
+_HELD: set[str] = set()  # tokens of the leases this process holds now
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,13 @@ class LeaseRecord:
     released_at: float | None = None
 
     def live(self, now: float) -> bool:
-        return self.released_at is None and now < self.heartbeat_at + self.expires_after
+        """Not released, heartbeat recent, and not left by a gone process of this host (or
+        by this process)."""
+        if self.released_at is not None or now >= self.heartbeat_at + self.expires_after:
+            return False
+        if self.host != socket.gethostname():
+            return True
+        return self.token in _HELD if self.pid == os.getpid() else _pid_exists(self.pid)
 
     def holder(self) -> str:
         return f"{self.host} pid {self.pid}"
@@ -56,6 +65,16 @@ class LeaseRecord:
             return cls(**json.loads(data))
         except (ValueError, TypeError):
             return None
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or not a pid we can check
+    return True
 
 
 def _when(timestamp: float) -> str:
@@ -112,7 +131,7 @@ class JobLease:
         )
         if self.store.put_if_absent(self.key, mine.encode()):
             self._version = self.store.get_versioned(self.key).version
-            self.record = mine
+            self._hold(mine)
             return
         try:
             current = self.store.get_versioned(self.key)
@@ -131,8 +150,13 @@ class JobLease:
             raise JobLocked(f"job {self.job_id}: another driver took its lease just now")
         if held is None or held.released_at is None:
             shown = "an unreadable lease" if held is None else f"{held.holder()}'s lease"
-            log.warning("job %s: took over %s (no heartbeat in time)", self.job_id, shown)
-        self._version, self.record = version, mine
+            log.warning("job %s: took over %s (its driver is gone)", self.job_id, shown)
+        self._version = version
+        self._hold(mine)
+
+    def _hold(self, record: LeaseRecord) -> None:
+        self.record = record
+        _HELD.add(record.token)
 
     def _renew(self, record: LeaseRecord) -> bool:
         """Write ``record`` over our own lease; False if it is no longer ours."""
@@ -164,10 +188,13 @@ class JobLease:
 
     def release(self) -> None:
         """Mark the lease released if it is still ours (a failed release just lets it expire)."""
-        if self.record is None or self._lost:
+        if self.record is None:
             return
         try:
-            self._renew(replace(self.record, released_at=time.time()))
+            if not self._lost:
+                self._renew(replace(self.record, released_at=time.time()))
         except Exception as exc:
             log.warning("job %s: could not release its lease: %s", self.job_id, exc)
-        self.record = None
+        finally:
+            _HELD.discard(self.record.token)
+            self.record = None
