@@ -15,14 +15,20 @@ from tests.azurite import azurite as azurite_fixture  # noqa: F401
 from tests.test_storage import azure_store
 from videopanda_cluster.jobs.failures import ExitCode, JobLocked
 from videopanda_cluster.jobs.lease import JobLease, LeaseRecord, lease_key
+from videopanda_cluster.jobs.ledger import ledger_key
 from videopanda_cluster.storage import LocalStore, Store
 
 
 @pytest.fixture(params=["local", "azure"])
 def store(request, tmp_path) -> Store:
+    """A store where the jobs the tests lease are planned (have a ledger)."""
     if request.param == "local":
-        return LocalStore(tmp_path / "store")
-    return azure_store(request.getfixturevalue("azurite"))
+        store: Store = LocalStore(tmp_path / "store")
+    else:
+        store = azure_store(request.getfixturevalue("azurite"))
+    for job_id in ("daily", "busy", "stale", "killed", "lost", "race", "junk", "outage"):
+        store.put(ledger_key(job_id), b"{}")
+    return store
 
 
 def held(store: Store, job_id: str) -> LeaseRecord:
@@ -147,6 +153,7 @@ def test_a_lease_whose_release_failed_in_an_outage_is_retaken_by_this_process(tm
 
     with AzuriteServer(tmp_path / "azurite") as server:
         store = azure_store(server, retry_total=1, retry_backoff=0.05, timeout=2)
+        store.put(ledger_key("outage"), b"{}")
         with caplog.at_level(logging.WARNING), JobLease(store, "outage"):
             server.stop()
         assert "could not release its lease" in caplog.text
@@ -154,3 +161,9 @@ def test_a_lease_whose_release_failed_in_an_outage_is_retaken_by_this_process(tm
         assert held(store, "outage").released_at is None  # left behind, heartbeat recent
         with JobLease(store, "outage") as lease:
             assert held(store, "outage").token == lease.record.token
+
+
+def test_a_driver_that_stops_before_planning_leaves_no_lease(store):
+    with JobLease(store, "never-planned"):  # e.g. its inputs were invalid
+        assert store.exists(lease_key("never-planned"))
+    assert not store.exists(lease_key("never-planned"))

@@ -2,7 +2,8 @@
 
 ``jobs/<job_id>/lease.json`` names its holder (host, pid, a random token), when it was acquired and
 its last heartbeat. It is created with put_if_absent; the holder renews it every
-``expires_after / 4`` seconds and marks it released when it stops (also on failure). Another
+``expires_after / 4`` seconds and marks it released when it stops (also on failure); a driver
+that stops before the job was planned (invalid inputs) deletes it, leaving nothing behind. Another
 driver refuses with :class:`JobLocked` while the lease is live. A lease is taken over, with a
 compare-and-swap so that two drivers never both win it, when it is released, has had no heartbeat
 for ``expires_after`` seconds (its driver crashed or lost the store), or was left on this host by
@@ -25,6 +26,7 @@ from datetime import UTC, datetime
 
 from ..storage.base import Store
 from .failures import JobLocked
+from .ledger import ledger_key
 
 LEASE_SECONDS = 120.0  # a lease without a heartbeat for this long is taken over
 log = logging.getLogger(__name__)
@@ -129,14 +131,22 @@ class JobLease:
             heartbeat_at=now,
             expires_after=self.expires_after,
         )
+        _HELD.add(mine.token)  # before it is visible: a thread of this process must see it held
+        try:
+            self._version = self._take(mine, now)
+        except BaseException:
+            _HELD.discard(mine.token)
+            raise
+        self.record = mine
+
+    def _take(self, mine: LeaseRecord, now: float) -> str:
+        """Write ``mine`` as the lease; its version, or JobLocked."""
         if self.store.put_if_absent(self.key, mine.encode()):
-            self._version = self.store.get_versioned(self.key).version
-            self._hold(mine)
-            return
+            return self.store.get_versioned(self.key).version
         try:
             current = self.store.get_versioned(self.key)
         except KeyError:  # deleted meanwhile: start over
-            return self.acquire()
+            return self._take(mine, now)
         held = LeaseRecord.decode(current.data)
         if held is not None and held.live(now):
             raise JobLocked(
@@ -151,12 +161,7 @@ class JobLease:
         if held is None or held.released_at is None:
             shown = "an unreadable lease" if held is None else f"{held.holder()}'s lease"
             log.warning("job %s: took over %s (its driver is gone)", self.job_id, shown)
-        self._version = version
-        self._hold(mine)
-
-    def _hold(self, record: LeaseRecord) -> None:
-        self.record = record
-        _HELD.add(record.token)
+        return version
 
     def _renew(self, record: LeaseRecord) -> bool:
         """Write ``record`` over our own lease; False if it is no longer ours."""
@@ -187,12 +192,17 @@ class JobLease:
             raise JobLocked(f"job {self.job_id} stopped: {self._lost}")
 
     def release(self) -> None:
-        """Mark the lease released if it is still ours (a failed release just lets it expire)."""
+        """Mark the lease released if it is still ours, or delete it if the job has no ledger
+        (a failed release just lets it expire)."""
         if self.record is None:
             return
         try:
-            if not self._lost:
+            if self._lost:
+                pass
+            elif self.store.exists(ledger_key(self.job_id)):
                 self._renew(replace(self.record, released_at=time.time()))
+            else:
+                self.store.delete(self.key)
         except Exception as exc:
             log.warning("job %s: could not release its lease: %s", self.job_id, exc)
         finally:

@@ -52,6 +52,11 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
+def ledger_key(job_id: str) -> str:
+    """The key of ``job_id``'s ledger."""
+    return f"jobs/{check_job_id(job_id)}/ledger.json"
+
+
 def plan_shards(video_ids: list[str], shard_size: int) -> list[list[str]]:
     """Consecutive chunks of ``shard_size`` ids, in the given order."""
     if shard_size < 1:
@@ -165,7 +170,7 @@ class Ledger:
 
     @property
     def key(self) -> str:
-        return f"{self.prefix}/ledger.json"
+        return ledger_key(self.job_id)
 
     def _record(self) -> bytes:
         videos = self.videos()
@@ -230,7 +235,7 @@ class Ledger:
     @classmethod
     def load(cls, store: Store, job_id: str) -> Ledger:
         """The existing ledger of ``job_id``; KeyError if there is none."""
-        key = f"jobs/{check_job_id(job_id)}/ledger.json"
+        key = ledger_key(job_id)
         stored = store.get_versioned(key)
         try:
             record = json.loads(stored.data)
