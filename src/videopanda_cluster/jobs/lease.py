@@ -198,8 +198,8 @@ class JobLease:
             return
         try:
             if self._lost:
-                pass
-            elif self.store.exists(ledger_key(self.job_id)):
+                return  # not ours any more
+            if self.store.exists(ledger_key(self.job_id)):
                 self._renew(replace(self.record, released_at=time.time()))
             else:
                 self.store.delete(self.key)

@@ -267,7 +267,9 @@ class Ledger:
             added=tuple(v for v in current if v not in planned),
             removed=tuple(v for v in planned if v not in current),
             changed=tuple(
-                v for v, d in current.items() if planned.get(v, d) not in (d, "") and d != ""
+                v
+                for v, digest in current.items()
+                if v in planned and "" not in (digest, planned[v]) and planned[v] != digest
             ),
         )
 
@@ -325,14 +327,13 @@ class Ledger:
         for shard_id in self.pending():
             if not self.shard_videos(shard_id):  # every video of it was removed
                 self.commit(shard_id, rows=0, failed=0, counters={})
-        self.plan_update = PlanUpdate(
+        return PlanUpdate(
             added=tuple(v for shard in fresh for v in shard),
             new_shards=tuple(shard_id_for(first_new + i) for i in range(len(fresh))),
             removed=diff.removed,
             dropped=tuple(dropped),
             changed=tuple(v for v in diff.changed if shard_id_for(where[v][0]) not in committed),
         )
-        return self.plan_update
 
     def shard_ids(self) -> list[str]:
         return list(self._index)
