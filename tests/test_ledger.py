@@ -7,7 +7,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from videopanda_cluster.jobs.ledger import Ledger, LedgerConflict, check_job_id, plan_shards
+from videopanda_cluster.jobs.ledger import (
+    LEDGER_FORMAT,
+    InputsChanged,
+    Ledger,
+    LedgerConflict,
+    PlanUpdate,
+    check_job_id,
+    plan_shards,
+    video_digest,
+)
 from videopanda_cluster.storage.local import LocalStore
 
 IDS = ["a", "b/../../c", "d", "ünï 🎬", "e", "f", "g"]
@@ -100,11 +109,107 @@ def test_commit_rejects_unknown_shards_and_bad_stats(store):
 def test_resume_keeps_the_original_shards_and_commits(tmp_path):
     first = Ledger.open_or_create(LocalStore(tmp_path), "job-1", "h1", SHARDS)
     first.commit("000000", rows=3, failed=0, counters={})
-    # Another process, with inputs that changed meanwhile (same settings):
-    resumed = Ledger.open_or_create(LocalStore(tmp_path), "job-1", "h1", plan_shards(["z"], 3))
-    assert resumed.shards == SHARDS
+    # Another process, with the same inputs and settings:
+    resumed = Ledger.open_or_create(LocalStore(tmp_path), "job-1", "h1", plan_shards(IDS, 3))
+    assert resumed.shards == SHARDS and resumed.plan_update is None
     assert resumed.pending() == ["000001", "000002"]
     assert Ledger.load(LocalStore(tmp_path), "job-1").committed() == {"000000"}
+
+
+def digests_of(videos: dict[str, str], size: int = 3) -> tuple[list[list[str]], list[list[str]]]:
+    """The shards of ``videos`` (id -> content) and their digests, as plan_job makes them."""
+    shards = plan_shards(list(videos), size)
+    return shards, [[video_digest(videos[v], []) for v in shard] for shard in shards]
+
+
+VIDEOS = {v: f"/videos/{i}.mp4" for i, v in enumerate(IDS)}
+
+
+def test_changed_inputs_under_an_existing_job_are_refused_with_what_changed(store):
+    Ledger.open_or_create(store, "daily", "h1", *digests_of(VIDEOS))
+    before = store.get("jobs/daily/ledger.json")
+    edited = {**VIDEOS, "new-1": "/videos/n1.mp4", "new-2": "/videos/n2.mp4", "d": "/moved/d.mp4"}
+    del edited["a"]
+    with pytest.raises(InputsChanged) as info:
+        Ledger.open_or_create(store, "daily", "h1", *digests_of(edited))
+    message = str(info.value)
+    assert message.startswith("job daily was planned from other inputs: 2 added ('new-1', 'new-2')")
+    assert "1 removed ('a')" in message and "1 changed ('d')" in message
+    assert "--update" in message and "--job-id" in message and "\n" not in message
+    assert isinstance(info.value, LedgerConflict) and info.value.exit_code == 2
+    assert store.get("jobs/daily/ledger.json") == before  # nothing planned
+
+
+def test_update_plans_new_videos_in_new_shards_and_leaves_committed_ones(store):
+    ledger = Ledger.open_or_create(store, "daily", "h1", *digests_of(VIDEOS))
+    assert ledger.commit("000000", rows=3, failed=0, counters={})
+    marker = store.get("jobs/daily/shards/000000.done")
+    edited = {v: uri for v, uri in VIDEOS.items() if v not in ("a", "e")}  # a is committed
+    edited |= {"f": "/moved/f.mp4", "h": "/h.mp4", "i": "/i.mp4", "j": "/j.mp4", "k": "/k.mp4"}
+    updated = Ledger.open_or_create(store, "daily", "h1", *digests_of(edited), update=True)
+    assert updated.shards == [
+        ["a", "b/../../c", "d"],  # committed: unchanged, its row of "a" stays
+        ["ünï 🎬", "f"],  # pending: "e" dropped, "f" processed from its new uri
+        ["g"],
+        ["h", "i", "j"],
+        ["k"],
+    ]
+    assert updated.plan_update == PlanUpdate(
+        added=("h", "i", "j", "k"),
+        new_shards=("000003", "000004"),
+        removed=("a", "e"),
+        dropped=("e",),
+        changed=("f",),
+    )
+    assert updated.pending() == ["000001", "000002", "000003", "000004"]
+    assert store.get("jobs/daily/shards/000000.done") == marker
+    summary = updated.plan_update.summary()
+    assert summary["removed_videos"] == 2 and summary["removed_examples"] == ["a", "e"]
+    # the stored plan is the updated one: the same inputs again are no change
+    again = Ledger.open_or_create(store, "daily", "h1", *digests_of(edited))
+    assert again.shards == updated.shards and again.plan_update is None
+    assert again.videos() == {v: video_digest(edited[v], []) for v in again.videos()}
+    assert set(again.videos()) == set(edited)
+    # "a" comes back as it was: its committed row is its result again, no new shard
+    restored = digests_of(edited | {"a": VIDEOS["a"]})
+    with pytest.raises(InputsChanged, match=r"1 added \('a'\)"):
+        Ledger.open_or_create(store, "daily", "h1", *restored)
+    back = Ledger.open_or_create(store, "daily", "h1", *restored, update=True)
+    assert back.shards == updated.shards and "a" in back.videos() and not back.removed
+    assert back.plan_update.added == back.plan_update.new_shards == ()
+
+
+def test_update_refuses_videos_changed_after_their_shard_was_committed(store):
+    ledger = Ledger.open_or_create(store, "daily", "h1", *digests_of(VIDEOS))
+    ledger.commit("000000", rows=3, failed=0, counters={})
+    before = store.get("jobs/daily/ledger.json")
+    edited = {**VIDEOS, "d": "/moved/d.mp4", "new": "/new.mp4"}
+    with pytest.raises(InputsChanged, match=r"1 videos changed after their shard was committed"):
+        Ledger.open_or_create(store, "daily", "h1", *digests_of(edited), update=True)
+    assert store.get("jobs/daily/ledger.json") == before
+
+
+def test_a_pending_shard_whose_videos_all_left_is_committed_empty(store):
+    Ledger.open_or_create(store, "daily", "h1", *digests_of(VIDEOS))
+    edited = {v: uri for v, uri in VIDEOS.items() if v != "g"}
+    updated = Ledger.open_or_create(store, "daily", "h1", *digests_of(edited), update=True)
+    assert updated.shard_videos("000002") == [] and updated.pending() == ["000000", "000001"]
+    assert updated.commit_info("000002")["rows"] == 0
+    assert updated.plan_update.dropped == ("g",) and updated.plan_update.new_shards == ()
+
+
+def test_a_format_1_ledger_is_compared_by_ids_and_gets_digests(store):
+    old = {"format": 1, "job_id": "old", "config_hash": "h1", "created_at": 0, "shards": SHARDS}
+    store.put("jobs/old/ledger.json", json.dumps(old).encode())
+    with pytest.raises(InputsChanged, match=r"1 added \('new'\)"):
+        Ledger.open_or_create(store, "old", "h1", *digests_of({**VIDEOS, "new": "/n.mp4"}))
+    resumed = Ledger.open_or_create(store, "old", "h1", *digests_of(VIDEOS))
+    assert resumed.shards == SHARDS and resumed.plan_update is None
+    record = json.loads(store.get("jobs/old/ledger.json"))
+    assert record["format"] == LEDGER_FORMAT == 2
+    assert record["digests"] == digests_of(VIDEOS)[1]
+    with pytest.raises(InputsChanged, match=r"1 changed \('d'\)"):  # now it can tell
+        Ledger.open_or_create(store, "old", "h1", *digests_of({**VIDEOS, "d": "/moved.mp4"}))
 
 
 def test_other_settings_under_the_same_job_id_conflict(store):

@@ -685,3 +685,41 @@ def test_short_outage_is_retried_without_loss(private_azurite):
     assert got == before
     assert store.get("s/during") == during
     assert store.list("s/") == ["s/before", "s/during"]
+
+
+def test_put_if_version_is_a_compare_and_swap(store):
+    store.put("lease/a.json", b"v1")
+    first = store.get_versioned("lease/a.json")
+    assert first.data == b"v1"
+    second = store.put_if_version("lease/a.json", b"v2", first.version)
+    assert second and second != first.version
+    assert store.get_versioned("lease/a.json").version == second
+    assert store.put_if_version("lease/a.json", b"v3", first.version) is None  # stale version
+    assert store.get("lease/a.json") == b"v2"
+    # a retried write finds its own bytes there: success, with the current version
+    assert store.put_if_version("lease/a.json", b"v2", first.version) == second
+    store.put("lease/a.json", b"v2")  # every write makes a new version, even of the same bytes
+    assert store.put_if_version("lease/a.json", b"v4", second) is None
+    assert store.put_if_version("lease/none.json", b"x", second) is None
+    assert not store.exists("lease/none.json")
+    with pytest.raises(KeyError):
+        store.get_versioned("lease/none.json")
+
+    base = store.get_versioned("lease/a.json").version
+    results: dict[int, str | None] = {}
+    barrier = threading.Barrier(8)
+
+    def swap(i: int) -> None:
+        barrier.wait()
+        results[i] = store.put_if_version("lease/a.json", f"writer {i}".encode(), base)
+
+    threads = [threading.Thread(target=swap, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    winners = [i for i, version in results.items() if version]
+    assert len(results) == 8 and len(winners) == 1
+    now = store.get_versioned("lease/a.json")
+    assert now.data == f"writer {winners[0]}".encode() and now.version == results[winners[0]]
+    assert temp_files(store) == []

@@ -56,6 +56,14 @@ def _job_command(kind: str):
         address: Annotated[
             str | None, Opt(help="Join this Ray cluster (e.g. ray://head:10001 or auto).")
         ] = None,
+        update: Annotated[
+            bool,
+            Opt(
+                "--update",
+                help="Inputs changed since the job was planned: process new videos in new "
+                "shards, skip removed ones (committed results stay).",
+            ),
+        ] = False,
         store_retry_window: Annotated[
             float | None, Opt(help="Seconds a shard retries an unreachable or throttling store.")
         ] = None,
@@ -88,6 +96,7 @@ def _job_command(kind: str):
             "decode_timeout": decode_timeout,
             "use_feature_cache": feature_cache,
             "address": address,
+            "update": update or None,
             "store_retry_window": store_retry_window,
             "stop_grace": stop_grace,
         }
@@ -166,6 +175,14 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         table.add_row(f"stage time: {stage}", f"{seconds:.2f} s")
     for code, count in sorted(run["errors"].items()):
         table.add_row(f"errors: {code}", str(count))
+    update = summary.get("inputs_update")
+    if update:
+        table.add_row("inputs update: new shards", str(len(update["new_shards"])))
+        for name in ("added", "removed", "dropped", "changed"):
+            examples = ", ".join(update[f"{name}_examples"][:5])
+            more = ", ..." if update[f"{name}_videos"] > 5 else ""
+            shown = f" ({examples}{more})" if examples else ""
+            table.add_row(f"inputs update: {name} videos", f"{update[f'{name}_videos']}{shown}")
     table.add_row("results", f"{summary['store']}/{summary['results']}")
     table.add_row("model", summary["model"]["id"])
     console.print(table)

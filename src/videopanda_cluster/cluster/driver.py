@@ -299,11 +299,22 @@ def default_checkpoint() -> tuple[Path, str]:
     return ensure_tiny_checkpoint(TINY_MODEL_DIR), "tiny-random (generated, untrained)"
 
 
+def job_id_of(cfg) -> str:
+    """``cfg.job_id``, else the default id derived from the settings."""
+    from ..jobs.config import default_job_id
+
+    return cfg.job_id or default_job_id(cfg)
+
+
 def plan_job(cfg, store) -> tuple[JobPlan, Any]:
-    """Read inputs, fix the job id, and open (or resume) the ledger."""
-    from ..jobs.config import config_hash, default_job_id
+    """Read inputs, fix the job id, and open (or resume) the ledger.
+
+    Inputs that differ from the job's plan are refused (InputsChanged), or with ``cfg.update``
+    planned in new shards; ``ledger.plan_update`` then tells what changed.
+    """
+    from ..jobs.config import config_hash
     from ..jobs.inputs import read_inputs
-    from ..jobs.ledger import Ledger, plan_shards
+    from ..jobs.ledger import Ledger, plan_shards, video_digest
     from ..model.config import VideoPandaConfig
     from .fingerprint import checkpoint_fingerprint
 
@@ -311,13 +322,24 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
     if not cfg.checkpoint:
         checkpoint, default_id = default_checkpoint()
     ckpt_hash = checkpoint_fingerprint(checkpoint)
-    job_id = cfg.job_id or default_job_id(cfg)
+    job_id = job_id_of(cfg)
     job_hash = hashlib.sha256(f"{config_hash(cfg)}|{ckpt_hash}".encode()).hexdigest()
     items = read_inputs(cfg.inputs, default_questions=cfg.questions or None)
     if cfg.kind == "qa" and not cfg.questions and not any(it.questions for it in items):
         raise ValueError("a qa job needs questions: in the manifest or with --question")
+    digest = {
+        it.video_id: video_digest(it.uri, [(q.question_id, q.text) for q in it.questions])
+        for it in items
+    }
+    shards = plan_shards([it.video_id for it in items], cfg.shard_size)
     ledger = Ledger.open_or_create(
-        store, job_id, job_hash, plan_shards([it.video_id for it in items], cfg.shard_size)
+        store,
+        job_id,
+        job_hash,
+        shards,
+        [[digest[v] for v in shard] for shard in shards],
+        update=cfg.update,
+        shard_size=cfg.shard_size,
     )
     job = {
         "job_id": job_id,
@@ -351,13 +373,22 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
 def run_job(cfg, on_progress=None) -> dict[str, Any]:
     """Run (or resume) a job to completion; returns the summary (also stored as summary.json).
 
-    Raises a :class:`JobError` when the job cannot finish (store down, interrupted, ...) after
+    The driver holds the job's lease (:class:`~videopanda_cluster.jobs.lease.JobLease`) from
+    before planning to after the summary: a second driver of the job gets JobLocked. Raises a
+    :class:`JobError` when the job cannot finish (store down, interrupted, lease lost, ...) after
     writing the summary of what this run committed; a rerun resumes from the ledger.
     """
+    from ..jobs.lease import JobLease
     from ..storage.open import open_store
 
     started = time.time()
     store = open_store(cfg.output)
+    with JobLease(store, job_id_of(cfg), cfg.lease_seconds) as lease:
+        return _run_leased(cfg, store, lease, started, on_progress)
+
+
+def _run_leased(cfg, store, lease, started: float, on_progress) -> dict[str, Any]:
+
     plan, ledger = plan_job(cfg, store)
     pending = ledger.pending()
     progress = ledger.progress()
@@ -371,7 +402,9 @@ def run_job(cfg, on_progress=None) -> dict[str, Any]:
         pipeline = Pipeline(cfg, plan, ledger, store.url)
         try:
             with StopOnSignal(pipeline.stop) as signals:
-                failure = _run_shards(pipeline, pending, stats, progress, started, on_progress)
+                failure = _run_shards(
+                    pipeline, pending, stats, progress, started, on_progress, lease
+                )
                 if failure is None and signals.received:
                     failure = Interrupted("interrupted")
         finally:
@@ -388,10 +421,11 @@ def run_job(cfg, on_progress=None) -> dict[str, Any]:
     return summary
 
 
-def _run_shards(pipeline, pending, stats, progress, started, on_progress) -> JobError | None:
+def _run_shards(pipeline, pending, stats, progress, started, on_progress, lease) -> JobError | None:
     """Run ``pending`` shards, ``max_in_flight`` at a time, until done or stopped.
 
-    When ``pipeline.stop`` is set (a signal, or a shard failed the job) no new shard starts;
+    When ``pipeline.stop`` is set (a signal, a shard failed the job, or another driver took the
+    job's lease) no new shard starts;
     shards in flight get ``cfg.stop_grace`` seconds to commit, then their actors are killed.
     Returns the failure that stopped the job, if any.
     """
@@ -417,6 +451,12 @@ def _run_shards(pipeline, pending, stats, progress, started, on_progress) -> Job
                     stats.add(result)
                     if on_progress:
                         on_progress(stats, progress, time.time() - started)
+            if failure is None:
+                try:
+                    lease.check()
+                except JobError as exc:
+                    failure = exc
+                    pipeline.stop.set()
             if pipeline.stop.is_set():
                 if stopped_at is None:
                     stopped_at = time.monotonic()
@@ -506,6 +546,8 @@ def _write_summary(cfg, store, plan, ledger, stats, started, failure) -> dict[st
         },
         "model": plan.job["model"],
     }
+    if ledger.plan_update is not None:
+        summary["inputs_update"] = ledger.plan_update.summary()
     if final is not None:
         with contextlib.suppress(Exception):  # the failure is reported either way
             store.put(f"jobs/{plan.job_id}/summary.json", json.dumps(summary, indent=2).encode())

@@ -2,8 +2,9 @@
 
 The configuration hash covers :data:`RESULT_FIELDS`: every field except the
 :data:`OPERATIONAL_FIELDS`, which only change where and how fast a job runs (``address``, the
-``*_workers`` counts, ``max_in_flight``, ``num_gpus_*``, ``device``), how it reacts to faults
-(``store_retry_window``, ``stop_grace``) or name it (``output``, ``job_id``). So a job resumes
+``*_workers`` counts, ``max_in_flight``, ``num_gpus_*``, ``device``, ``lease_seconds``), how
+it reacts to faults (``store_retry_window``, ``stop_grace``), name it (``output``, ``job_id``)
+or say how a rerun treats changed inputs (``update``). So a job resumes
 with other workers or GPUs, while a change of kind, inputs, checkpoint, prompts, questions,
 generation, preprocessing, batch sizes, shard size or feature cache use makes a new job.
 """
@@ -28,6 +29,7 @@ from pydantic import (
 )
 
 from .inputs import question_problem
+from .lease import LEASE_SECONDS
 from .ledger import check_job_id
 
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -94,6 +96,9 @@ class JobConfig(BaseModel):
     # faults
     store_retry_window: float = Field(120.0, ge=0)  # s a shard retries an unreachable store
     stop_grace: float = Field(30.0, ge=0)  # s in-flight shards get after the first Ctrl-C/SIGTERM
+    # reruns
+    update: bool = False  # plan videos added to the inputs in new shards (else: refused)
+    lease_seconds: float = Field(LEASE_SECONDS, gt=0)  # a driver silent this long loses the job
 
     @field_validator("job_id")
     @classmethod
@@ -103,8 +108,8 @@ class JobConfig(BaseModel):
 
 OPERATIONAL_FIELDS = frozenset(
     {"address", "decode_workers", "encode_workers", "generate_workers", "max_in_flight",
-     "num_gpus_encode", "num_gpus_generate", "device", "output", "job_id",
-     "store_retry_window", "stop_grace"}
+     "num_gpus_encode", "num_gpus_generate", "device", "output", "job_id", "update",
+     "lease_seconds", "store_retry_window", "stop_grace"}
 )  # fmt: skip
 # Everything else, new fields included, is hashed.
 RESULT_FIELDS = frozenset(JobConfig.model_fields) - OPERATIONAL_FIELDS

@@ -2,30 +2,44 @@
 
 Layout under ``jobs/<job_id>/``:
 
-- ``ledger.json``: config hash and the video ids of every shard, written once (put_if_absent);
+- ``ledger.json``: config hash, the video ids of every shard, the content digest of every video
+  (uri and questions) and the hash of the inputs the plan was made from; created once
+  (put_if_absent), replaced only by an inputs update (compare-and-swap, under the job's lease);
 - ``shards/<shard_id>.done``: the commit marker of a shard, with its stats (put_if_absent, so a
   retried or concurrent commit of the same shard is a no-op);
 - ``attempts/<shard_id>/<n>``: one object per processing attempt of a shard.
 
-Shard ids are ``f"{index:06d}"`` of the shard in the ledger's list.
+Shard ids are ``f"{index:06d}"`` of the shard in the ledger's list. An update appends shards for
+new videos, drops removed videos from pending shards and never changes a committed shard.
+Ledgers of format 1 (no digests) are read too: their inputs are compared by video id only, and
+their first run stores the digests.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ..storage.base import Store
 from .failures import UsageError
 
-LEDGER_FORMAT = 1
+LEDGER_FORMAT = 2
+EXAMPLES = 3  # ids shown per kind of change in a message
+SUMMARY_EXAMPLES = 100  # ids listed per kind of change in a summary
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class LedgerConflict(UsageError):
     """The job exists with another configuration."""
+
+
+class InputsChanged(LedgerConflict):
+    """The job exists with other inputs (and no ``--update``, or one that cannot apply)."""
 
 
 def check_job_id(job_id: str) -> str:
@@ -36,6 +50,11 @@ def check_job_id(job_id: str) -> str:
             "starting with a letter or digit"
         )
     return job_id
+
+
+def ledger_key(job_id: str) -> str:
+    """The key of ``job_id``'s ledger."""
+    return f"jobs/{check_job_id(job_id)}/ledger.json"
 
 
 def plan_shards(video_ids: list[str], shard_size: int) -> list[list[str]]:
@@ -52,16 +71,97 @@ def shard_id_for(index: int) -> str:
     return f"{index:06d}"
 
 
+def video_digest(uri: str, questions: Iterable[tuple[str, str]]) -> str:
+    """16 hex digits identifying what a video's rows are made from: its uri and its questions
+    (``(question_id, text)`` pairs)."""
+    canonical = json.dumps([uri, [list(q) for q in questions]], ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def inputs_hash(videos: dict[str, str]) -> str:
+    """sha256 (hex) of the sorted ``video_id -> digest`` pairs: the identity of a job's inputs."""
+    canonical = json.dumps(sorted(videos.items()), ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _some(ids: Iterable[str], limit: int) -> str:
+    ids = list(ids)
+    shown = ", ".join(repr(v) for v in ids[:limit])
+    return shown + (", ..." if len(ids) > limit else "")
+
+
+@dataclass(frozen=True)
+class InputsDiff:
+    """How a job's inputs differ from those of its plan (ids in input / plan order)."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()  # same id, other uri or questions
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    def describe(self) -> str:
+        """E.g. ``2 added ('v7', 'v8'), 1 removed ('v3')``."""
+        parts = [
+            f"{len(ids)} {name} ({_some(ids, EXAMPLES)})"
+            for name, ids in (("added", self.added), ("removed", self.removed),
+                              ("changed", self.changed))
+            if ids
+        ]  # fmt: skip
+        return ", ".join(parts) or "no change"
+
+
+@dataclass(frozen=True)
+class PlanUpdate:
+    """What an inputs update did to a job's plan."""
+
+    added: tuple[str, ...]  # videos planned in new shards
+    new_shards: tuple[str, ...]
+    removed: tuple[str, ...]  # videos no longer in the inputs (rows already committed stay)
+    dropped: tuple[str, ...]  # the removed videos that were still pending: never processed
+    changed: tuple[str, ...]  # pending videos now processed with their new uri or questions
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and up to :data:`SUMMARY_EXAMPLES` ids of each kind, for the job summary."""
+        out: dict[str, Any] = {"new_shards": list(self.new_shards)}
+        for name in ("added", "removed", "dropped", "changed"):
+            ids = getattr(self, name)
+            out[f"{name}_videos"] = len(ids)
+            out[f"{name}_examples"] = list(ids[:SUMMARY_EXAMPLES])
+        return out
+
+
 class Ledger:
     """One job's shard plan and commit state; every method reads or writes the store."""
 
     def __init__(
-        self, store: Store, job_id: str, config_hash: str, shards: list[list[str]]
+        self,
+        store: Store,
+        job_id: str,
+        config_hash: str,
+        shards: list[list[str]],
+        digests: list[list[str]] | None = None,
+        removed: Iterable[str] = (),
+        version: str | None = None,
     ) -> None:
         self.store = store
         self.job_id = check_job_id(job_id)
         self.config_hash = config_hash
+        self.plan_update: PlanUpdate | None = None  # set when opening updated the inputs
+        self._set_plan(shards, digests, removed, version)
+
+    def _set_plan(
+        self,
+        shards: list[list[str]],
+        digests: list[list[str]] | None,
+        removed: Iterable[str],
+        version: str | None,
+    ) -> None:
         self.shards = shards
+        self.digests = digests  # parallel to shards; None for a format 1 ledger
+        self.removed = set(removed)  # ids of committed shards no longer in the inputs
+        self.version = version  # of ledger.json as read, for a compare-and-swap update
         self._index = {shard_id_for(i): i for i in range(len(shards))}
 
     @property
@@ -70,25 +170,46 @@ class Ledger:
 
     @property
     def key(self) -> str:
-        return f"{self.prefix}/ledger.json"
+        return ledger_key(self.job_id)
+
+    def _record(self) -> bytes:
+        videos = self.videos()
+        record = {
+            "format": LEDGER_FORMAT,
+            "job_id": self.job_id,
+            "config_hash": self.config_hash,
+            "inputs_hash": inputs_hash(videos) if self.digests is not None else None,
+            "written_at": time.time(),
+            "shards": self.shards,
+            "digests": self.digests,
+            "removed": sorted(self.removed),
+        }
+        return json.dumps(record, ensure_ascii=False).encode()
 
     @classmethod
     def open_or_create(
-        cls, store: Store, job_id: str, config_hash: str, shards: list[list[str]]
+        cls,
+        store: Store,
+        job_id: str,
+        config_hash: str,
+        shards: list[list[str]],
+        digests: list[list[str]] | None = None,
+        *,
+        update: bool = False,
+        shard_size: int | None = None,
     ) -> Ledger:
-        """Create the job's ledger, or resume it (its own shard list) if the hash matches.
+        """Create the job's ledger from the planned ``shards`` of its inputs (with each video's
+        :func:`video_digest` in ``digests``, parallel to them), or resume the existing one.
 
-        Raises LedgerConflict if the job exists with another configuration hash.
+        Raises LedgerConflict if the job exists with another configuration hash, and
+        InputsChanged if it exists with other inputs, unless ``update``: then new videos are
+        planned in new shards of ``shard_size`` (default: the largest of ``shards``) and
+        removed ones leave the pending shards (see :meth:`update`).
         """
-        ledger = cls(store, job_id, config_hash, [list(s) for s in shards])
-        record = {
-            "format": LEDGER_FORMAT,
-            "job_id": job_id,
-            "config_hash": config_hash,
-            "created_at": time.time(),
-            "shards": ledger.shards,
-        }
-        if store.put_if_absent(ledger.key, json.dumps(record, ensure_ascii=False).encode()):
+        if digests is None:
+            digests = [[""] * len(s) for s in shards]
+        ledger = cls(store, job_id, config_hash, [list(s) for s in shards], digests)
+        if store.put_if_absent(ledger.key, ledger._record()):
             return ledger
         existing = cls.load(store, job_id)
         if existing.config_hash != config_hash:
@@ -97,21 +218,122 @@ class Ledger:
                 f"(hash {existing.config_hash[:12]}, now {config_hash[:12]}); "
                 "use a new --job-id or the same settings"
             )
+        current = ledger.videos()
+        diff = existing.diff(current)
+        if diff and not update:
+            raise InputsChanged(
+                f"job {job_id} was planned from other inputs: {diff.describe()}; rerun with "
+                "--update to plan the added videos in new shards (committed results stay, "
+                "removed videos are reported and not processed), or use a new --job-id"
+            )
+        if diff or existing.digests is None:  # a format 1 ledger stores the digests once
+            size = shard_size or max((len(s) for s in shards), default=1)
+            done = existing.update(current, size, diff)
+            existing.plan_update = done if diff else None
         return existing
 
     @classmethod
     def load(cls, store: Store, job_id: str) -> Ledger:
         """The existing ledger of ``job_id``; KeyError if there is none."""
-        key = f"jobs/{check_job_id(job_id)}/ledger.json"
-        data = store.get(key)
+        key = ledger_key(job_id)
+        stored = store.get_versioned(key)
         try:
-            record = json.loads(data)
+            record = json.loads(stored.data)
             hash_, shards = record["config_hash"], record["shards"]
+            digests, removed = record.get("digests"), record.get("removed", [])
             if not all(isinstance(s, list) and all(isinstance(v, str) for v in s) for s in shards):
                 raise TypeError("shards must be lists of video ids")
+            if digests is not None and [len(d) for d in digests] != [len(s) for s in shards]:
+                raise TypeError("digests must match the shards")
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"ledger {key} in {store.url} is corrupt: {exc!r}") from None
-        return cls(store, job_id, hash_, shards)
+        return cls(store, job_id, hash_, shards, digests, removed, stored.version)
+
+    def videos(self) -> dict[str, str]:
+        """``video_id -> digest`` of the planned videos still in the inputs, in plan order
+        (digest ``""`` when unknown)."""
+        digests = self.digests or [[""] * len(s) for s in self.shards]
+        return {
+            video: digest
+            for shard, shard_digests in zip(self.shards, digests, strict=True)
+            for video, digest in zip(shard, shard_digests, strict=True)
+            if video not in self.removed
+        }
+
+    def diff(self, current: dict[str, str]) -> InputsDiff:
+        """How ``current`` (``video_id -> digest``, in input order) differs from the plan."""
+        planned = self.videos()
+        return InputsDiff(
+            added=tuple(v for v in current if v not in planned),
+            removed=tuple(v for v in planned if v not in current),
+            changed=tuple(
+                v
+                for v, digest in current.items()
+                if v in planned and "" not in (digest, planned[v]) and planned[v] != digest
+            ),
+        )
+
+    def update(self, current: dict[str, str], shard_size: int, diff: InputsDiff) -> PlanUpdate:
+        """Make the plan follow ``current``, replacing ledger.json (compare-and-swap).
+
+        Committed shards never change: their removed videos are only recorded as removed, and a
+        video changed after its shard was committed (or removed, then back with other content)
+        is refused with InputsChanged. Pending shards lose their removed videos (one left empty
+        is committed with no rows) and process changed ones with their new uri or questions. New
+        videos are planned in new shards, numbered after the last one.
+        """
+        committed = self.committed()
+        where: dict[str, tuple[int, int]] = {
+            v: (i, j) for i, shard in enumerate(self.shards) for j, v in enumerate(shard)
+        }
+        digests = self.digests or [[""] * len(s) for s in self.shards]
+        stale = [
+            v
+            for v in (*diff.changed, *diff.added)
+            if v in where
+            and shard_id_for(where[v][0]) in committed
+            and digests[where[v][0]][where[v][1]] not in (current[v], "")
+        ]
+        if stale:
+            raise InputsChanged(
+                f"job {self.job_id}: {len(stale)} videos changed after their shard was committed "
+                f"({_some(stale, EXAMPLES)}): their rows are of the old uri or questions; give "
+                "them new video ids, or use a new --job-id"
+            )
+        shards, new_digests, removed = [], [], set(self.removed)
+        dropped: list[str] = []
+        for i, (shard, shard_digests) in enumerate(zip(self.shards, digests, strict=True)):
+            if shard_id_for(i) in committed:
+                shards.append(shard)
+                kept = zip(shard, shard_digests, strict=True)
+                new_digests.append([current.get(v, d) or d for v, d in kept])
+                removed |= {v for v in shard if v not in current}
+                removed -= {v for v in shard if v in current}
+                continue
+            dropped += [v for v in shard if v not in current]
+            shards.append([v for v in shard if v in current])
+            new_digests.append([current[v] for v in shards[-1]])
+        fresh = plan_shards([v for v in diff.added if v not in where], shard_size)
+        first_new = len(shards)
+        shards += fresh
+        new_digests += [[current[v] for v in shard] for shard in fresh]
+        planned = Ledger(self.store, self.job_id, self.config_hash, shards, new_digests, removed)
+        version = self.store.put_if_version(self.key, planned._record(), self.version or "")
+        if version is None:
+            raise LedgerConflict(
+                f"the ledger of job {self.job_id} changed while it was being updated; rerun"
+            )
+        self._set_plan(shards, new_digests, removed, version)
+        for shard_id in self.pending():
+            if not self.shard_videos(shard_id):  # every video of it was removed
+                self.commit(shard_id, rows=0, failed=0, counters={})
+        return PlanUpdate(
+            added=tuple(v for shard in fresh for v in shard),
+            new_shards=tuple(shard_id_for(first_new + i) for i in range(len(fresh))),
+            removed=diff.removed,
+            dropped=tuple(dropped),
+            changed=tuple(v for v in diff.changed if shard_id_for(where[v][0]) not in committed),
+        )
 
     def shard_ids(self) -> list[str]:
         return list(self._index)

@@ -22,7 +22,14 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobClient, ContainerClient, ExponentialRetry
 
-from .base import Store, StoreAccessDenied, StoreUnavailable, validate_key, validate_prefix
+from .base import (
+    Store,
+    StoreAccessDenied,
+    StoreUnavailable,
+    Versioned,
+    validate_key,
+    validate_prefix,
+)
 
 READ_AHEAD = 4 * 1024 * 1024  # bytes fetched per ranged read of open_read()
 SINGLE_PUT_SIZE = 64 * 1024 * 1024  # larger objects are uploaded as staged blocks + commit
@@ -201,17 +208,41 @@ class AzureBlobStore(Store):
         return True
 
     def get(self, key: str) -> bytes:
+        return self.get_versioned(key).data
+
+    def get_versioned(self, key: str) -> Versioned:
         name = self.blob_name(key)
         for attempt in range(3):
             with self._errors(f"get {key!r}"):
                 try:
-                    return self._client.download_blob(name).readall()
+                    download = self._client.download_blob(name)
+                    return Versioned(download.readall(), download.properties.etag)
                 except ResourceNotFoundError:
                     raise KeyError(key) from None
                 except ResourceModifiedError:  # replaced between the chunks of a large download
                     if attempt == 2:
                         raise
         raise AssertionError("unreachable")
+
+    def put_if_version(self, key: str, data: bytes, version: str) -> str | None:
+        """Replace-if-unchanged (``If-Match: <etag>``); the version is the blob's ETag."""
+        blob = self._client.get_blob_client(self.blob_name(key))
+        with self._errors(f"put_if_version {key!r}"):
+            try:
+                result = blob.upload_blob(
+                    data,
+                    overwrite=True,
+                    etag=version,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+                return result["etag"]
+            except (ResourceModifiedError, ResourceNotFoundError):
+                pass
+        try:
+            current = self.get_versioned(key)
+        except KeyError:
+            return None
+        return current.version if current.data == data else None
 
     def exists(self, key: str) -> bool:
         name = self.blob_name(key)

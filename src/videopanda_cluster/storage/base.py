@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import BinaryIO
 
 MAX_KEY_BYTES = 1024
@@ -120,6 +121,14 @@ def safe_key_component(text: str) -> str:
     return f"{out[:cut]}-{digest}"
 
 
+@dataclass(frozen=True)
+class Versioned:
+    """An object's bytes and its version: an opaque token that changes on every write."""
+
+    data: bytes
+    version: str
+
+
 class Store(ABC):
     """A flat namespace of immutable-per-write byte objects addressed by relative POSIX keys.
 
@@ -138,6 +147,19 @@ class Store(ABC):
     @abstractmethod
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Create ``key`` only if missing; False (nothing written) if it already existed."""
+
+    @abstractmethod
+    def get_versioned(self, key: str) -> Versioned:
+        """The whole object and its current version; ``KeyError(key)`` if missing."""
+
+    @abstractmethod
+    def put_if_version(self, key: str, data: bytes, version: str) -> str | None:
+        """Replace ``key`` only if its version is still ``version`` (compare-and-swap).
+
+        Returns the new version, or None (nothing written) if the object changed or is gone.
+        An object that already holds exactly ``data`` counts as written (a retried request whose
+        first attempt succeeded): its version is returned.
+        """
 
     @abstractmethod
     def get(self, key: str) -> bytes:

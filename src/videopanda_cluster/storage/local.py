@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
 import re
 import uuid
 from pathlib import Path
 from typing import BinaryIO
 
-from .base import Store, validate_key, validate_prefix
+from .base import Store, Versioned, validate_key, validate_prefix
 
 # Writers stage data in ``.tmp-<32 hex>`` files next to the target; listings skip them.
 _TMP_NAME = re.compile(r"\.tmp-[0-9a-f]{32}")
@@ -104,6 +106,46 @@ class LocalStore(Store):
         with self._open(key) as fh:
             return fh.read()
 
+    def get_versioned(self, key: str) -> Versioned:
+        with self._open(key) as fh:
+            data = fh.read()
+            return Versioned(data, _version(os.fstat(fh.fileno()), data))
+
+    def put_if_version(self, key: str, data: bytes, version: str) -> str | None:
+        """Compare-and-swap under an exclusive ``flock`` of the current file.
+
+        Atomic against other conditional writes (put_if_version, put_if_absent), also from other
+        hosts where the shared filesystem supports locks (NFSv4 does); a plain ``put`` racing
+        with it may be lost.
+        """
+        path = self.path(key)
+        while True:
+            try:
+                fh = open(path, "rb")  # noqa: SIM115 - closed below
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                return None
+            with fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)  # released when fh closes
+                held = os.fstat(fh.fileno())
+                try:
+                    now = os.stat(path)
+                except FileNotFoundError:
+                    return None
+                if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+                    continue  # replaced while we waited for the lock: compare with the new file
+                current = fh.read()
+                if _version(held, current) != version:
+                    return _version(held, current) if current == data else None
+                tmp = self._write_temp(path, data)
+                new_version = _version(os.stat(tmp), data)
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
+                self._sync_dir(path.parent)
+                return new_version
+
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
@@ -141,3 +183,8 @@ class LocalStore(Store):
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise KeyError(key) from None
         return fh
+
+
+def _version(stat: os.stat_result, data: bytes) -> str:
+    """Inode, modification time and content digest: every write makes a new file, so a new one."""
+    return f"{stat.st_ino}-{stat.st_mtime_ns}-{hashlib.sha256(data).hexdigest()[:32]}"
