@@ -167,3 +167,19 @@ def test_a_driver_that_stops_before_planning_leaves_no_lease(store):
     with JobLease(store, "never-planned"):  # e.g. its inputs were invalid
         assert store.exists(lease_key("never-planned"))
     assert not store.exists(lease_key("never-planned"))
+
+
+def test_a_lease_silent_for_over_half_its_expiry_is_waited_out_not_refused(store, caplog):
+    """A resubmission on a new machine (the old head pod is gone) resumes by itself: a lease
+    with two missed renewals is waited for until it expires, then taken."""
+    crashed_lease(store, "stale", silent_for=117.0)  # expires in 3 s
+    started = time.time()
+    with caplog.at_level(logging.WARNING), JobLease(store, "stale"):
+        assert 2.0 < time.time() - started < 15
+        assert held(store, "stale").host == socket.gethostname()
+    assert "waiting" in caplog.text
+    crashed_lease(store, "busy", silent_for=20.0)  # renewed recently: refused at once
+    started = time.time()
+    with pytest.raises(JobLocked):
+        JobLease(store, "busy").acquire()
+    assert time.time() - started < 5

@@ -139,16 +139,30 @@ class JobLease:
             raise
         self.record = mine
 
-    def _take(self, mine: LeaseRecord, now: float) -> str:
-        """Write ``mine`` as the lease; its version, or JobLocked."""
+    def _take(self, mine: LeaseRecord, now: float, waited: bool = False) -> str:
+        """Write ``mine`` as the lease; its version, or JobLocked.
+
+        A live lease whose heartbeat is older than half its expiry (two renewals missed: its
+        driver is most likely gone, e.g. with a lost head pod) is waited out once rather than
+        refused, so a resubmission on a new machine resumes by itself."""
         if self.store.put_if_absent(self.key, mine.encode()):
             return self.store.get_versioned(self.key).version
         try:
             current = self.store.get_versioned(self.key)
         except KeyError:  # deleted meanwhile: start over
-            return self._take(mine, now)
+            return self._take(mine, now, waited)
         held = LeaseRecord.decode(current.data)
         if held is not None and held.live(now):
+            silent = now - held.heartbeat_at
+            if not waited and silent > held.expires_after / 2:
+                pause = max(0.0, held.heartbeat_at + held.expires_after - now) + 1.0
+                log.warning(
+                    "job %s: %s's lease has had no heartbeat for %.0f s; waiting %.0f s for it "
+                    "to expire",
+                    self.job_id, held.holder(), silent, pause,
+                )  # fmt: skip
+                time.sleep(pause)
+                return self._take(mine, time.time(), waited=True)
             raise JobLocked(
                 f"job {self.job_id} is being run by {held.holder()} since "
                 f"{_when(held.acquired_at)} (last heartbeat {now - held.heartbeat_at:.0f} s ago); "
