@@ -8,7 +8,7 @@ from enum import StrEnum
 class Reason(StrEnum):
     """Stable reason codes; they appear in JSON output and result rows, so never rename one."""
 
-    NOT_FOUND = "not_found"  # the path does not exist or is not a regular file
+    NOT_FOUND = "not_found"  # the path or blob does not exist
     EMPTY = "empty_file"  # zero bytes
     NOT_A_VIDEO = "not_a_video"  # no container format recognised (e.g. a text file named .mp4)
     TRUNCATED = "truncated"  # a recognised container whose data ends early
@@ -19,6 +19,7 @@ class Reason(StrEnum):
     DECODE_FAILED = "decode_failed"  # the decoder failed on data it should handle
     TIMEOUT = "timeout"  # the decode overran its deadline and was stopped
     CRASHED = "decoder_crashed"  # the isolated decode process died
+    NOT_A_FILE = "not_a_file"  # a directory, FIFO, device, socket or symlink loop
 
 
 class VideoDecodeError(Exception):
