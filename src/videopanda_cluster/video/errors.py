@@ -20,6 +20,7 @@ class Reason(StrEnum):
     TIMEOUT = "timeout"  # the decode overran its deadline and was stopped
     CRASHED = "decoder_crashed"  # the isolated decode process died
     NOT_A_FILE = "not_a_file"  # a directory, FIFO, device, socket or symlink loop
+    SOURCE_UNREADABLE = "source_unreadable"  # the input could not be opened or read (bad URI...)
 
 
 class VideoDecodeError(Exception):
@@ -35,3 +36,31 @@ class VideoDecodeError(Exception):
 
     def __reduce__(self):  # keep the reason across process boundaries (pickling)
         return (VideoDecodeError, (self.reason, self.message))
+
+
+def environment_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is a fault of the environment while reading an input, not of the video.
+
+    A store outage (:class:`~videopanda_cluster.storage.base.StoreUnavailable`) or denied access
+    (:class:`PermissionError`) is never a result: it leaves the decode as an exception, so the
+    video stays uncommitted and the job can be resumed.
+    """
+    from ..storage.base import StoreUnavailable
+
+    return isinstance(exc, (StoreUnavailable, PermissionError))
+
+
+def portable_fault(exc: BaseException) -> BaseException:
+    """``exc`` when it survives pickling (to cross a process boundary), else a plain copy."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        pass
+    if isinstance(exc, PermissionError):
+        return PermissionError(exc.errno, exc.strerror or str(exc), exc.filename)
+    from ..storage.base import StoreUnavailable
+
+    return StoreUnavailable(f"{type(exc).__name__}: {exc}")
