@@ -159,7 +159,10 @@ def _iso_cut_short(source: VideoSource, start: int) -> bool:
             fh: BinaryIO = stack.enter_context(open(source, "rb"))
         else:
             fh = source
-        return _boxes_cut_short(fh, start)
+        try:
+            return _boxes_cut_short(fh, start)
+        except struct.error:  # a short read: not a box structure we can follow
+            return False
 
 
 def _boxes_cut_short(fh: BinaryIO, start: int) -> bool:
@@ -244,8 +247,8 @@ def open_video(
     """Open ``source`` and pick its video stream (:func:`open_container`, :func:`video_stream`).
 
     A file object is read from its current position. An MP4/MOV whose boxes run past the end of
-    the file is ``truncated``, whatever FFmpeg made of
-    the part it could read (no stream, an unknown codec).
+    the file is ``truncated``, whatever FFmpeg made of the part it could read (no stream, an
+    unknown codec).
     """
     start = 0 if isinstance(source, (str, os.PathLike)) else source.tell()
     log: list[str] = []
