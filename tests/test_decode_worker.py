@@ -100,3 +100,25 @@ def test_unreadable_local_file_raises_instead_of_giving_a_row(tmp_path, corpus):
     locked.chmod(0)
     with pytest.raises(PermissionError):
         DecodeWorker(PreprocessOptions()).decode("v", str(locked))
+
+
+@pytest.mark.parametrize("isolate", [True, False], ids=["child", "in_process"])
+def test_rows_for_faults_of_the_input_are_the_same_in_and_out_of_the_child(
+    tmp_path, corpus, bad_files, isolate
+):
+    worker = DecodeWorker(PreprocessOptions(isolate=isolate))
+    ok, payload = worker.decode("ok", str(corpus / VIDEO))
+    assert ok["ok"] and payload["frames"].shape == (8, 448, 448, 3)
+    cases = {
+        "not_found": str(tmp_path / "missing.mp4"),
+        "not_a_file": str(tmp_path),
+        "truncated": str(bad_files["truncated"]),
+        "not_a_video": (tmp_path / "x.mp4").as_uri(),
+    }
+    (tmp_path / "x.mp4").write_text("not a video\n" * 20)
+    for reason, uri in cases.items():
+        meta, payload = worker.decode(reason, uri)
+        assert meta["ok"] is False and meta["error"] == reason, meta
+        assert payload is None
+    # a file that could be hashed keeps its hash on the error row
+    assert worker.decode("t", cases["truncated"])[0]["content_hash"]
