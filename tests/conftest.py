@@ -82,9 +82,9 @@ def bad_files(corpus, tmp_path_factory) -> dict[str, Path]:
             c.mux(s.encode(frame))
         c.mux(s.encode(None))
     files["no_video_stream"] = audio
-    fifo = d / "stalled.mp4"  # a named pipe nobody writes to: opening it blocks forever
+    fifo = d / "stalled.mp4"  # a named pipe nobody writes to: reading it would block forever
     os.mkfifo(fifo)
-    files["timeout"] = fifo
+    files["not_a_file"] = fifo
     return files
 
 

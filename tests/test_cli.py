@@ -50,11 +50,12 @@ def test_inspect_json(corpus, name, grid):
     assert info["decoder"].startswith("pyav-")
 
 
-def test_inspect_bad_input_prints_error_object(bad_files):
+def test_inspect_bad_input_prints_error_object(bad_files, corpus):
     out = _cli("inspect", str(bad_files["not_a_video"]), "--json")
     assert out.returncode != 0
     assert json.loads(out.stdout)["error"] == "not_a_video"
-    out = _cli("inspect", str(bad_files["timeout"]), "--json", "--timeout", "2")
+    long = corpus / "long_176x144_2min_25fps.mp4"
+    out = _cli("inspect", str(long), "--json", "--timeout", "0.001")
     assert out.returncode != 0 and json.loads(out.stdout)["error"] == "timeout"
 
 

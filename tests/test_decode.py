@@ -52,13 +52,14 @@ def test_sampled_frames_equal_full_sequential_decode(corpus, name):
     as_stored = _full_decode(corpus / name, upright=False)
     assert [read_code(f) for f in as_stored] == list(range(len(full)))
     from videopanda_cluster.video.decode import read_frames
-    from videopanda_cluster.video.probe import Deadline, index_frames
+    from videopanda_cluster.video.probe import Deadline, index_frames, open_video
 
-    with open_container(corpus / name) as container:
-        stream = video_stream(container, DecodeLimits())
-        info = index_frames(container, stream, DecodeLimits(), Deadline(None))
+    limits = DecodeLimits()
+    with open_video(corpus / name, limits) as (container, stream):
+        info = index_frames(container, stream, limits, Deadline(None))
         idx = result.provenance.sampled_indices
-        frames = read_frames(container, stream, info, idx, Deadline(None)).frames
+        restart = lambda: open_video(corpus / name, limits)  # noqa: E731
+        frames = read_frames(container, stream, info, idx, Deadline(None), restart, limits).frames
     for i, frame in zip(idx, frames, strict=True):
         np.testing.assert_array_equal(frame, full[i])
 

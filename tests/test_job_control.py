@@ -30,17 +30,19 @@ def cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess
     )
 
 
-def assert_one_line(proc: subprocess.CompletedProcess, code: ExitCode, *words: str) -> str:
-    """The process failed with ``code`` and printed one line naming ``words``, no traceback.
+FAILURE_STARTS = ("job failed:", "error:", "configuration error:", "internal error:")
 
-    (Ray's own log lines, e.g. about tasks of actors stopped at the end, may carry colours.)"""
+
+def assert_one_line(proc: subprocess.CompletedProcess, code: ExitCode, *words: str) -> str:
+    """The process failed with ``code`` and printed one failure line naming ``words``, and no
+    traceback of its own. (Ray's diagnostic lines about its tasks, prefixed ``(raylet)``, may
+    carry colours and a worker's traceback inline; they are not the driver's failure.)"""
     text = proc.stdout + proc.stderr
     assert proc.returncode == code, text
-    assert "Traceback" not in text, text
-    lines = [line for line in text.splitlines() if line.strip() and "━" not in line]
-    failure = [line for line in lines if any(w in line for w in words)]
-    assert failure, text
+    assert not any(line.startswith("Traceback") for line in text.splitlines()), text
+    failure = [line for line in text.splitlines() if line.startswith(FAILURE_STARTS)]
     assert len(failure) == 1, text
+    assert all(w in failure[0] for w in words), text
     assert "\x1b[" not in failure[0]
     return failure[0]
 

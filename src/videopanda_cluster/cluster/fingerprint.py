@@ -10,14 +10,21 @@ from typing import TYPE_CHECKING, BinaryIO
 if TYPE_CHECKING:
     import torch
 
+    from ..video.probe import Deadline
+
 CHUNK = 1 << 20
 
 
-def stream_sha256(stream: BinaryIO) -> str:
-    """sha256 of a readable stream, read in 1 MiB chunks from the start."""
+def stream_sha256(stream: BinaryIO, deadline: Deadline | None = None) -> str:
+    """sha256 of a readable stream, read in 1 MiB chunks from the start.
+
+    ``deadline`` is checked between chunks (it raises a ``timeout`` VideoDecodeError).
+    """
     digest = hashlib.sha256()
     stream.seek(0)
     while chunk := stream.read(CHUNK):
+        if deadline is not None:
+            deadline.check()
         digest.update(chunk)
     stream.seek(0)
     return digest.hexdigest()

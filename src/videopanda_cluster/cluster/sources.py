@@ -1,12 +1,22 @@
-"""Open a video URI for decoding: a local path, ``file://`` URL, or ``az://container/key`` blob."""
+"""Open a video URI for decoding: a local path, ``file://`` URL, or ``az://container/key`` blob.
+
+:func:`decode_uri` hashes and decodes one input under one deadline; the decode workers run it in
+their killable child process (``video.isolation``), for local files and blobs alike.
+"""
 
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote, urlparse
+
+from ..video.errors import Reason, VideoDecodeError, is_environment_fault
+
+if TYPE_CHECKING:
+    from ..video.extract import Extracted, PreprocessOptions
 
 
 def local_path(uri: str) -> Path | None:
@@ -22,7 +32,7 @@ def local_path(uri: str) -> Path | None:
 def open_uri(uri: str, stores: dict):
     """Yield a path (local files) or a seekable binary stream (blobs, ranged reads).
 
-    ``stores`` caches one Store per container across calls.
+    ``stores`` caches one Store per container across calls. A missing blob is ``not_found``.
     """
     path = local_path(uri)
     if path is not None:
@@ -37,8 +47,81 @@ def open_uri(uri: str, stores: dict):
         from ..storage.open import open_store
 
         stores[container] = open_store(f"az://{container}")
-    stream: BinaryIO = stores[container].open_read(key)
+    try:
+        stream: BinaryIO = stores[container].open_read(key)
+    except KeyError:
+        raise VideoDecodeError(Reason.NOT_FOUND, f"no such blob: {uri}") from None
     try:
         yield stream
     finally:
         stream.close()
+
+
+@dataclass
+class DecodedSource:
+    """What one input became: its content hash, then either model input or a decode error.
+
+    ``provenance`` alone (``extracted`` None) means the feature cache already holds the video's
+    tokens, so it was hashed only.
+    """
+
+    content_hash: str
+    provenance: dict[str, Any] | None = None
+    extracted: Extracted | None = None
+    error: VideoDecodeError | None = None  # a fault of the video found after hashing
+
+
+# The child process's stores and feature caches, kept across calls.
+_stores: dict = {}
+_caches: dict = {}
+
+
+def decode_uri(
+    uri: str, options: PreprocessOptions, cache: dict[str, str] | None = None
+) -> DecodedSource:
+    """Hash ``uri`` then (unless its tokens are in the feature cache ``cache``) decode it.
+
+    Hashing and decoding share one deadline of ``options.timeout`` seconds. Faults of the video
+    before its hash is known raise :class:`VideoDecodeError`; faults of the environment
+    (:func:`~..video.errors.is_environment_fault`) always raise.
+    """
+    from ..video.extract import extract
+    from ..video.probe import Deadline, check_file
+    from .fingerprint import stream_sha256
+
+    deadline = Deadline(options.timeout)
+    try:
+        with open_uri(uri, _stores) as source:
+            if isinstance(source, str):
+                check_file(source)
+                with open(source, "rb") as fh:
+                    content_hash = stream_sha256(fh, deadline)
+            else:
+                content_hash = stream_sha256(source, deadline)
+            cached = _cached_provenance(cache, content_hash)
+            if cached is not None:
+                return DecodedSource(content_hash, provenance=cached)
+            try:
+                extracted = extract(source, options, deadline)
+            except VideoDecodeError as exc:
+                return DecodedSource(content_hash, error=exc)
+    except FileNotFoundError as exc:  # a blob deleted while being read, a file gone
+        raise VideoDecodeError(Reason.NOT_FOUND, str(exc)) from None
+    except VideoDecodeError:
+        raise
+    except Exception as exc:
+        if is_environment_fault(exc):
+            raise
+        raise VideoDecodeError(Reason.SOURCE_UNREADABLE, f"{type(exc).__name__}: {exc}") from None
+    return DecodedSource(content_hash, extracted.provenance.to_dict(), extracted)
+
+
+def _cached_provenance(cache: dict[str, str] | None, content_hash: str) -> dict | None:
+    if cache is None:
+        return None
+    from .features import CacheIdentity, FeatureCache
+
+    identity = CacheIdentity(**cache)
+    if identity not in _caches:
+        _caches[identity] = FeatureCache(identity)
+    return _caches[identity].provenance(content_hash)

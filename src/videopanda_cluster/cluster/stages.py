@@ -15,9 +15,8 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..video.errors import Reason, VideoDecodeError
+from ..video.errors import Reason, VideoDecodeError, is_environment_fault
 from ..video.extract import PreprocessOptions
-from .fingerprint import stream_sha256
 
 if TYPE_CHECKING:  # torch is imported by the model workers only: decoders start faster
     import torch
@@ -29,15 +28,15 @@ def worker_id() -> str:
 
 
 class DecodeWorker:
-    """Decode and letterbox one video; failures come back as data with a reason code."""
+    """Hash, decode and letterbox one video; faults of the video come back as data with a reason
+    code, faults of the environment (store outage, denied access) as exceptions."""
 
     def __init__(self, options: PreprocessOptions) -> None:
         from ..video.isolation import IsolatedRunner
 
         self.options = options
         self.runner = IsolatedRunner(options.timeout)
-        self.stores: dict = {}
-        self.caches: dict = {}
+        self.stores: dict = {}  # for the store check after a timeout
 
     def decode(
         self, video_id: str, uri: str, cache: dict[str, str] | None = None
@@ -45,54 +44,59 @@ class DecodeWorker:
         """(metadata, payload): the driver reads only the small metadata; the payload (frames,
         geometry, provenance) goes from the object store straight to an encoder.
 
-        With ``cache`` (a feature-cache identity), a video whose tokens are cached is only
-        hashed: its provenance comes from the cache and the payload is None."""
-        from ..video.extract import extract, extract_video
-        from .sources import open_uri
+        Hashing and decoding run together in the killable child process (``options.isolate``)
+        under one deadline of ``options.timeout`` seconds, for local files and blobs alike. With
+        ``cache`` (a feature-cache identity), a video whose tokens are cached is only hashed: its
+        provenance comes from the cache and the payload is None.
+
+        Raises :class:`~..storage.base.StoreUnavailable` or :class:`PermissionError` when the
+        input cannot be read for a reason outside the video (never an error row).
+        """
+        from .sources import decode_uri
 
         start = time.perf_counter()
         out: dict[str, Any] = {"video_id": video_id, "uri": uri, "decode_worker": worker_id()}
         payload = None
         try:
-            with open_uri(uri, self.stores) as source:
-                if isinstance(source, str):
-                    if not os.path.isfile(source):
-                        raise VideoDecodeError(Reason.NOT_FOUND, f"no such file: {source}")
-                    with open(source, "rb") as fh:
-                        out["content_hash"] = stream_sha256(fh)
-                else:
-                    out["content_hash"] = stream_sha256(source)
-                cached = self._cached_provenance(cache, out["content_hash"])
-                if cached is not None:
-                    out.update(ok=True, provenance=cached, decode_skipped=True)
-                else:
-                    if isinstance(source, str):
-                        extracted = extract_video(source, self.options, self.runner)
-                    else:
-                        extracted = extract(source, self.options)
-                    provenance = extracted.provenance.to_dict()
-                    out.update(ok=True, provenance=provenance)
-                    payload = {
-                        "frames": extracted.frames,
-                        "geometry": extracted.geometry,
-                        "provenance": provenance,
-                    }
+            if self.options.isolate:
+                result = self.runner.call(
+                    decode_uri, uri, self.options, cache, timeout=self.options.timeout
+                )
+            else:
+                result = decode_uri(uri, self.options, cache)
         except VideoDecodeError as exc:
+            if exc.reason == Reason.TIMEOUT:
+                self._check_store(uri)  # an outage that outlasted the deadline is no timeout
             out.update(ok=False, error=exc.reason.value, message=exc.message)
-        except Exception as exc:  # storage errors etc.: still data, never a crash
-            out.update(ok=False, error="source_unreadable", message=f"{type(exc).__name__}: {exc}")
+        else:
+            out["content_hash"] = result.content_hash
+            if result.error is not None:
+                out.update(ok=False, error=result.error.reason.value, message=result.error.message)
+            elif result.extracted is None:
+                out.update(ok=True, provenance=result.provenance, decode_skipped=True)
+            else:
+                out.update(ok=True, provenance=result.provenance)
+                payload = {
+                    "frames": result.extracted.frames,
+                    "geometry": result.extracted.geometry,
+                    "provenance": result.provenance,
+                }
         out["decode_s"] = time.perf_counter() - start
         return out, payload
 
-    def _cached_provenance(self, cache: dict[str, str] | None, content_hash: str) -> dict | None:
-        if cache is None:
-            return None
-        from .features import CacheIdentity, FeatureCache
+    def _check_store(self, uri: str) -> None:
+        """Raise StoreUnavailable when the blob's store cannot be reached now."""
+        from .sources import local_path, open_uri
 
-        identity = CacheIdentity(**cache)
-        if identity not in self.caches:
-            self.caches[identity] = FeatureCache(identity)
-        return self.caches[identity].provenance(content_hash)
+        if local_path(uri) is not None:
+            return
+        try:
+            with open_uri(uri, self.stores):
+                pass
+        except Exception as exc:
+            if is_environment_fault(exc):
+                raise
+            # otherwise (the blob is gone, ...) the timeout stands
 
 
 class EncodeWorker:

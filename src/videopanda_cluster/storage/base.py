@@ -26,6 +26,10 @@ class StoreAccessDenied(StoreUnavailable):
     """The backend refused the credentials (401/403: wrong or expired key or SAS, no permission)."""
 
 
+class StoreNotConfigured(StoreAccessDenied, ValueError):
+    """No credentials are configured for the backend (a fault of the environment, not of data)."""
+
+
 def validate_key(key: str) -> str:
     """Return ``key`` if it is a relative POSIX path safe on every backend, else raise ValueError.
 

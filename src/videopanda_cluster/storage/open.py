@@ -6,7 +6,7 @@ import os
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .base import Store
+from .base import Store, StoreNotConfigured
 from .local import LocalStore
 
 _HELP = "use a local path, file:///abs/path or az://container/prefix"
@@ -67,7 +67,7 @@ def _open_azure(container: str, prefix: str, options: dict[str, Any]) -> Store:
         elif account:
             options["account_url"] = f"https://{account}.blob.core.windows.net"
         else:
-            raise ValueError(
+            raise StoreNotConfigured(
                 "az:// store needs AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_ACCOUNT_URL "
                 "or AZURE_STORAGE_ACCOUNT to be set"
             )

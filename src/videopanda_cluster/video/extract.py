@@ -16,7 +16,7 @@ from .decode import read_frames
 from .geometry import REFERENCE_SIZE, Geometry, compute_geometry, grid_cells, padded_frame_tokens
 from .isolation import IsolatedRunner
 from .letterbox import letterbox
-from .probe import Deadline, DecodeLimits, VideoSource, index_frames, open_container, video_stream
+from .probe import Deadline, DecodeLimits, VideoSource, index_frames, open_video
 from .sampling import sample_positions
 
 FlipMode = Literal["off", "reference"]
@@ -63,7 +63,7 @@ class Provenance:
     duration: float
     sampled_indices: list[int]
     sampled_pts: list[float]
-    source_size: list[int]  # [W, H] of the decoded frames (after rotation, when applied)
+    source_size: list[int]  # real [W, H] of the decoded frames (after rotation, when applied)
     valid_box: list[int]  # [x0, y0, x1, y1] at input scale
     token_grid: list[int]  # [h, w] after STAB's LSD
     tokens_per_frame: int  # 1 + h·(w+1), the full model's layout (see geometry.frame_tokens)
@@ -95,15 +95,26 @@ class Extracted:
     provenance: Provenance
 
 
-def extract(source: VideoSource, options: PreprocessOptions) -> Extracted:
-    """Probe, sample, seek-decode and letterbox; runs in the isolated worker for paths."""
-    deadline = Deadline(options.timeout)
-    with open_container(source) as container:
-        stream = video_stream(container, options.limits)
+def extract(
+    source: VideoSource, options: PreprocessOptions, deadline: Deadline | None = None
+) -> Extracted:
+    """Probe, sample, seek-decode and letterbox; runs in the isolated worker for paths.
+
+    ``deadline`` (default: ``options.timeout`` from now) is checked between packets and frames.
+    """
+    deadline = deadline or Deadline(options.timeout)
+    start = None if isinstance(source, (str, os.PathLike)) else source.tell()
+
+    def restart():
+        if start is not None:
+            source.seek(start)
+        return open_video(source, options.limits)
+
+    with open_video(source, options.limits) as (container, stream):
         info = index_frames(container, stream, options.limits, deadline)
         indices = sample_positions(info.num_frames, info.fps, options.num_frames)
-        decoded = read_frames(container, stream, info, indices, deadline)
-    height, width = decoded.frames[0].shape[:2]  # the reference uses the first frame's size
+        decoded = read_frames(container, stream, info, indices, deadline, restart, options.limits)
+    width, height = decoded.source_size  # the reference uses the first frame's size
     geom = compute_geometry(width, height, options.size)
     provenance = Provenance(
         num_frames=info.num_frames,

@@ -16,11 +16,15 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from .errors import Reason, VideoDecodeError
+from .errors import Reason, VideoDecodeError, is_environment_fault, portable_fault
 
 
 def _serve(inbox: Connection, outbox: Connection) -> None:
-    """Child loop: run each (function, args) request and send back ("ok", value) or ("err", exc)."""
+    """Child loop: run each (function, args) request and send back ("ok", value) or ("err", exc).
+
+    Faults of the environment (:func:`~.errors.is_environment_fault`) come back as themselves; any
+    other exception becomes a ``decode_failed`` :class:`VideoDecodeError`.
+    """
     from . import extract  # noqa: F401  (import the decoder stack before reporting ready)
 
     outbox.send("ready")
@@ -33,8 +37,12 @@ def _serve(inbox: Connection, outbox: Connection) -> None:
             reply = ("ok", fn(*args))
         except VideoDecodeError as exc:
             reply = ("err", exc)
-        except Exception as exc:  # anything else is a decoder failure, reported as data
-            reply = ("err", VideoDecodeError(Reason.DECODE_FAILED, f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:
+            if is_environment_fault(exc):  # not data: the caller sees the same exception
+                reply = ("err", portable_fault(exc))
+            else:  # anything else is a decoder failure, reported as data
+                error = VideoDecodeError(Reason.DECODE_FAILED, f"{type(exc).__name__}: {exc}")
+                reply = ("err", error)
         outbox.send(reply)
 
 
@@ -49,6 +57,12 @@ class IsolatedRunner:
         self._inbox: Connection | None = None  # what we read from the child
         self._outbox: Connection | None = None  # what we write to the child
         self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the live worker, or None when none is running."""
+        alive = self._proc is not None and self._proc.poll() is None
+        return self._proc.pid if alive else None
 
     def _start(self) -> tuple[Connection, Connection]:
         if self._proc is None or self._proc.poll() is not None:

@@ -9,12 +9,16 @@ same numbering a full sequential decode produces.
 from __future__ import annotations
 
 import contextlib
+import errno
+import math
 import os
+import re
+import stat
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 from typing import BinaryIO
 
 import av
@@ -30,6 +34,9 @@ ROTATING_FORMATS = frozenset({"mov", "mp4"})
 
 # FFmpeg's own log lines are silenced: every failure surfaces as a VideoDecodeError instead.
 av.logging.set_level(None)
+
+# ISO base media (MP4/MOV/3GP) top-level box types that may open a file.
+_ISO_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"})
 
 # Leading bytes of containers we recognise; a file that starts like one of these but cannot be
 # opened is reported as truncated rather than as "not a video".
@@ -56,6 +63,17 @@ class DecodeLimits:
     max_side: int = 16384  # largest accepted width or height
     max_pixels: int = 8192 * 8192  # largest accepted width × height
     max_frames: int = 10_000_000  # largest accepted frame count (about 4 days at 30 fps)
+    # Frames up to this many pixels (4096×2160, DCI 4K) are converted to RGB at full size, exactly
+    # as the reference; larger ones go through FFmpeg's scaler straight to about this many pixels,
+    # so each kept frame costs at most ``exact_pixels`` × 3 bytes whatever the source size.
+    exact_pixels: int = 4096 * 2160
+
+    def frame_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) a decoded ``width``×``height`` frame is converted to."""
+        if width * height <= self.exact_pixels:
+            return width, height
+        scale = math.sqrt(self.exact_pixels / (width * height))
+        return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
 
 
 @dataclass(frozen=True)
@@ -100,14 +118,31 @@ def _sniff(source: VideoSource, start: int) -> bytes:
     return source.read(16)
 
 
+def check_file(path: str | os.PathLike) -> None:
+    """Raise unless ``path`` is a non-empty regular file (symlinks followed).
+
+    A permission error is a fault of the environment, not of the video: it propagates as
+    :class:`PermissionError`.
+    """
+    try:
+        info = os.stat(path)
+    except PermissionError:
+        raise PermissionError(errno.EACCES, "permission denied", os.fspath(path)) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise VideoDecodeError(Reason.NOT_A_FILE, f"symlink loop: {path}") from None
+        raise VideoDecodeError(Reason.NOT_FOUND, f"no such file: {path}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise VideoDecodeError(Reason.NOT_A_FILE, f"{kind}: {path}")
+    if info.st_size == 0:
+        raise VideoDecodeError(Reason.EMPTY, f"file is empty: {path}")
+
+
 def _check_present(source: VideoSource) -> None:
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists() or path.is_dir():
-            raise VideoDecodeError(Reason.NOT_FOUND, f"no such file: {path}")
-        if path.is_file() and path.stat().st_size == 0:
-            raise VideoDecodeError(Reason.EMPTY, f"file is empty: {path}")
-        return  # pipes and devices pass; a stalled one is stopped by the timeout
+        check_file(source)
+        return
     if not (hasattr(source, "read") and hasattr(source, "seek")):
         raise TypeError(f"expected a path or a seekable binary file object, got {type(source)!r}")
     pos = source.tell()
@@ -117,16 +152,63 @@ def _check_present(source: VideoSource) -> None:
         raise VideoDecodeError(Reason.EMPTY, "stream is empty")
 
 
+def _iso_cut_short(source: VideoSource, start: int) -> bool:
+    """True when an ISO base media file (MP4/MOV) has a top-level box running past its end."""
+    with contextlib.ExitStack() as stack:
+        if isinstance(source, (str, os.PathLike)):
+            fh: BinaryIO = stack.enter_context(open(source, "rb"))
+        else:
+            fh = source
+        try:
+            return _boxes_cut_short(fh, start)
+        except struct.error:  # a short read: not a box structure we can follow
+            return False
+
+
+def _boxes_cut_short(fh: BinaryIO, start: int) -> bool:
+    end = fh.seek(0, os.SEEK_END)
+    pos = start
+    for _ in range(10_000):
+        if pos + 8 > end:
+            return pos != end
+        fh.seek(pos)
+        size, kind = struct.unpack(">I4s", fh.read(8))
+        if pos == start and kind not in _ISO_BOXES:
+            return False  # not ISO base media
+        if size == 1:
+            size = struct.unpack(">Q", fh.read(8))[0]
+        elif size == 0:
+            return False  # the last box runs to the end of the file
+        if size < 8:
+            return False  # not a box structure we can follow
+        pos += size
+    return False
+
+
+def _signature(source: VideoSource, start: int) -> bool:
+    """Whether the source starts like a container we know."""
+    head = _sniff(source, start)
+    return any(head[off : off + len(sig)] == sig for off, sig in _SIGNATURES)
+
+
 @contextlib.contextmanager
-def open_container(source: VideoSource) -> Iterator[av.container.InputContainer]:
-    """Open ``source`` for reading; failures become :class:`VideoDecodeError`."""
+def open_container(
+    source: VideoSource, log: list | None = None
+) -> Iterator[av.container.InputContainer]:
+    """Open ``source`` for reading; failures become :class:`VideoDecodeError`.
+
+    A file object is read from its current position. FFmpeg's error messages while opening are
+    appended to ``log`` when given.
+    """
     _check_present(source)
     start = 0 if isinstance(source, (str, os.PathLike)) else source.tell()
     try:
-        container = av.open(source, mode="r", metadata_errors="ignore")
-    except av.error.InvalidDataError as exc:
-        head = _sniff(source, start)
-        if any(head[off : off + len(sig)] == sig for off, sig in _SIGNATURES):
+        with _capture(log):
+            container = av.open(source, mode="r", metadata_errors="ignore")
+    except PermissionError:
+        raise PermissionError(errno.EACCES, "permission denied", str(source)) from None
+    except (av.error.InvalidDataError, av.error.EOFError) as exc:
+        if _signature(source, start):
             raise VideoDecodeError(
                 Reason.TRUNCATED, f"container header found but the file is incomplete: {exc}"
             ) from None
@@ -134,6 +216,8 @@ def open_container(source: VideoSource) -> Iterator[av.container.InputContainer]
             Reason.NOT_A_VIDEO, f"no video container recognised: {exc}"
         ) from None
     except av.error.FFmpegError as exc:
+        if _iso_cut_short(source, start):
+            raise VideoDecodeError(Reason.TRUNCATED, f"the file is cut short: {exc}") from None
         raise VideoDecodeError(Reason.DECODE_FAILED, f"cannot open the container: {exc}") from None
     try:
         yield container
@@ -141,8 +225,68 @@ def open_container(source: VideoSource) -> Iterator[av.container.InputContainer]
         container.close()
 
 
-def video_stream(container: av.container.InputContainer, limits: DecodeLimits) -> av.VideoStream:
-    """The first real video stream (cover art is skipped), checked for a decoder and sane size."""
+@contextlib.contextmanager
+def _capture(log: list | None) -> Iterator[None]:
+    """Collect FFmpeg's error messages into ``log`` (its logging is otherwise off)."""
+    if log is None:
+        yield
+        return
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        with av.logging.Capture(True) as captured:
+            yield
+    finally:
+        av.logging.set_level(None)
+        log.extend(message for _, _, message in captured)
+
+
+@contextlib.contextmanager
+def open_video(
+    source: VideoSource, limits: DecodeLimits
+) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
+    """Open ``source`` and pick its video stream (:func:`open_container`, :func:`video_stream`).
+
+    A file object is read from its current position. An MP4/MOV whose boxes run past the end of
+    the file is ``truncated``, whatever FFmpeg made of the part it could read (no stream, an
+    unknown codec).
+    """
+    start = 0 if isinstance(source, (str, os.PathLike)) else source.tell()
+    log: list[str] = []
+    with open_container(source, log) as container:
+        try:
+            stream = video_stream(container, limits, _header_size(log))
+        except VideoDecodeError as exc:
+            cut = exc.reason in (Reason.NO_VIDEO_STREAM, Reason.UNSUPPORTED_CODEC)
+            if cut and _iso_cut_short(source, start):
+                raise VideoDecodeError(
+                    Reason.TRUNCATED, f"the file is cut short ({exc.message})"
+                ) from None
+            raise
+        yield container, stream
+
+
+_SIZE_IN_LOG = re.compile(r"(\d+)\s*x\s*(\d+)")
+
+
+def _header_size(log: list[str]) -> tuple[int, int] | None:
+    """The frame size FFmpeg refused while reading the headers, from its error messages."""
+    for message in log:
+        if match := _SIZE_IN_LOG.search(message):
+            width, height = int(match[1]), int(match[2])
+            if width > 0 and height > 0:
+                return width, height
+    return None
+
+
+def video_stream(
+    container: av.container.InputContainer,
+    limits: DecodeLimits,
+    header_size: tuple[int, int] | None = None,
+) -> av.VideoStream:
+    """The first real video stream (cover art is skipped), checked for a decoder and sane size.
+
+    ``header_size`` is the size the headers declare, reported when FFmpeg refused it (0x0).
+    """
     streams = [
         s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
     ]
@@ -162,14 +306,25 @@ def video_stream(container: av.container.InputContainer, limits: DecodeLimits) -
         ) from None
     width, height = ctx.width, ctx.height
     if width <= 0 or height <= 0:
-        raise VideoDecodeError(Reason.BAD_DIMENSIONS, f"invalid frame size {width}x{height}")
+        if header_size is not None:
+            width, height = header_size
+            raise VideoDecodeError(
+                Reason.BAD_DIMENSIONS,
+                f"frame size {width}x{height} declared in the headers is beyond what the "
+                f"decoder accepts (limits: side {limits.max_side}, pixels {limits.max_pixels})",
+            )
+        raise VideoDecodeError(
+            Reason.BAD_DIMENSIONS, "the headers declare no usable frame size (decoder reports 0x0)"
+        )
     if max(width, height) > limits.max_side or width * height > limits.max_pixels:
         raise VideoDecodeError(
             Reason.BAD_DIMENSIONS,
             f"frame size {width}x{height} exceeds the limits "
             f"(side {limits.max_side}, pixels {limits.max_pixels})",
         )
-    stream.thread_type = "AUTO"
+    # frame threading keeps one frame per thread in flight: for frames beyond the exact size,
+    # slice threading only, to bound the decoder's memory
+    stream.thread_type = "AUTO" if width * height <= limits.exact_pixels else "SLICE"
     return stream
 
 

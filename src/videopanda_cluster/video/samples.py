@@ -41,6 +41,7 @@ class SampleSpec:
     vfr: bool = False  # alternate frame durations of 1 and 2 ticks of 1/fps
     rotation: int = 0  # display-matrix rotation tag in degrees
     gop: int = 0  # keyframe interval; 0 = two seconds
+    pix_fmt: str = "yuv420p"  # encoder input format (MJPEG takes yuvj420p)
 
     @property
     def filename(self) -> str:
@@ -199,7 +200,7 @@ def encode_video(path: Path, spec: SampleSpec, render: Callable[[int], np.ndarra
     # bitexact: no random Matroska segment UID or other run-dependent bytes
     with av.open(str(path), mode="w", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(spec.codec, rate=spec.fps)
-        stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, spec.pix_fmt
         tick = 1 / spec.fps
         stream.codec_context.gop_size = spec.gop or max(1, int(2 * spec.fps))
         stream.codec_context.thread_count = 1  # repeatable output, byte for byte
@@ -208,6 +209,8 @@ def encode_video(path: Path, spec: SampleSpec, render: Callable[[int], np.ndarra
             stream.codec_context.options = {"deadline": "realtime", "cpu-used": "8"}
         elif spec.codec == "libx264":
             stream.codec_context.options = {"preset": "veryfast", "crf": "20"}
+        elif spec.codec == "libx265":
+            stream.codec_context.options = {"preset": "veryfast", "x265-params": "log-level=none"}
         else:
             stream.codec_context.bit_rate = 2_000_000
         if spec.rotation:
