@@ -248,3 +248,17 @@ def test_workers_that_keep_dying_are_one_line_without_colours(inputs_dir, tmp_pa
         str(broken), "--shard-size", "8",
     )  # fmt: skip
     assert_one_line(proc, ExitCode.CLUSTER, "failed 4 times")
+
+
+def test_a_job_held_by_another_driver_is_refused_with_code_3(inputs_dir, tmp_path):
+    """A live lease of a driver on another machine: the command refuses at once, one line."""
+    from videopanda_cluster.jobs.lease import LeaseRecord, lease_key
+    from videopanda_cluster.storage import LocalStore
+
+    store = LocalStore(tmp_path / "out")
+    now = time.time()
+    record = LeaseRecord("other-host", 4242, "t" * 32, now - 30, now, 120.0)
+    store.put(lease_key("held"), record.encode())
+    proc = cli("caption", str(inputs_dir), "--output", str(tmp_path / "out"), "--job-id", "held")
+    line = assert_one_line(proc, ExitCode.JOB_LOCKED, "other-host pid 4242")
+    assert "since" in line
