@@ -162,6 +162,20 @@ def start_job(inputs: Path, out: Path, job_id: str) -> subprocess.Popen:
     )
 
 
+def interrupt(proc: subprocess.Popen, out: Path, after: int, send, timeout: float):
+    """Once ``after`` shards are committed, ``send(proc)`` signals; (proc, output, when sent)."""
+    try:
+        wait_until(lambda: committed(out) >= after or proc.poll() is not None)
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        send(proc)
+        sent = time.time()
+        output, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc, output, sent
+
+
 def wait_until(check, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -176,16 +190,11 @@ def test_sigterm_stops_submitting_writes_the_summary_and_exits_130(inputs_dir, t
     """Kubernetes' SIGTERM (and the first Ctrl-C): no new shard starts, the summary is written,
     exit 130 with a one-line reason; a rerun completes every video exactly once."""
     out = tmp_path / "out"
-    proc = start_job(inputs_dir, out, "stop-me")
-    try:
-        wait_until(lambda: committed(out) >= 2 or proc.poll() is not None)
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+
+    def stop(proc: subprocess.Popen) -> None:
         os.kill(proc.pid, signal.SIGTERM)
-        stopped = time.time()
-        output, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+
+    proc, output, stopped = interrupt(start_job(inputs_dir, out, "stop-me"), out, 2, stop, 120)
     assert proc.returncode == ExitCode.INTERRUPTED, output
     assert time.time() - stopped < 60
     assert "interrupted;" in output and "rerun to resume" in output
@@ -214,17 +223,13 @@ def test_sigterm_stops_submitting_writes_the_summary_and_exits_130(inputs_dir, t
 @pytest.mark.slow
 def test_second_ctrl_c_exits_at_once(inputs_dir, tmp_path):
     out = tmp_path / "out"
-    proc = start_job(inputs_dir, out, "impatient")
-    try:
-        wait_until(lambda: committed(out) >= 1 or proc.poll() is not None)
+
+    def twice(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
         time.sleep(0.5)
         os.kill(proc.pid, signal.SIGINT)
-        second = time.time()
-        output, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+
+    proc, output, second = interrupt(start_job(inputs_dir, out, "impatient"), out, 1, twice, 30)
     assert proc.returncode == ExitCode.INTERRUPTED, output
     assert time.time() - second < 10
     assert "Traceback" not in output
