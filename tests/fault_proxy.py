@@ -45,8 +45,13 @@ class FaultProxy:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     response = conn.getresponse()
                     data = response.read()
-                    kept = {k: v for k, v in response.getheaders() if k.lower() not in _HOP}
-                    kept.pop("Content-Length", None)
+                    kept = {
+                        k: v
+                        for k, v in response.getheaders()
+                        if k.lower() not in _HOP and k.lower() != "content-length"
+                    }
+                    if self.command == "HEAD":  # no body: the length is the object's
+                        kept["Content-Length"] = response.getheader("Content-Length", "0")
                     self._reply(response.status, kept, data)
                 finally:
                     conn.close()
@@ -55,7 +60,7 @@ class FaultProxy:
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
-                if self.command != "HEAD" or "Content-Length" not in headers:
+                if "Content-Length" not in headers:
                     self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":

@@ -47,12 +47,11 @@ def run_command(
 ) -> None:
     """Answer every question of a benchmark through the pipeline; write reference-format
     predictions, our items and the missing videos under eval/<run_id>/ in the store."""
-    from .cluster.driver import JobFailed
-    from .eval.benchmarks import BenchmarkError
     from .eval.run import run_eval
-    from .jobs.config import ConfigError, load_config
-    from .jobs.ledger import LedgerConflict
+    from .jobs.config import load_config
+    from .jobs.failures import JobError, describe
     from .storage.base import StoreUnavailable
+    from .video.errors import is_environment_fault
 
     flags = {
         "checkpoint": checkpoint,
@@ -73,10 +72,11 @@ def run_command(
         settings.update({k: v for k, v in flags.items() if v is not None})
         with console.status(f"{benchmark}: running the pipeline ..."):
             info = run_eval(benchmark, data_root, output, run_id=run_id, **settings)
-    except (BenchmarkError, ConfigError, LedgerConflict, OSError, ValueError) as exc:
-        raise _fail(2, f"error: {exc}") from None
-    except (JobFailed, StoreUnavailable) as exc:
-        raise _fail(1, f"job failed: {exc}") from None
+    except (JobError, StoreUnavailable, ValueError) as exc:  # one line, the documented code
+        raise _fail(*describe(exc)) from None
+    except OSError as exc:  # a benchmark file that cannot be read, unless the disk is at fault
+        code, line = describe(exc) if is_environment_fault(exc) else (2, f"error: {exc}")
+        raise _fail(code, line) from None
     _print_run(info)
 
 
