@@ -64,7 +64,7 @@ def upload(inputs_dir: Path, url: str) -> list[str]:
 
 def manifest_of(uris: list[str], path: Path) -> Path:
     """A local manifest naming blob URIs: planning the job never touches the input store."""
-    lines = [json.dumps({"video_id": u.rsplit("/", 1)[1].split(".")[0], "uri": u}) for u in uris]
+    lines = [json.dumps({"video_id": Path(u).stem, "uri": u}) for u in uris]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -101,7 +101,7 @@ def result_rows(output: str, job_id: str) -> list[dict]:
 def assert_every_video_once(rows: list[dict], names: list[str]) -> None:
     """One row per video; error rows only for the planted corrupt files, none for the store."""
     ids = sorted(r["video_id"] for r in rows)
-    assert ids == sorted(n.split(".")[0] for n in names)
+    assert ids == sorted(Path(n).stem for n in names)
     for row in rows:
         if row["video_id"].startswith("corrupt_"):
             assert row["status"] == "error" and row["error"] != "source_unreadable", row
