@@ -37,7 +37,8 @@ class FaultProxy:
                 status = proxy._status_for(self.command)
                 if status is not None:
                     code = _ERROR_CODES.get(status, "InternalError")
-                    self._reply(status, {"x-ms-error-code": code}, _error_body(code))
+                    headers = {"x-ms-error-code": code, "Content-Type": "application/xml"}
+                    self._reply(status, headers, _error_body(code))
                     return
                 conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=30)
                 try:
