@@ -460,6 +460,8 @@ def _run_shards(pipeline, pending, stats, progress, started, on_progress, lease)
             if pipeline.stop.is_set():
                 if stopped_at is None:
                     stopped_at = time.monotonic()
+                    # results of abandoned attempts are dropped on purpose: no Ray log for each
+                    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
                     for future in running:
                         future.cancel()  # shards not started yet
                 elif time.monotonic() - stopped_at > cfg.stop_grace:
