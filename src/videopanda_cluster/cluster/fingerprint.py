@@ -15,17 +15,25 @@ if TYPE_CHECKING:
 CHUNK = 1 << 20
 
 
-def stream_sha256(stream: BinaryIO, deadline: Deadline | None = None) -> str:
-    """sha256 of a readable stream, read in 1 MiB chunks from the start.
+def stream_sha256(
+    stream: BinaryIO,
+    deadline: Deadline | None = None,
+    copy_to: BinaryIO | None = None,
+    chunk: int = CHUNK,
+) -> str:
+    """sha256 of a readable stream, read in ``chunk``-byte pieces from the start.
 
-    ``deadline`` is checked between chunks (it raises a ``timeout`` VideoDecodeError).
+    ``deadline`` is checked between chunks (it raises a ``timeout`` VideoDecodeError). With
+    ``copy_to``, every chunk is also written there: one read both hashes and copies the stream.
     """
     digest = hashlib.sha256()
     stream.seek(0)
-    while chunk := stream.read(CHUNK):
+    while data := stream.read(chunk):
         if deadline is not None:
             deadline.check()
-        digest.update(chunk)
+        digest.update(data)
+        if copy_to is not None:
+            copy_to.write(data)
     stream.seek(0)
     return digest.hexdigest()
 

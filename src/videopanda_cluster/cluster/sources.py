@@ -7,6 +7,8 @@ their killable child process (``video.isolation``), for local files and blobs al
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,11 @@ from urllib.parse import unquote, urlparse
 from ..video.errors import Reason, VideoDecodeError, is_environment_fault
 
 if TYPE_CHECKING:
+    from ..storage.azure import BlobReader
     from ..video.extract import Extracted, PreprocessOptions
+    from ..video.probe import Deadline, VideoSource
+
+SPILL_CHUNK = 8 * 1024 * 1024  # bytes per ranged read while a blob is copied to its spill file
 
 
 def local_path(uri: str) -> Path | None:
@@ -69,6 +75,8 @@ class DecodedSource:
     provenance: dict[str, Any] | None = None
     extracted: Extracted | None = None
     error: VideoDecodeError | None = None  # a fault of the video found after hashing
+    bytes_fetched: int = 0  # bytes downloaded from the store for this input (0 for a local file)
+    requests: int = 0  # ranged GETs that downloaded them
 
 
 # The child process's stores and feature caches, kept across calls.
@@ -83,28 +91,29 @@ def decode_uri(
 
     Hashing and decoding share one deadline of ``options.timeout`` seconds. Faults of the video
     before its hash is known raise :class:`VideoDecodeError`; faults of the environment
-    (:func:`~..video.errors.is_environment_fault`) always raise.
+    (:func:`~..video.errors.is_environment_fault`, a full spill disk included) always raise.
     """
     from ..video.extract import extract
-    from ..video.probe import Deadline, check_file
-    from .fingerprint import stream_sha256
+    from ..video.probe import Deadline
 
     deadline = Deadline(options.timeout)
     try:
-        with open_uri(uri, _stores) as source:
-            if isinstance(source, str):
-                check_file(source)
-                with open(source, "rb") as fh:
-                    content_hash = stream_sha256(fh, deadline)
-            else:
-                content_hash = stream_sha256(source, deadline)
+        with _hashed(uri, deadline) as (source, content_hash, reader):
+
+            def result(**fields: Any) -> DecodedSource:
+                traffic = (reader.bytes_fetched, reader.requests) if reader else (0, 0)
+                return DecodedSource(
+                    content_hash, **fields, bytes_fetched=traffic[0], requests=traffic[1]
+                )
+
             cached = _cached_provenance(cache, content_hash)
             if cached is not None:
-                return DecodedSource(content_hash, provenance=cached)
+                return result(provenance=cached)
             try:
                 extracted = extract(source, options, deadline)
             except VideoDecodeError as exc:
-                return DecodedSource(content_hash, error=exc)
+                return result(error=exc)
+            return result(provenance=extracted.provenance.to_dict(), extracted=extracted)
     except FileNotFoundError as exc:  # a blob deleted while being read, a file gone
         raise VideoDecodeError(Reason.NOT_FOUND, str(exc)) from None
     except VideoDecodeError:
@@ -113,7 +122,31 @@ def decode_uri(
         if is_environment_fault(exc):
             raise
         raise VideoDecodeError(Reason.SOURCE_UNREADABLE, f"{type(exc).__name__}: {exc}") from None
-    return DecodedSource(content_hash, extracted.provenance.to_dict(), extracted)
+
+
+@contextmanager
+def _hashed(uri: str, deadline: Deadline) -> Iterator[tuple[VideoSource, str, BlobReader | None]]:
+    """Yield (what to decode, content hash, the blob's reader or None for a local file).
+
+    A local file is hashed, then decoded in place. A blob is read once, in ``SPILL_CHUNK`` ranged
+    reads that feed the hasher and a spill file in the temp directory (``$TMPDIR``); the decode
+    reads that file. The spill file is unlinked from the start, so its space is freed when it is
+    closed or when the child holding it is killed.
+    """
+    from ..video.probe import check_file
+    from .fingerprint import stream_sha256
+
+    with open_uri(uri, _stores) as source:
+        if isinstance(source, str):
+            check_file(source)
+            with open(source, "rb") as fh:
+                content_hash = stream_sha256(fh, deadline)
+            yield source, content_hash, None
+            return
+        with tempfile.TemporaryFile(prefix="videopanda-spill-") as spill:
+            content_hash = stream_sha256(source, deadline, copy_to=spill, chunk=SPILL_CHUNK)
+            spill.seek(0)
+            yield spill, content_hash, source
 
 
 def _cached_provenance(cache: dict[str, str] | None, content_hash: str) -> dict | None:

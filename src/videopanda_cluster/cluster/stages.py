@@ -47,7 +47,9 @@ class DecodeWorker:
         Hashing and decoding run together in the killable child process (``options.isolate``)
         under one deadline of ``options.timeout`` seconds, for local files and blobs alike. With
         ``cache`` (a feature-cache identity), a video whose tokens are cached is only hashed: its
-        provenance comes from the cache and the payload is None.
+        provenance comes from the cache and the payload is None. A blob is downloaded once
+        (hash and decode share the download); the metadata's ``bytes_fetched`` and
+        ``fetch_requests`` count that traffic (0 for local files).
 
         Raises :class:`~..storage.base.StoreUnavailable` or :class:`PermissionError` when the
         input cannot be read for a reason outside the video (never an error row).
@@ -70,6 +72,7 @@ class DecodeWorker:
             out.update(ok=False, error=exc.reason.value, message=exc.message)
         else:
             out["content_hash"] = result.content_hash
+            out.update(bytes_fetched=result.bytes_fetched, fetch_requests=result.requests)
             if result.error is not None:
                 out.update(ok=False, error=result.error.reason.value, message=result.error.message)
             elif result.extracted is None:
