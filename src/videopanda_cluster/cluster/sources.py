@@ -18,7 +18,6 @@ from urllib.parse import unquote, urlparse
 from ..video.errors import Reason, VideoDecodeError, is_environment_fault
 
 if TYPE_CHECKING:
-    from ..storage.azure import BlobReader
     from ..video.extract import Extracted, PreprocessOptions
     from ..video.probe import Deadline, VideoSource
 
@@ -98,22 +97,16 @@ def decode_uri(
 
     deadline = Deadline(options.timeout)
     try:
-        with _hashed(uri, deadline) as (source, content_hash, reader):
-
-            def result(**fields: Any) -> DecodedSource:
-                traffic = (reader.bytes_fetched, reader.requests) if reader else (0, 0)
-                return DecodedSource(
-                    content_hash, **fields, bytes_fetched=traffic[0], requests=traffic[1]
-                )
-
+        with _hashed(uri, deadline) as (source, content_hash, traffic):
             cached = _cached_provenance(cache, content_hash)
             if cached is not None:
-                return result(provenance=cached)
+                return DecodedSource(content_hash, provenance=cached, **traffic)
             try:
                 extracted = extract(source, options, deadline)
             except VideoDecodeError as exc:
-                return result(error=exc)
-            return result(provenance=extracted.provenance.to_dict(), extracted=extracted)
+                return DecodedSource(content_hash, error=exc, **traffic)
+            provenance = extracted.provenance.to_dict()
+            return DecodedSource(content_hash, provenance, extracted, **traffic)
     except FileNotFoundError as exc:  # a blob deleted while being read, a file gone
         raise VideoDecodeError(Reason.NOT_FOUND, str(exc)) from None
     except VideoDecodeError:
@@ -125,8 +118,8 @@ def decode_uri(
 
 
 @contextmanager
-def _hashed(uri: str, deadline: Deadline) -> Iterator[tuple[VideoSource, str, BlobReader | None]]:
-    """Yield (what to decode, content hash, the blob's reader or None for a local file).
+def _hashed(uri: str, deadline: Deadline) -> Iterator[tuple[VideoSource, str, dict[str, int]]]:
+    """Yield (what to decode, content hash, the download's ``bytes_fetched`` and ``requests``).
 
     A local file is hashed, then decoded in place. A blob is read once, in ``SPILL_CHUNK`` ranged
     reads that feed the hasher and a spill file in the temp directory (``$TMPDIR``); the decode
@@ -141,12 +134,16 @@ def _hashed(uri: str, deadline: Deadline) -> Iterator[tuple[VideoSource, str, Bl
             check_file(source)
             with open(source, "rb") as fh:
                 content_hash = stream_sha256(fh, deadline)
-            yield source, content_hash, None
+            yield source, content_hash, {}
             return
         with tempfile.TemporaryFile(prefix="videopanda-spill-") as spill:
             content_hash = stream_sha256(source, deadline, copy_to=spill, chunk=SPILL_CHUNK)
             spill.seek(0)
-            yield spill, content_hash, source
+            yield (
+                spill,
+                content_hash,
+                {"bytes_fetched": source.bytes_fetched, "requests": source.requests},
+            )
 
 
 def _cached_provenance(cache: dict[str, str] | None, content_hash: str) -> dict | None:
