@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade"}
@@ -21,6 +22,7 @@ class FaultProxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.failed = 0  # requests answered with an error
+        self.requests: Counter[str] = Counter()  # requests seen, by HTTP method
         self._rule: tuple[int, float, str | None, float | None] | None = None
         self._lock = threading.Lock()
         proxy = self
@@ -32,6 +34,7 @@ class FaultProxy:
                 pass
 
             def _any(self) -> None:
+                proxy.requests[self.command] += 1
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 status = proxy._status_for(self.command)

@@ -7,6 +7,10 @@ Layout under ``jobs/<job_id>/``:
   (put_if_absent), replaced only by an inputs update (compare-and-swap, under the job's lease);
 - ``shards/<shard_id>.done``: the commit marker of a shard, with its stats (put_if_absent, so a
   retried or concurrent commit of the same shard is a no-op);
+- ``stats/<shard_id>~v<videos>~r<rows>~f<failed>[~<code>.<count>...]``: an empty object whose
+  *name* repeats a committed shard's stats, written after its marker, so progress is one paginated
+  listing (a few requests per thousands of shards) instead of one GET per marker; a shard whose
+  stats object is missing (the driver stopped between the two writes) is read from its marker;
 - ``attempts/<shard_id>/<n>``: one object per processing attempt of a shard.
 
 Shard ids are ``f"{index:06d}"`` of the shard in the ledger's list. An update appends shards for
@@ -17,6 +21,7 @@ their first run stores the digests.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -25,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..storage.base import Store
+from ..storage.base import Store, StoreUnavailable
 from .failures import UsageError
 
 LEDGER_FORMAT = 2
@@ -64,6 +69,44 @@ def plan_shards(video_ids: list[str], shard_size: int) -> list[list[str]]:
     if len(set(video_ids)) != len(video_ids):
         raise ValueError("video ids must be unique")
     return [list(video_ids[i : i + shard_size]) for i in range(0, len(video_ids), shard_size)]
+
+
+_CODE = re.compile(r"[a-z0-9_]{1,40}")
+MAX_STATS_NAME = 200
+
+
+def stats_name(
+    shard_id: str, videos: int, rows: int, failed: int, counters: dict[str, int]
+) -> str | None:
+    """The listing-only stats record of a committed shard, or None when its counters cannot be
+    spelled in a short key (then progress reads the marker)."""
+    parts = [shard_id, f"v{videos}", f"r{rows}", f"f{failed}"]
+    for code, count in sorted(counters.items()):
+        if not _CODE.fullmatch(str(code)) or not isinstance(count, int) or count < 0:
+            return None
+        parts.append(f"{code}.{count}")
+    name = "~".join(parts)
+    return name if len(name) <= MAX_STATS_NAME else None
+
+
+def parse_stats_name(name: str) -> dict[str, Any] | None:
+    """The stats a :func:`stats_name` holds (``shard_id``, ``videos``, ``rows``, ``failed``,
+    ``counters``), or None for a name that is not one."""
+    shard_id, *fields = name.split("~")
+    if len(fields) < 3 or [f[:1] for f in fields[:3]] != ["v", "r", "f"]:
+        return None
+    try:
+        videos, rows, failed = (int(f[1:]) for f in fields[:3])
+        counters = {}
+        for field in fields[3:]:
+            code, _, count = field.rpartition(".")
+            if not _CODE.fullmatch(code):
+                return None
+            counters[code] = int(count)
+    except ValueError:
+        return None
+    return {"shard_id": shard_id, "videos": videos, "rows": rows, "failed": failed,
+            "counters": counters}  # fmt: skip
 
 
 def shard_id_for(index: int) -> str:
@@ -378,7 +421,15 @@ class Ledger:
             "counters": dict(counters),
             "committed_at": time.time(),
         }
-        return self.store.put_if_absent(self._marker(shard_id), json.dumps(marker).encode())
+        if not self.store.put_if_absent(self._marker(shard_id), json.dumps(marker).encode()):
+            return False
+        name = stats_name(shard_id, videos, rows, failed, counters)
+        if name is not None:
+            # the marker is the commit; a stats object that could not be written is read back
+            # from the marker (one GET) by progress()
+            with contextlib.suppress(StoreUnavailable, OSError):
+                self.store.put(f"{self.prefix}/stats/{name}", b"")
+        return True
 
     def commit_info(self, shard_id: str) -> dict[str, Any] | None:
         """The marker of a committed shard, None if it is pending."""
@@ -392,10 +443,15 @@ class Ledger:
         """Totals and committed counts of shards and videos, plus rows, failed rows and the
         summed counters of the committed shards."""
         done = sorted(self.committed())
+        listed = {}
+        for key in self.store.list(f"{self.prefix}/stats/"):
+            parsed = parse_stats_name(key.rpartition("/")[2])
+            if parsed is not None:
+                listed[parsed["shard_id"]] = parsed
         rows = failed = 0
         counters: dict[str, int] = {}
         for shard_id in done:
-            info = self.commit_info(shard_id) or {}
+            info = listed.get(shard_id) or self.commit_info(shard_id) or {}
             rows += info.get("rows", 0)
             failed += info.get("failed", 0)
             for name, count in info.get("counters", {}).items():

@@ -1,0 +1,61 @@
+"""Progress of a job costs a few listing requests per thousands of shards, never one GET per
+committed shard (issue 18: cheap progress), counted at a loopback proxy before a real Azurite."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.azurite import ACCOUNT, ACCOUNT_KEY
+from tests.azurite import azurite as azurite_fixture  # noqa: F401
+from tests.fault_proxy import FaultProxy
+from videopanda_cluster.jobs.ledger import Ledger, parse_stats_name, plan_shards, stats_name
+from videopanda_cluster.storage.azure import AzureBlobStore
+
+SHARDS = 400
+
+
+@pytest.fixture
+def counted(azurite):
+    with FaultProxy(azurite.port) as proxy:
+        store = AzureBlobStore(
+            "progress", "cost", connection_string=proxy.connection_string(ACCOUNT, ACCOUNT_KEY)
+        )
+        yield store, proxy
+
+
+def test_stats_names_round_trip_and_refuse_what_they_cannot_spell():
+    name = stats_name("000012", 16, 20, 3, {"truncated": 2, "no_question": 1})
+    assert name == "000012~v16~r20~f3~no_question.1~truncated.2"
+    assert parse_stats_name(name) == {
+        "shard_id": "000012",
+        "videos": 16,
+        "rows": 20,
+        "failed": 3,
+        "counters": {"no_question": 1, "truncated": 2},
+    }
+    assert stats_name("000001", 1, 1, 1, {"Bad Code": 1}) is None
+    assert stats_name("000001", 1, 1, 1, {f"code_{i:02d}": 1 for i in range(30)}) is None
+    assert parse_stats_name("000001.done") is None
+    assert parse_stats_name("000001~x1~r1~f0") is None
+
+
+def test_progress_lists_instead_of_reading_every_marker(counted):
+    store, proxy = counted
+    ids = [f"v{i}" for i in range(SHARDS * 2)]
+    ledger = Ledger.open_or_create(store, "big", "h" * 64, plan_shards(ids, 2))
+    for n, shard_id in enumerate(ledger.shard_ids()):
+        counters = {"truncated": 1} if n % 4 == 0 else {}
+        ledger.commit(shard_id, rows=2, failed=len(counters), counters=counters)
+    proxy.requests.clear()
+    progress = ledger.progress()
+    assert progress["committed_shards"] == SHARDS and progress["rows"] == 2 * SHARDS
+    assert progress["counters"] == {"truncated": SHARDS // 4}
+    assert progress["failed"] == SHARDS // 4
+    # two listings (markers, stats), each one page for up to 5,000 names; no GET per shard
+    assert sum(proxy.requests.values()) <= 4, proxy.requests
+    # a stats record lost between the two writes: that shard's marker is read, once
+    gone = stats_name("000003", 2, 2, 0, {})
+    store.delete(f"jobs/big/stats/{gone}")
+    proxy.requests.clear()
+    assert ledger.progress() == progress
+    assert sum(proxy.requests.values()) <= 5, proxy.requests
