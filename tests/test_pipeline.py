@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.azurite import azurite as azurite_fixture  # noqa: F401
+from videopanda_cluster.eval.run import read_result_rows
 from videopanda_cluster.jobs.config import build_config
 
 QUESTIONS = ["what colour is the circle?", "which way does the square move?"]
@@ -27,10 +28,10 @@ def ray_local(azurite):
 
 
 def read_rows(store_dir: Path, job_id: str) -> list[dict]:
-    rows = []
-    for path in sorted((store_dir / "jobs" / job_id / "results").glob("shard-*.jsonl")):
-        rows += [json.loads(line) for line in path.read_text().splitlines()]
-    return rows
+    from videopanda_cluster.eval.run import read_result_rows
+    from videopanda_cluster.storage.local import LocalStore
+
+    return read_result_rows(LocalStore(store_dir, create=False), job_id)
 
 
 def job(kind: str, inputs: Path, out: Path, **extra):
@@ -127,13 +128,7 @@ def test_jobs_on_azure_blob(ray_local, inputs_dir, azurite, kind):
     _, summary = job(kind, inputs_dir, url, **extra)  # type: ignore[arg-type]
     per_video = len(QUESTIONS) if kind == "qa" else 1
     store = open_store(url)
-    keys = store.list(f"jobs/{summary['job_id']}/results/")
-    rows = [
-        json.loads(line)
-        for key in keys
-        if key.endswith(".jsonl")
-        for line in store.get(key).decode().splitlines()
-    ]
+    rows = read_result_rows(store, summary["job_id"])
     assert len(rows) == 16 * per_video
     assert len({(r["video_id"], r["question_id"]) for r in rows}) == 16 * per_video
     assert sum(r["status"] == "error" for r in rows) == 2 * per_video
@@ -180,12 +175,7 @@ def test_short_storage_outage_mid_job_loses_nothing(ray_local, inputs_dir, azuri
     thread.join(timeout=600)
     assert not thread.is_alive()
     job_id = result["summary"]["job_id"]
-    rows = [
-        json.loads(line)
-        for key in store.list(f"jobs/{job_id}/results/")
-        if key.endswith(".jsonl")
-        for line in store.get(key).decode().splitlines()
-    ]
+    rows = read_result_rows(store, job_id)
     assert len(rows) == 16 and len({r["video_id"] for r in rows}) == 16
     assert result["summary"]["progress"]["committed_videos"] == 16
 
