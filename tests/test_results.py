@@ -15,6 +15,7 @@ from videopanda_cluster.cluster.results import (
     RESULT_SCHEMA,
     ROW_FIELDS,
     SCHEMA_VERSION,
+    iter_results,
     parquet_key,
     read_results,
     results_prefix,
@@ -104,6 +105,8 @@ def test_ok_and_all_error_shards_round_trip_with_one_schema(tmp_path):
     table = read_results(store, "j1")
     assert table.schema == RESULT_SCHEMA
     assert set(table.column("schema_version").to_pylist()) == {SCHEMA_VERSION}
+    batches = list(iter_results(store, "j1"))  # shard by shard, for jobs larger than memory
+    assert [b.num_rows for b in batches] == [3, 2] and batches[1].schema == RESULT_SCHEMA
     back = read_result_rows(store, "j1")
     assert [{k: v for k, v in r.items() if k != "schema_version"} for r in back] == [
         *given["0000"],
