@@ -164,8 +164,9 @@ def to_table(rows: list[dict[str, Any]], version: int = SCHEMA_VERSION) -> pa.Ta
     Raises ValueError for a field the contract does not know (at any depth): the schema, and
     :data:`SCHEMA_VERSION`, must change first.
     """
+    row_type = pa.struct(list(RESULT_SCHEMA))
     for row in rows:
-        unknown = _unknown_keys(row, pa.struct(list(RESULT_SCHEMA)), "row")
+        unknown = _unknown_keys(row, row_type, "row")
         if unknown:
             raise ValueError(f"result row fields not in the schema: {', '.join(unknown)}")
     return pa.Table.from_pylist(

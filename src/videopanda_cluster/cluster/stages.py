@@ -3,7 +3,7 @@
 DecodeWorker    video URI -> sampled, letterboxed uint8 frames + provenance     (CPU, many)
 EncodeWorker    frames -> STAB tokens per frame, via the feature cache           (GPU if any)
 GenerateWorker  STAB tokens + questions -> answers (projector + Llama, batched)  (GPU if any)
-WriterWorker    rows -> JSONL + Parquet shard, committed atomically              (I/O)
+WriterWorker    rows -> a Parquet shard of RESULT_SCHEMA (+ JSONL if asked)          (I/O)
 """
 
 from __future__ import annotations
