@@ -206,6 +206,7 @@ def test_config_hash_is_stable():
         {"device": "cuda:1"},
         {"output": "az://elsewhere"},
         {"job_id": "named"},
+        {"results_jsonl": True},  # a second copy of the same rows
     ],
 )
 def test_operational_settings_do_not_change_the_hash(change):

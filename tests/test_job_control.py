@@ -15,6 +15,7 @@ import pytest
 
 from tests.azurite import ACCOUNT, ACCOUNT_KEY, free_port
 from tests.azurite import azurite as azurite_fixture  # noqa: F401
+from tests.test_pipeline import read_rows
 from videopanda_cluster.jobs.failures import ExitCode, describe, environment_fault, one_line
 
 ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "COLUMNS": "200"}
@@ -213,11 +214,7 @@ def test_sigterm_stops_submitting_writes_the_summary_and_exits_130(inputs_dir, t
         "--max-in-flight", "1", "--max-new-tokens", "4", "--job-id", "stop-me",
     )  # fmt: skip
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    rows = [
-        json.loads(line)
-        for path in (out / "jobs" / "stop-me" / "results").glob("*.jsonl")
-        for line in path.read_text().splitlines()
-    ]
+    rows = read_rows(out, "stop-me")
     assert sorted(r["video_id"] for r in rows) == sorted(p.stem for p in inputs_dir.iterdir())
 
 

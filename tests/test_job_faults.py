@@ -87,15 +87,10 @@ def run(inputs: str, output: str, **extra):
 
 
 def result_rows(output: str, job_id: str) -> list[dict]:
+    from videopanda_cluster.eval.run import read_result_rows
     from videopanda_cluster.storage.open import open_store
 
-    store = open_store(output)
-    return [
-        json.loads(line)
-        for key in store.list(f"jobs/{job_id}/results/")
-        if key.endswith(".jsonl")
-        for line in store.get(key).decode().splitlines()
-    ]
+    return read_result_rows(open_store(output), job_id)
 
 
 def assert_every_video_once(rows: list[dict], names: list[str]) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.azurite import azurite as azurite_fixture  # noqa: F401
+from videopanda_cluster.eval.run import read_result_rows
 from videopanda_cluster.jobs.config import build_config
 
 QUESTIONS = ["what colour is the circle?", "which way does the square move?"]
@@ -27,10 +28,10 @@ def ray_local(azurite):
 
 
 def read_rows(store_dir: Path, job_id: str) -> list[dict]:
-    rows = []
-    for path in sorted((store_dir / "jobs" / job_id / "results").glob("shard-*.jsonl")):
-        rows += [json.loads(line) for line in path.read_text().splitlines()]
-    return rows
+    from videopanda_cluster.eval.run import read_result_rows
+    from videopanda_cluster.storage.local import LocalStore
+
+    return read_result_rows(LocalStore(store_dir, create=False), job_id)
 
 
 def job(kind: str, inputs: Path, out: Path, **extra):
@@ -75,7 +76,7 @@ def test_caption_job_rows_errors_and_summary(ray_local, inputs_dir, tmp_path):
     assert summary["this_run"]["errors"] == {"truncated": 1, "not_a_video": 1}
     stored = json.loads((tmp_path / "jobs" / summary["job_id"] / "summary.json").read_text())
     assert stored["this_run"]["rows"] == 16
-    parquet = sorted((tmp_path / "jobs" / summary["job_id"] / "results").glob("*.parquet"))
+    parquet = sorted((tmp_path / "jobs" / summary["job_id"] / "results" / "parquet").iterdir())
     assert len(parquet) == 4  # 16 videos in shards of 4
 
     # a rerun finds every shard committed: no new rows, same files
@@ -127,13 +128,7 @@ def test_jobs_on_azure_blob(ray_local, inputs_dir, azurite, kind):
     _, summary = job(kind, inputs_dir, url, **extra)  # type: ignore[arg-type]
     per_video = len(QUESTIONS) if kind == "qa" else 1
     store = open_store(url)
-    keys = store.list(f"jobs/{summary['job_id']}/results/")
-    rows = [
-        json.loads(line)
-        for key in keys
-        if key.endswith(".jsonl")
-        for line in store.get(key).decode().splitlines()
-    ]
+    rows = read_result_rows(store, summary["job_id"])
     assert len(rows) == 16 * per_video
     assert len({(r["video_id"], r["question_id"]) for r in rows}) == 16 * per_video
     assert sum(r["status"] == "error" for r in rows) == 2 * per_video
@@ -180,12 +175,7 @@ def test_short_storage_outage_mid_job_loses_nothing(ray_local, inputs_dir, azuri
     thread.join(timeout=600)
     assert not thread.is_alive()
     job_id = result["summary"]["job_id"]
-    rows = [
-        json.loads(line)
-        for key in store.list(f"jobs/{job_id}/results/")
-        if key.endswith(".jsonl")
-        for line in store.get(key).decode().splitlines()
-    ]
+    rows = read_result_rows(store, job_id)
     assert len(rows) == 16 and len({r["video_id"] for r in rows}) == 16
     assert result["summary"]["progress"]["committed_videos"] == 16
 
@@ -350,3 +340,63 @@ def test_a_model_for_smaller_frames_gets_frames_of_its_size(ray_local, inputs_di
         assert prov["input_size"] == 224
         w, h = prov["source_size"]
         assert list(prov["token_grid"]) == list(compute_geometry(w, h, 224).token_grid)
+
+
+def test_results_are_one_dataset_for_every_reader(ray_local, inputs_dir, tmp_path):
+    """A job whose first shard holds only the corrupt files (error rows, no provenance): every
+    Parquet file has RESULT_SCHEMA and the folder reads as one table in each engine."""
+    import importlib.util
+
+    import duckdb
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from videopanda_cluster.cluster.results import RESULT_SCHEMA, SCHEMA_VERSION, read_results
+    from videopanda_cluster.storage.local import LocalStore
+
+    videos = sorted(inputs_dir.iterdir(), key=lambda p: (not p.stem.startswith("corrupt"), p.name))
+    manifest = tmp_path / "m.jsonl"
+    lines = [json.dumps({"video_id": p.stem, "uri": str(p)}) + "\n" for p in videos]
+    manifest.write_text("".join(lines))
+    out = tmp_path / "out"
+    _, summary = job("caption", manifest, out, shard_size=2, results_jsonl=True)
+    results = out / "jobs" / summary["job_id"] / "results"
+    folder = results / "parquet"
+    assert sorted(p.name for p in results.iterdir()) == ["jsonl", "parquet"]
+    assert sorted(p.suffix for p in folder.iterdir()) == [".parquet"] * 8
+
+    table = read_results(LocalStore(out), summary["job_id"])
+    assert table.schema == RESULT_SCHEMA and table.num_rows == 16
+    first = table.slice(0, 2)  # shard 0: the two corrupt files, error rows only
+    assert first.column("status").to_pylist() == ["error", "error"]
+    assert first.column("provenance").to_pylist() == [None, None]
+    assert pc.sum(pc.equal(table["status"], "error")).as_py() == 2
+    assert set(table.column("schema_version").to_pylist()) == {SCHEMA_VERSION}
+
+    dataset = ds.dataset(folder, format="parquet")
+    assert dataset.schema.equals(RESULT_SCHEMA, check_metadata=False)
+    by_engine = {"pyarrow.dataset": dataset.to_table()}
+    frame = pd.read_parquet(folder)
+    assert list(frame.columns) == RESULT_SCHEMA.names and len(frame) == 16
+    assert isinstance(frame.loc[frame.status == "ok", "provenance"].iloc[0], dict)
+    by_engine["pandas"] = pa.Table.from_pandas(frame, schema=RESULT_SCHEMA, preserve_index=False)
+    con = duckdb.connect()
+    query = f"select * from read_parquet('{folder}/*.parquet')"
+    by_engine["duckdb"] = con.sql(query).to_arrow_table()
+    types = {name: type_ for name, type_, *_ in con.sql(f"describe {query}").fetchall()}
+    assert [types[c] for c in ("schema_version", "status", "error")] == [
+        "INTEGER", "VARCHAR", "VARCHAR"
+    ]  # fmt: skip
+    assert types["timings"] == "STRUCT(decode_s DOUBLE, encode_s DOUBLE, generate_s DOUBLE)"
+    if importlib.util.find_spec("datasets"):  # not installable here: see pyproject.toml
+        import datasets
+
+        hf = datasets.load_dataset(
+            "parquet", data_files=str(folder / "*.parquet"), split="train", cache_dir=str(tmp_path)
+        )
+        by_engine["datasets"] = hf.data.table
+    for engine, read in by_engine.items():
+        got = read.cast(RESULT_SCHEMA).sort_by("video_id")
+        assert got.equals(table.sort_by("video_id")), engine

@@ -171,7 +171,7 @@ def test_resubmitting_after_head_loss_resumes_and_a_new_job_id_starts_afresh(job
     status = _status(store, JOB_ID)
     assert (status["committed_shards"], status["total_videos"]) == (len(done_before), len(VIDEOS))
     results = store / "jobs" / JOB_ID / "results"
-    kept = {s: (results / f"shard-{s}.jsonl").read_bytes() for s in done_before}
+    kept = {s: (results / "parquet" / f"shard-{s}.parquet").read_bytes() for s in done_before}
 
     # 2. The same command on a new cluster (another shape: operational settings may change).
     with ray_head(num_cpus=4) as (address, _):
@@ -187,7 +187,7 @@ def test_resubmitting_after_head_loss_resumes_and_a_new_job_id_starts_afresh(job
         assert summary["this_run"]["shards"] == len(VIDEOS) - len(done_before)
         for shard in done_before:  # committed shards were neither recomputed nor rewritten
             assert ledger.attempts(shard) == 1
-            assert (results / f"shard-{shard}.jsonl").read_bytes() == kept[shard]
+            assert (results / "parquet" / f"shard-{shard}.parquet").read_bytes() == kept[shard]
         rows = read_rows(store, JOB_ID)
         assert sorted(r["video_id"] for r in rows) == sorted(expected)  # each exactly once
         assert _status(store, JOB_ID)["committed_videos"] == len(VIDEOS)

@@ -53,6 +53,10 @@ def _job_command(kind: str):
         feature_cache: Annotated[
             bool | None, Opt("--feature-cache/--no-feature-cache", help="Reuse STAB tokens.")
         ] = None,
+        results_jsonl: Annotated[
+            bool | None,
+            Opt("--results-jsonl/--no-results-jsonl", help="Also write results as JSON lines."),
+        ] = None,
         address: Annotated[
             str | None, Opt(help="Join this Ray cluster (e.g. ray://head:10001 or auto).")
         ] = None,
@@ -95,6 +99,7 @@ def _job_command(kind: str):
             "device": device,
             "decode_timeout": decode_timeout,
             "use_feature_cache": feature_cache,
+            "results_jsonl": results_jsonl,
             "address": address,
             "update": update or None,
             "store_retry_window": store_retry_window,

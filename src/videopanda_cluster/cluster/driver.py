@@ -31,6 +31,7 @@ from ..jobs.failures import (
     root_cause,
 )
 from ..video.extract import PreprocessOptions
+from .results import results_prefix
 from .rows import answer_row, error_rows, feature_row, no_question_row
 
 __all__ = ["JobFailed", "run_job"]
@@ -155,7 +156,11 @@ class Pipeline:
                 .remote(plan.checkpoint, device, cfg.attention)
                 for _ in range(cfg.generate_workers)
             ]
-        self.writer = ray.remote(WriterWorker).options(num_cpus=0, **restart).remote(store_url)
+        self.writer = (
+            ray.remote(WriterWorker)
+            .options(num_cpus=0, **restart)
+            .remote(store_url, cfg.results_jsonl)
+        )
         self.generation = generation_options(cfg)
         self.stop = threading.Event()  # set: start no new shard attempt, retry nothing
         # Decoders skip cached videos; they wait (inside Ray, not here) for the cache identity,
@@ -360,7 +365,7 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
     }
     plan = JobPlan(
         job_id=job_id,
-        prefix=f"jobs/{job_id}/results",
+        prefix=results_prefix(job_id),
         items={it.video_id: it for it in items},
         questions={it.video_id: _questions_for(cfg, it) for it in items},
         job=job,

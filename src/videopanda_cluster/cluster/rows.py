@@ -6,20 +6,16 @@ never answers.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from ..video.errors import Reason
-
-ROW_FIELDS = (
-    "job_id", "kind", "video_id", "question_id", "question", "prompt", "answer", "status",
-    "error", "message", "uri", "content_hash", "provenance", "model", "generation", "timings",
-    "workers", "feature_cache_hit", "feature_key", "decode_skipped",
-)  # fmt: skip
+from .results import ResultRow, Timings, Workers
 
 
 def base_row(job: dict[str, Any], decoded: dict[str, Any]) -> dict[str, Any]:
-    row = dict.fromkeys(ROW_FIELDS)
-    row.update(
+    """A :class:`ResultRow` (as a dict) with the job's and the decode's fields."""
+    row = ResultRow(
         job_id=job["job_id"],
         kind=job["kind"],
         video_id=decoded["video_id"],
@@ -28,11 +24,11 @@ def base_row(job: dict[str, Any], decoded: dict[str, Any]) -> dict[str, Any]:
         provenance=decoded.get("provenance"),
         model=job["model"],
         generation=job["generation"] if job["kind"] != "features" else None,
-        timings={"decode_s": decoded.get("decode_s")},
-        workers={"decode": decoded.get("decode_worker")},
+        timings=asdict(Timings(decode_s=decoded.get("decode_s"))),
+        workers=asdict(Workers(decode=decoded.get("decode_worker"))),
         decode_skipped=decoded.get("decode_skipped", False),  # tokens were cached: hashed only
     )
-    return row
+    return asdict(row)
 
 
 def error_rows(job: dict[str, Any], decoded: dict[str, Any], questions: list[dict]) -> list[dict]:

@@ -3,13 +3,11 @@
 DecodeWorker    video URI -> sampled, letterboxed uint8 frames + provenance     (CPU, many)
 EncodeWorker    frames -> STAB tokens per frame, via the feature cache           (GPU if any)
 GenerateWorker  STAB tokens + questions -> answers (projector + Llama, batched)  (GPU if any)
-WriterWorker    rows -> JSONL + Parquet shard, committed atomically              (I/O)
+WriterWorker    rows -> a Parquet shard of RESULT_SCHEMA (+ JSONL if asked)          (I/O)
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import socket
 import time
@@ -243,28 +241,21 @@ class GenerateWorker:
 
 
 class WriterWorker:
-    """Writes a shard's rows as JSONL and Parquet under deterministic names (atomic puts)."""
+    """Writes a shard's rows under deterministic names (atomic puts): Parquet of
+    :data:`~.results.RESULT_SCHEMA`, and JSON lines if ``jsonl`` (layout in :mod:`.results`)."""
 
-    def __init__(self, store_url: str) -> None:
+    def __init__(self, store_url: str, jsonl: bool = False) -> None:
         from ..storage.open import open_store
 
         self.store = open_store(store_url)
+        self.jsonl = jsonl
 
     def write(self, prefix: str, shard_id: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        from . import results
 
-        jsonl = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
-        flat = [
-            {
-                k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
-                for k, v in r.items()
-            }
-            for r in rows
-        ]
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(flat), buf)
-        # Parquet first, JSONL last: the JSONL file is what readers and the ledger trust.
-        self.store.put(f"{prefix}/shard-{shard_id}.parquet", buf.getvalue())
-        self.store.put(f"{prefix}/shard-{shard_id}.jsonl", jsonl.encode())
+        parquet = results.to_parquet(rows)
+        # The driver commits the shard in the ledger only after both puts returned.
+        if self.jsonl:
+            self.store.put(results.jsonl_key(prefix, shard_id), results.to_jsonl(rows))
+        self.store.put(results.parquet_key(prefix, shard_id), parquet)
         return {"rows": len(rows), "failed": sum(r.get("status") != "ok" for r in rows)}

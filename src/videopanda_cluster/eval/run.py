@@ -133,14 +133,10 @@ def _write_manifest(job_id: str, manifest: str) -> Path:
 
 
 def read_result_rows(store: Store, job_id: str) -> list[dict[str, Any]]:
-    """Every result row of a job (the committed ``shard-*.jsonl`` files), in shard order."""
-    prefix = f"jobs/{job_id}/results/"
-    rows = []
-    for key in store.list(prefix):
-        name = key[len(prefix) :]
-        if name.startswith("shard-") and name.endswith(".jsonl"):
-            rows += json_lines(store.get(key))
-    return rows
+    """Every result row of a job (:func:`~..cluster.results.read_results`), in shard order."""
+    from ..cluster.results import read_results
+
+    return read_results(store, job_id).to_pylist()
 
 
 # --- the run's files -----------------------------------------------------------------------------

@@ -3,10 +3,12 @@
 The configuration hash covers :data:`RESULT_FIELDS`: every field except the
 :data:`OPERATIONAL_FIELDS`, which only change where and how fast a job runs (``address``, the
 ``*_workers`` counts, ``max_in_flight``, ``num_gpus_*``, ``device``, ``lease_seconds``), how
-it reacts to faults (``store_retry_window``, ``stop_grace``), name it (``output``, ``job_id``)
-or say how a rerun treats changed inputs (``update``). So a job resumes
-with other workers or GPUs, while a change of kind, inputs, checkpoint, prompts, questions,
-generation, preprocessing, batch sizes, shard size or feature cache use makes a new job.
+it reacts to faults (``store_retry_window``, ``stop_grace``), name it (``output``, ``job_id``),
+say how a rerun treats changed inputs (``update``) or add a second copy of the results
+(``results_jsonl``: the rows are the same; hashing it would also rename every existing job).
+So a job resumes with other workers or GPUs, while a change of kind, inputs, checkpoint,
+prompts, questions, generation, preprocessing, batch sizes, shard size or feature
+cache use makes a new job.
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ class JobConfig(BaseModel):
     max_in_flight: Positive = 8  # shards in the pipeline at once
     address: str | None = None  # Ray address
     use_feature_cache: bool = True
+    # outputs: Parquet always; JSON lines too (jobs/<id>/results/jsonl/) if set. Not hashed: the
+    # rows are the same either way (shards committed before a change keep their files).
+    results_jsonl: bool = False
     device: str | None = None  # torch device of the model actors
     # faults
     store_retry_window: float = Field(120.0, ge=0)  # s a shard retries an unreachable store
@@ -109,7 +114,7 @@ class JobConfig(BaseModel):
 OPERATIONAL_FIELDS = frozenset(
     {"address", "decode_workers", "encode_workers", "generate_workers", "max_in_flight",
      "num_gpus_encode", "num_gpus_generate", "device", "output", "job_id", "update",
-     "lease_seconds", "store_retry_window", "stop_grace"}
+     "lease_seconds", "store_retry_window", "stop_grace", "results_jsonl"}
 )  # fmt: skip
 # Everything else, new fields included, is hashed.
 RESULT_FIELDS = frozenset(JobConfig.model_fields) - OPERATIONAL_FIELDS
