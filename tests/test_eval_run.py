@@ -43,7 +43,7 @@ def test_a_benchmark_without_any_video_is_an_error(tmp_path):
 def ray_local():
     import ray
 
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -38,7 +38,7 @@ def faults(tmp_path_factory):
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # Ray's workers inherit the driver's environment at init
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield server, proxy
     ray.shutdown()
     for key, value in saved.items():

@@ -21,7 +21,7 @@ def ray_local(azurite):
 
     # workers inherit the driver's environment: the Azure backend finds Azurite through it
     os.environ["AZURE_STORAGE_CONNECTION_STRING"] = azurite.connection_string
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
     yield ray
     ray.shutdown()
