@@ -16,8 +16,10 @@ import pytest
 
 from tests.azurite import ACCOUNT, ACCOUNT_KEY, AzuriteServer
 from tests.fault_proxy import FaultProxy
+from tests.test_pipeline import wait_for_a_commit
 from videopanda_cluster.jobs.config import build_config
 from videopanda_cluster.jobs.failures import ExitCode, JobFailed
+from videopanda_cluster.storage import LocalStore
 
 pytestmark = pytest.mark.slow
 
@@ -118,18 +120,6 @@ def in_thread(fn, **kwargs) -> tuple[threading.Thread, dict]:
     return thread, result
 
 
-def wait_for_commit(store_dir_or_store, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if isinstance(store_dir_or_store, Path):
-            if any(store_dir_or_store.glob("jobs/*/shards/*.done")):
-                return
-        elif any(k.endswith(".done") for k in store_dir_or_store.list("jobs/")):
-            return
-        time.sleep(0.1)
-    raise AssertionError("no shard committed in time")
-
-
 def test_input_store_outage_commits_no_rows_and_a_rerun_answers_each_video_once(
     faults, inputs_dir, tmp_path
 ):
@@ -140,7 +130,7 @@ def test_input_store_outage_commits_no_rows_and_a_rerun_answers_each_video_once(
     inputs = str(manifest_of(upload(inputs_dir, "az://videos/outage"), tmp_path / "m.jsonl"))
     out = tmp_path / "out"
     thread, result = in_thread(run, inputs=inputs, output=str(out), job_id="outage")
-    wait_for_commit(out)
+    wait_for_a_commit(LocalStore(out))
     server.stop()
     thread.join(timeout=300)
     server.start()
@@ -168,7 +158,7 @@ def test_outage_of_input_and_result_store_resumes_exactly_once(faults, inputs_di
     output = "az://results/both"
     store = open_store(output)
     thread, result = in_thread(run, inputs="az://videos/both", output=output, job_id="both")
-    wait_for_commit(store)
+    wait_for_a_commit(store)
     server.stop()
     thread.join(timeout=300)
     time.sleep(1)

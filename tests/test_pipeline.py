@@ -168,7 +168,7 @@ def test_short_storage_outage_mid_job_loses_nothing(ray_local, inputs_dir, azuri
 
     thread = threading.Thread(target=run)
     thread.start()
-    _wait_for_a_commit(store)
+    wait_for_a_commit(store)
     azurite.stop()
     time.sleep(2)
     azurite.start()
@@ -207,7 +207,7 @@ def test_long_storage_outage_fails_clearly_and_resumes(ray_local, inputs_dir, az
 
     thread = threading.Thread(target=run)
     thread.start()
-    _wait_for_a_commit(store)
+    wait_for_a_commit(store)
     azurite.stop()
     thread.join(timeout=300)
     azurite.start()
@@ -226,7 +226,7 @@ def test_long_storage_outage_fails_clearly_and_resumes(ray_local, inputs_dir, az
     assert all(ledger.attempts(s) == 1 for s in before)
 
 
-def _wait_for_a_commit(store, timeout: float = 300) -> None:
+def wait_for_a_commit(store, timeout: float = 300) -> None:
     """Block until some shard of some job in ``store`` is committed."""
     import time
 

@@ -393,7 +393,6 @@ def run_job(cfg, on_progress=None) -> dict[str, Any]:
 
 
 def _run_leased(cfg, store, lease, started: float, on_progress) -> dict[str, Any]:
-
     plan, ledger = plan_job(cfg, store)
     pending = ledger.pending()
     progress = ledger.progress()
