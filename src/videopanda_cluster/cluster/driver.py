@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,10 @@ TINY_MODEL_DIR = Path(os.environ.get("VIDEOPANDA_CACHE", ".cache")) / "tiny-rand
 
 @dataclass
 class JobPlan:
+    """What every shard of a job shares (its videos are read from the ledger's plan by shard)."""
+
     job_id: str
     prefix: str  # store prefix of this job
-    items: dict[str, Any]  # video_id -> VideoItem
-    questions: dict[str, list[dict]]  # video_id -> [{question_id, question}]
     job: dict[str, Any]  # fields copied into every row
     checkpoint: str
     input_size: int = 448  # the model's image_size: frames are preprocessed to it
@@ -72,18 +73,13 @@ class Stats:
             self.errors.update(shard["errors"])
 
 
-def _questions_for(cfg, item) -> list[dict]:
+def _questions_for(cfg, video) -> list[dict]:
+    """The prompts of a planned video (its questions already include the job's defaults)."""
     if cfg.kind == "caption":
-        return [{"question_id": f"{item.video_id}#caption", "question": cfg.caption_prompt}]
+        return [{"question_id": f"{video.video_id}#caption", "question": cfg.caption_prompt}]
     if cfg.kind == "features":
         return []
-    qs = [{"question_id": q.question_id, "question": q.text} for q in item.questions]
-    if not qs:
-        qs = [
-            {"question_id": f"{item.video_id}#{i}", "question": t}
-            for i, t in enumerate(cfg.questions)
-        ]
-    return qs
+    return [{"question_id": q.question_id, "question": q.text} for q in video.questions]
 
 
 def start_ray(cfg) -> None:
@@ -221,20 +217,18 @@ class Pipeline:
     def _process(self, shard_id: str) -> tuple[list[dict], int, Counter]:
         import ray
 
-        video_ids = self.ledger.shard_videos(shard_id)
+        videos = self.ledger.shard_plan(shard_id)
+        uri = {v.video_id: v.uri for v in videos}
+        prompts = {v.video_id: _questions_for(self.cfg, v) for v in videos}
         offset = int(shard_id) if shard_id.isdigit() else 0
         # a qa video without a question is accounted by one error row and not read
-        unasked = {v for v in video_ids if self.cfg.kind == "qa" and not self.plan.questions[v]}
-        rows = [
-            no_question_row(self.plan.job, v, self.plan.items[v].uri)
-            for v in video_ids
-            if v in unasked
-        ]
+        unasked = {v for v in uri if self.cfg.kind == "qa" and not prompts[v]}
+        rows = [no_question_row(self.plan.job, v, uri[v]) for v in uri if v in unasked]
         calls = [
             self.decoders[(offset + i) % len(self.decoders)]
             .decode.options(num_returns=2)
-            .remote(vid, self.plan.items[vid].uri, self.cache_identity)
-            for i, vid in enumerate(v for v in video_ids if v not in unasked)
+            .remote(vid, uri[vid], self.cache_identity)
+            for i, vid in enumerate(v for v in uri if v not in unasked)
         ]
         try:
             metas = ray.get([meta for meta, _ in calls])
@@ -249,7 +243,7 @@ class Pipeline:
             if meta["ok"]:
                 ok.append(i)
             else:
-                rows += error_rows(self.plan.job, meta, self.plan.questions[meta["video_id"]])
+                rows += error_rows(self.plan.job, meta, prompts[meta["video_id"]])
         batch = self.cfg.encode_batch
         pending = []
         for n, start in enumerate(range(0, len(ok), batch)):
@@ -264,7 +258,7 @@ class Pipeline:
                     {
                         "video_id": metas[i]["video_id"],
                         "index": j,
-                        "prompts": self.plan.questions[metas[i]["video_id"]],
+                        "prompts": prompts[metas[i]["video_id"]],
                     }
                     for j, i in enumerate(members)
                 ]
@@ -284,7 +278,7 @@ class Pipeline:
                 decoded, enc = by_video[answer["video_id"]]
                 stage_s["generate_s"] += answer["generate_s"]
                 rows.append(answer_row(self.plan.job, decoded, enc, answer))
-        return rows, len(video_ids), stage_s
+        return rows, len(videos), stage_s
 
     def close(self) -> None:
         import ray
@@ -318,8 +312,8 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
     planned in new shards; ``ledger.plan_update`` then tells what changed.
     """
     from ..jobs.config import config_hash
-    from ..jobs.inputs import read_inputs
-    from ..jobs.ledger import Ledger, plan_shards, video_digest
+    from ..jobs.inputs import spool_inputs
+    from ..jobs.ledger import Ledger
     from ..model.config import VideoPandaConfig
     from .fingerprint import checkpoint_fingerprint
 
@@ -329,23 +323,12 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
     ckpt_hash = checkpoint_fingerprint(checkpoint)
     job_id = job_id_of(cfg)
     job_hash = hashlib.sha256(f"{config_hash(cfg)}|{ckpt_hash}".encode()).hexdigest()
-    items = read_inputs(cfg.inputs, default_questions=cfg.questions or None)
-    if cfg.kind == "qa" and not cfg.questions and not any(it.questions for it in items):
-        raise ValueError("a qa job needs questions: in the manifest or with --question")
-    digest = {
-        it.video_id: video_digest(it.uri, [(q.question_id, q.text) for q in it.questions])
-        for it in items
-    }
-    shards = plan_shards([it.video_id for it in items], cfg.shard_size)
-    ledger = Ledger.open_or_create(
-        store,
-        job_id,
-        job_hash,
-        shards,
-        [[digest[v] for v in shard] for shard in shards],
-        update=cfg.update,
-        shard_size=cfg.shard_size,
-    )
+    with spool_inputs(cfg.inputs, default_questions=cfg.questions or None) as inputs:
+        if cfg.kind == "qa" and not inputs.asked:
+            raise ValueError("a qa job needs questions: in the manifest or with --question")
+        ledger = Ledger.open_or_create(
+            store, job_id, job_hash, inputs, shard_size=cfg.shard_size, update=cfg.update
+        )
     job = {
         "job_id": job_id,
         "kind": cfg.kind,
@@ -366,8 +349,6 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
     plan = JobPlan(
         job_id=job_id,
         prefix=results_prefix(job_id),
-        items={it.video_id: it for it in items},
-        questions={it.video_id: _questions_for(cfg, it) for it in items},
         job=job,
         checkpoint=str(checkpoint),
         input_size=VideoPandaConfig.from_pretrained(checkpoint).image_size,
@@ -436,11 +417,14 @@ def _run_shards(pipeline, pending, stats, progress, started, on_progress, lease)
     cfg = pipeline.cfg
     failure: JobError | None = None
     pool = ThreadPoolExecutor(max_workers=cfg.max_in_flight)
+    queue = iter(pending)  # submitted as slots free up: the driver holds only shards in flight
     try:
-        running = {pool.submit(pipeline.run_shard, s) for s in pending}
+        running = {pool.submit(pipeline.run_shard, s) for s in islice(queue, cfg.max_in_flight)}
         stopped_at = None
         while running:
             done, running = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
+            if not pipeline.stop.is_set():
+                running |= {pool.submit(pipeline.run_shard, s) for s in islice(queue, len(done))}
             for future in done:
                 if future.cancelled():
                     continue
@@ -571,8 +555,8 @@ def _store_ok(failure: JobError) -> bool:
 
 def _progress_unknown(ledger) -> dict[str, Any]:
     return {
-        "total_shards": len(ledger.shards),
-        "total_videos": sum(len(s) for s in ledger.shards),
+        "total_shards": ledger.total_shards,
+        "total_videos": ledger.total_videos,
         "committed_shards": None,
         "committed_videos": None,
     }

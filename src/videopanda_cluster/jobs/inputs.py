@@ -1,5 +1,6 @@
 """Job inputs: a video directory, a glob, a manifest (.jsonl/.csv/.parquet) or an ``az://`` prefix,
-read into validated :class:`VideoItem` records.
+streamed into an :class:`~videopanda_cluster.jobs.spool.InputSpool` of validated videos (no
+per-video state in memory, no row limit but the disk's).
 
 Ids come from untrusted input. They are validated (non-empty, at most 1024 characters, no NUL,
 control characters or unpaired surrogates) and never used as paths: :func:`item_key` encodes one
@@ -15,11 +16,13 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..storage.base import Store, safe_key_component
+from .spool import InputSpool, Question, VideoItem
+
+__all__ = ["InputError", "Question", "VideoItem", "read_inputs", "spool_inputs"]
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".gif", ".flv", ".wmv",
@@ -27,7 +30,6 @@ VIDEO_EXTENSIONS = frozenset(
 )  # fmt: skip
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
 MAX_ID_CHARS = 1024
-DEFAULT_MAX_ROWS = 10_000_000
 KEPT_SCHEMES = ("az", "file")  # uris with these schemes are kept as they are
 
 _BAD_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # Unicode Cc, plus surrogates
@@ -39,19 +41,6 @@ StoreFactory = Callable[[str], Store]
 
 class InputError(ValueError):
     """Unusable job input; the message names the file, the line or row, and the field."""
-
-
-@dataclass(frozen=True)
-class Question:
-    question_id: str
-    text: str
-
-
-@dataclass
-class VideoItem:
-    video_id: str
-    uri: str
-    questions: list[Question] = field(default_factory=list)
 
 
 def item_key(video_id: str) -> str:
@@ -97,46 +86,69 @@ def read_inputs(
     source: str,
     *,
     default_questions: list[str] | None = None,
-    max_rows: int = DEFAULT_MAX_ROWS,
+    max_rows: int | None = None,
     store_factory: StoreFactory | None = None,
 ) -> list[VideoItem]:
-    """Read a job's videos from ``source``, in a stable order.
+    """:func:`spool_inputs` read into a list (for small inputs: a job plans from the spool)."""
+    with spool_inputs(
+        source, default_questions=default_questions, max_rows=max_rows, store_factory=store_factory
+    ) as spool:
+        return list(spool.items())
+
+
+def spool_inputs(
+    source: str,
+    *,
+    default_questions: list[str] | None = None,
+    max_rows: int | None = None,
+    store_factory: StoreFactory | None = None,
+) -> InputSpool:
+    """Stream a job's videos from ``source`` into a spool, in a stable order (the caller closes it).
 
     ``source`` is a directory (video files, recursive), a glob, a video file, a manifest
     (``.jsonl``, ``.csv``, ``.parquet``) or ``az://container/prefix``. Videos without questions
     get ``default_questions`` (ids ``f"{video_id}#{i}"``). More than ``max_rows`` manifest rows
-    (or listed videos) is an error, as is finding no video at all. ``store_factory`` opens an
-    ``az://container`` store (default: :func:`videopanda_cluster.storage.open.open_store`).
+    (or listed videos), when given, is an error, as is finding no video at all.
+    ``store_factory`` opens an ``az://container`` store (default:
+    :func:`videopanda_cluster.storage.open.open_store`).
     """
     defaults = _check_default_questions(default_questions or [])
     if "\0" in source:
         raise InputError(f"{source!r}: the input source contains a NUL byte")
+    spool = InputSpool()
+    try:
+        _fill(spool, source, store_factory, max_rows)
+        if not len(spool):
+            raise InputError(f"{source}: no videos found")
+        spool.finish(defaults)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
+
+
+def _fill(
+    spool: InputSpool, source: str, store_factory: StoreFactory | None, max_rows: int | None
+) -> None:
     if source.startswith("az://"):
-        items = _read_az(source, store_factory, max_rows)
+        return _read_az(spool, source, store_factory, max_rows)
+    path = Path(source.removeprefix("file://"))
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        _read_directory(spool, path, max_rows)
+    elif path.is_file() and suffix in MANIFEST_SUFFIXES:
+        _read_manifest(spool, path, max_rows)
+    elif path.is_file() and is_video_name(path.name):
+        _add_files(spool, [(path.name, os.path.abspath(path))], source, None)
+    elif _GLOB_MAGIC.search(source):
+        _read_glob(spool, source, max_rows)
+    elif suffix in MANIFEST_SUFFIXES or not path.exists():
+        raise InputError(f"{source}: no such file or directory")
     else:
-        path = Path(source.removeprefix("file://"))
-        suffix = path.suffix.lower()
-        if path.is_dir():
-            items = _read_directory(path, max_rows)
-        elif path.is_file() and suffix in MANIFEST_SUFFIXES:
-            items = _read_manifest(path, max_rows)
-        elif path.is_file() and is_video_name(path.name):
-            items = _items_from_files([(path.name, os.path.abspath(path))], source)
-        elif _GLOB_MAGIC.search(source):
-            items = _read_glob(source, max_rows)
-        elif suffix in MANIFEST_SUFFIXES or not path.exists():
-            raise InputError(f"{source}: no such file or directory")
-        else:
-            raise InputError(
-                f"{source}: not a directory, glob, video file, manifest "
-                f"({', '.join(MANIFEST_SUFFIXES)}) or az:// prefix"
-            )
-    if not items:
-        raise InputError(f"{source}: no videos found")
-    for item in items:
-        if not item.questions:
-            item.questions = [Question(f"{item.video_id}#{i}", t) for i, t in enumerate(defaults)]
-    return items
+        raise InputError(
+            f"{source}: not a directory, glob, video file, manifest "
+            f"({', '.join(MANIFEST_SUFFIXES)}) or az:// prefix"
+        )
 
 
 def _check_default_questions(questions: list[str]) -> list[str]:
@@ -187,53 +199,57 @@ def _too_many(where: str, max_rows: int, what: str = "rows") -> InputError:
 # --- files: directory, glob, az:// ---------------------------------------------------------------
 
 
-def _items_from_files(files: Iterable[tuple[str, str]], where: str) -> list[VideoItem]:
-    """Items from (relative name, uri) pairs, sorted by name; id = name without extension."""
-    items: dict[str, VideoItem] = {}
-    names: dict[str, str] = {}
-    for name, uri in sorted(files):
+def _add_files(
+    spool: InputSpool, files: Iterable[tuple[str, str]], where: str, max_rows: int | None
+) -> None:
+    """Add videos from (relative name, uri) pairs, sorted by name; id = name without extension."""
+    for count, (name, uri) in enumerate(files, 1):
+        if max_rows is not None and count > max_rows:
+            raise _too_many(where, max_rows, "videos")
+        spool.add_file(name, uri)
+    for name, uri in spool.files():
         video_id = os.path.splitext(name)[0]
         problem = id_problem(video_id)
         if problem:
             raise InputError(f"{where}: file {_show(name)}: video_id {problem}")
-        if video_id in items:
+        if spool.add_video(video_id, uri, name) is None:
+            first = spool.video(video_id)[2]
             raise InputError(
-                f"{where}: {_show(names[video_id])} and {_show(name)} both give video_id "
+                f"{where}: {_show(first)} and {_show(name)} both give video_id "
                 f"{_show(video_id)}; rename one or use a manifest"
             )
-        items[video_id] = VideoItem(video_id, uri)
-        names[video_id] = name
-    return list(items.values())
 
 
-def _read_directory(root: Path, max_rows: int) -> list[VideoItem]:
+def _read_directory(spool: InputSpool, root: Path, max_rows: int | None) -> None:
     base = os.path.abspath(root)
-    found: list[tuple[str, str]] = []
-    for dirpath, _dirnames, filenames in os.walk(base):  # symlinked folders are not followed
-        for name in filenames:
-            if is_video_name(name):
-                path = os.path.join(dirpath, name)
-                found.append((Path(os.path.relpath(path, base)).as_posix(), path))
-                if len(found) > max_rows:
-                    raise _too_many(str(root), max_rows, "videos")
-    return _items_from_files(found, str(root))
+
+    def found() -> Iterator[tuple[str, str]]:
+        for dirpath, _dirnames, filenames in os.walk(base):  # symlinked folders are not followed
+            for name in filenames:
+                if is_video_name(name):
+                    path = os.path.join(dirpath, name)
+                    yield Path(os.path.relpath(path, base)).as_posix(), path
+
+    _add_files(spool, found(), str(root), max_rows)
 
 
-def _read_glob(pattern: str, max_rows: int) -> list[VideoItem]:
+def _read_glob(spool: InputSpool, pattern: str, max_rows: int | None) -> None:
     parts = Path(pattern).parts
     fixed = next((i for i, p in enumerate(parts) if _GLOB_MAGIC.search(p)), len(parts))
     base = os.path.abspath(Path(*parts[:fixed])) if fixed else os.path.abspath(".")
-    found: list[tuple[str, str]] = []
-    for match in glob.iglob(pattern, recursive=True):
-        if is_video_name(match) and not os.path.isdir(match):
-            path = os.path.abspath(match)
-            found.append((Path(os.path.relpath(path, base)).as_posix(), path))
-            if len(found) > max_rows:
-                raise _too_many(pattern, max_rows, "videos")
-    return _items_from_files(found, pattern)
+
+    def found() -> Iterator[tuple[str, str]]:
+        for match in glob.iglob(pattern, recursive=True):
+            if is_video_name(match) and not os.path.isdir(match):
+                path = os.path.abspath(match)
+                yield Path(os.path.relpath(path, base)).as_posix(), path
+
+    _add_files(spool, found(), pattern, max_rows)
 
 
-def _read_az(source: str, store_factory: StoreFactory | None, max_rows: int) -> list[VideoItem]:
+def _read_az(
+    spool: InputSpool, source: str, store_factory: StoreFactory | None, max_rows: int | None
+) -> None:
     # Split by hand: blob names may contain '?' and '#', which urlparse would cut off.
     container, _, prefix = source.removeprefix("az://").partition("/")
     if not container:
@@ -246,31 +262,31 @@ def _read_az(source: str, store_factory: StoreFactory | None, max_rows: int) -> 
     prefix = prefix.strip("/")
     folder = f"{prefix}/" if prefix else ""
     try:
-        keys = [k for k in store.list(folder) if k.startswith(folder) and is_video_name(k)]
-        if not keys and prefix and is_video_name(prefix) and store.exists(prefix):  # one blob
-            keys, folder = [prefix], prefix[: prefix.rfind("/") + 1]
+        keys = (k for k in store.iter_list(folder) if k.startswith(folder) and is_video_name(k))
+        _add_files(spool, ((k[len(folder) :], f"az://{container}/{k}") for k in keys), source,
+                   max_rows)  # fmt: skip
+        if not len(spool) and prefix and is_video_name(prefix) and store.exists(prefix):
+            folder = prefix[: prefix.rfind("/") + 1]  # one blob
+            _add_files(spool, [(prefix[len(folder) :], f"az://{container}/{prefix}")], source, None)
     except ValueError as exc:  # a prefix the store refuses (e.g. '..' components)
+        if isinstance(exc, InputError):
+            raise
         raise InputError(f"{source}: {exc}") from None
-    if len(keys) > max_rows:
-        raise _too_many(source, max_rows, "videos")
-    return _items_from_files(((k[len(folder) :], f"az://{container}/{k}") for k in keys), source)
 
 
 # --- manifests -----------------------------------------------------------------------------------
 
 
-def _read_manifest(path: Path, max_rows: int) -> list[VideoItem]:
+def _read_manifest(spool: InputSpool, path: Path, max_rows: int | None) -> None:
     base = os.path.dirname(os.path.abspath(path))
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return _read_jsonl(path, base, max_rows)
+        return _read_jsonl(spool, path, base, max_rows)
     rows = _csv_rows(path, max_rows) if suffix == ".csv" else _parquet_rows(path, max_rows)
-    return _group_rows(rows, base)
+    _group_rows(spool, rows, base)
 
 
-def _read_jsonl(path: Path, base: str, max_rows: int) -> list[VideoItem]:
-    items: dict[str, VideoItem] = {}
-    first_line: dict[str, int] = {}
+def _read_jsonl(spool: InputSpool, path: Path, base: str, max_rows: int | None) -> None:
     count = 0
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, 1):
@@ -284,7 +300,7 @@ def _read_jsonl(path: Path, base: str, max_rows: int) -> list[VideoItem]:
             if not line.strip():
                 continue
             count += 1
-            if count > max_rows:
+            if max_rows is not None and count > max_rows:
                 raise _too_many(str(path), max_rows)
             try:
                 record = json.loads(line)
@@ -295,16 +311,16 @@ def _read_jsonl(path: Path, base: str, max_rows: int) -> list[VideoItem]:
             if not isinstance(record, dict):
                 raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
             video_id = _check_id(record.get("video_id"), where, "video_id")
-            if video_id in items:
-                raise InputError(
-                    f"{where}: duplicate video_id {_show(video_id)} "
-                    f"(first on line {first_line[video_id]})"
-                )
             uri = _resolve_uri(record.get("uri"), base, where)
             questions = _jsonl_questions(record.get("questions"), video_id, where)
-            items[video_id] = VideoItem(video_id, uri, questions)
-            first_line[video_id] = number
-    return list(items.values())
+            seq = spool.add_video(video_id, uri, str(number))
+            if seq is None:
+                first = spool.video(video_id)[2]
+                raise InputError(
+                    f"{where}: duplicate video_id {_show(video_id)} (first on line {first})"
+                )
+            for n, question in enumerate(questions):
+                spool.add_question(seq, n, question)
 
 
 def _jsonl_questions(value: Any, video_id: str, where: str) -> list[Question]:
@@ -352,7 +368,7 @@ def _missing_columns(path: Path, columns: Iterable[str]) -> None:
         raise InputError(f"{path}: missing column(s) {names} (found: {header})")
 
 
-def _csv_rows(path: Path, max_rows: int) -> Iterator[Row]:
+def _csv_rows(path: Path, max_rows: int | None) -> Iterator[Row]:
     with open(path, encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh)
         try:
@@ -370,7 +386,7 @@ def _csv_rows(path: Path, max_rows: int) -> Iterator[Row]:
                 if not values:
                     continue  # blank line
                 count += 1
-                if count > max_rows:
+                if max_rows is not None and count > max_rows:
                     raise _too_many(str(path), max_rows)
                 row = {
                     name: values[i] if i < len(values) else None for i, name in enumerate(header)
@@ -382,7 +398,7 @@ def _csv_rows(path: Path, max_rows: int) -> Iterator[Row]:
             raise InputError(f"{path}: not valid UTF-8 ({exc.reason})") from None
 
 
-def _parquet_rows(path: Path, max_rows: int) -> Iterator[Row]:
+def _parquet_rows(path: Path, max_rows: int | None) -> Iterator[Row]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -392,7 +408,7 @@ def _parquet_rows(path: Path, max_rows: int) -> Iterator[Row]:
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
     names = parquet.schema_arrow.names
     _missing_columns(path, names)
-    if parquet.metadata.num_rows > max_rows:
+    if max_rows is not None and parquet.metadata.num_rows > max_rows:
         raise _too_many(str(path), max_rows)
     columns = [c for c in ("video_id", "uri", "question", "question_id") if c in names]
     number = 0
@@ -403,45 +419,51 @@ def _parquet_rows(path: Path, max_rows: int) -> Iterator[Row]:
             yield f"{path}, row {number}", {c: data[c][i] for c in columns}
 
 
-def _group_rows(rows: Iterable[Row], base: str) -> list[VideoItem]:
-    """One item per video_id; each row with a ``question`` adds one question to its video.
+def _group_rows(spool: InputSpool, rows: Iterable[Row], base: str) -> None:
+    """One video per video_id; each row with a ``question`` adds one question to its video.
 
     Without a ``question`` column a repeated video_id is an error; with one, rows of a video may
     be anywhere in the file but must agree on its uri. An empty (or null) ``question`` cell lists
     the video without adding a question; a cell of only whitespace is an error.
     """
-    items: dict[str, VideoItem] = {}
-    first: dict[str, str] = {}
-    question_ids: dict[str, set[str]] = {}
+    last: tuple[str, int, str, str] | None = None  # (video_id, seq, uri, first where)
+    asked = 0  # questions of the last video
     for where, row in rows:
         video_id = _check_id(row.get("video_id"), where, "video_id")
         uri = _resolve_uri(row.get("uri"), base, where)
         grouped = "question" in row
-        item = items.get(video_id)
-        if item is None:
-            item = items[video_id] = VideoItem(video_id, uri)
-            first[video_id], question_ids[video_id] = where, set()
-        elif not grouped:
-            raise InputError(
-                f"{where}: duplicate video_id {_show(video_id)} (first at {first[video_id]})"
-            )
-        elif item.uri != uri:
-            raise InputError(
-                f"{where}: video_id {_show(video_id)} has uri {_show(uri)} here but "
-                f"{_show(item.uri)} at {first[video_id]}"
-            )
+        repeated = last is not None and last[0] == video_id
+        if not repeated:
+            seq = spool.add_video(video_id, uri, where)
+            if seq is None:  # listed earlier, not just before
+                seq, first_uri, first = spool.video(video_id)
+                last, asked, repeated = (
+                    (video_id, seq, first_uri, first),
+                    spool.question_count(seq),
+                    True,
+                )
+            else:
+                last, asked = (video_id, seq, uri, where), 0
+        assert last is not None
+        if repeated:
+            if not grouped:
+                raise InputError(
+                    f"{where}: duplicate video_id {_show(video_id)} (first at {last[3]})"
+                )
+            if last[2] != uri:
+                raise InputError(
+                    f"{where}: video_id {_show(video_id)} has uri {_show(uri)} here but "
+                    f"{_show(last[2])} at {last[3]}"
+                )
         text = row.get("question")
         if not grouped or text is None or text == "":
             continue
-        default_id = f"{video_id}#{len(item.questions)}"
         question = _question(
-            text, row.get("question_id"), default_id, where, "question", "question_id"
+            text, row.get("question_id"), f"{video_id}#{asked}", where, "question", "question_id"
         )
-        if question.question_id in question_ids[video_id]:
+        if not spool.add_question(last[1], asked, question):
             raise InputError(
                 f"{where}: duplicate question_id {_show(question.question_id)} "
                 f"for video_id {_show(video_id)}"
             )
-        question_ids[video_id].add(question.question_id)
-        item.questions.append(question)
-    return list(items.values())
+        asked += 1

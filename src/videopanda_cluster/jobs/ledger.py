@@ -2,9 +2,11 @@
 
 Layout under ``jobs/<job_id>/``:
 
-- ``ledger.json``: config hash, the video ids of every shard, the content digest of every video
-  (uri and questions) and the hash of the inputs the plan was made from; created once
-  (put_if_absent), replaced only by an inputs update (compare-and-swap, under the job's lease);
+- ``ledger.json``: the config hash, the identity of the inputs the plan was made from, shard and
+  video counts and where the plan is; created once (put_if_absent), replaced only by an inputs
+  update (compare-and-swap, under the job's lease). Small whatever the corpus size;
+- ``plan/<plan_id>/<piece>.parquet``: the shard plan in pieces (:mod:`.plan`): every video's id,
+  uri, questions and content digest, by shard;
 - ``shards/<shard_id>.done``: the commit marker of a shard, with its stats (put_if_absent, so a
   retried or concurrent commit of the same shard is a no-op);
 - ``stats/<shard_id>~v<videos>~r<rows>~f<failed>[~<code>.<count>...]``: an empty object whose
@@ -13,30 +15,37 @@ Layout under ``jobs/<job_id>/``:
   stats object is missing (the driver stopped between the two writes) is read from its marker;
 - ``attempts/<shard_id>/<n>``: one object per processing attempt of a shard.
 
-Shard ids are ``f"{index:06d}"`` of the shard in the ledger's list. An update appends shards for
-new videos, drops removed videos from pending shards and never changes a committed shard.
-Ledgers of format 1 (no digests) are read too: their inputs are compared by video id only, and
-their first run stores the digests.
+Shard ids are ``f"{index:06d}"``. An update appends shards for new videos, drops removed videos
+from pending shards and never changes a committed shard. Comparing the inputs with the plan is
+one hash when nothing changed, else a join of the two in the inputs' SQLite spool, so the driver's
+memory does not grow with the corpus. Ledgers of format 1 (no digests) and 2 (every video in
+ledger.json) are read too; the first run that opens one rewrites it in format 3 (format 1 inputs
+are compared by video id only).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import re
 import time
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ..storage.base import Store, StoreUnavailable
 from .failures import UsageError
+from .plan import PlanReader, PlanWriter, piece_shards_for
+from .spool import InputSpool, PlannedVideo, Question, video_digest
 
-LEDGER_FORMAT = 2
+__all__ = ["InputsChanged", "Ledger", "LedgerConflict", "PlanUpdate", "video_digest"]
+
+LEDGER_FORMAT = 3
 EXAMPLES = 3  # ids shown per kind of change in a message
 SUMMARY_EXAMPLES = 100  # ids listed per kind of change in a summary
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SHARD_ID = re.compile(r"[0-9]{6,}")
 
 
 class LedgerConflict(UsageError):
@@ -60,15 +69,6 @@ def check_job_id(job_id: str) -> str:
 def ledger_key(job_id: str) -> str:
     """The key of ``job_id``'s ledger."""
     return f"jobs/{check_job_id(job_id)}/ledger.json"
-
-
-def plan_shards(video_ids: list[str], shard_size: int) -> list[list[str]]:
-    """Consecutive chunks of ``shard_size`` ids, in the given order."""
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    if len(set(video_ids)) != len(video_ids):
-        raise ValueError("video ids must be unique")
-    return [list(video_ids[i : i + shard_size]) for i in range(0, len(video_ids), shard_size)]
 
 
 _CODE = re.compile(r"[a-z0-9_]{1,40}")
@@ -110,36 +110,48 @@ def parse_stats_name(name: str) -> dict[str, Any] | None:
 
 
 def shard_id_for(index: int) -> str:
-    """The id of the shard at ``index`` of the ledger's list."""
+    """The id of the shard at ``index`` of the plan."""
     return f"{index:06d}"
 
 
-def video_digest(uri: str, questions: Iterable[tuple[str, str]]) -> str:
-    """16 hex digits identifying what a video's rows are made from: its uri and its questions
-    (``(question_id, text)`` pairs)."""
-    canonical = json.dumps([uri, [list(q) for q in questions]], ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+@dataclass(frozen=True)
+class Ids:
+    """How many videos of one kind, and the first :data:`SUMMARY_EXAMPLES` of their ids."""
+
+    count: int = 0
+    examples: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def shown(self, limit: int = EXAMPLES) -> str:
+        """E.g. ``'a', 'b', ...``."""
+        text = ", ".join(repr(v) for v in self.examples[:limit])
+        return text + (", ..." if self.count > limit else "")
 
 
-def inputs_hash(videos: dict[str, str]) -> str:
-    """sha256 (hex) of the sorted ``video_id -> digest`` pairs: the identity of a job's inputs."""
-    canonical = json.dumps(sorted(videos.items()), ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+class _Collect:
+    """Builds an :class:`Ids` from ids seen one at a time."""
 
+    def __init__(self) -> None:
+        self.count, self.examples = 0, []
 
-def _some(ids: Iterable[str], limit: int) -> str:
-    ids = list(ids)
-    shown = ", ".join(repr(v) for v in ids[:limit])
-    return shown + (", ..." if len(ids) > limit else "")
+    def add(self, video_id: str) -> None:
+        self.count += 1
+        if len(self.examples) < SUMMARY_EXAMPLES:
+            self.examples.append(video_id)
+
+    def ids(self) -> Ids:
+        return Ids(self.count, tuple(self.examples))
 
 
 @dataclass(frozen=True)
 class InputsDiff:
     """How a job's inputs differ from those of its plan (ids in input / plan order)."""
 
-    added: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    changed: tuple[str, ...] = ()  # same id, other uri or questions
+    added: Ids = Ids()
+    removed: Ids = Ids()
+    changed: Ids = Ids()  # same id, other uri or questions
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.changed)
@@ -147,7 +159,7 @@ class InputsDiff:
     def describe(self) -> str:
         """E.g. ``2 added ('v7', 'v8'), 1 removed ('v3')``."""
         parts = [
-            f"{len(ids)} {name} ({_some(ids, EXAMPLES)})"
+            f"{ids.count} {name} ({ids.shown()})"
             for name, ids in (("added", self.added), ("removed", self.removed),
                               ("changed", self.changed))
             if ids
@@ -159,53 +171,81 @@ class InputsDiff:
 class PlanUpdate:
     """What an inputs update did to a job's plan."""
 
-    added: tuple[str, ...]  # videos planned in new shards
-    new_shards: tuple[str, ...]
-    removed: tuple[str, ...]  # videos no longer in the inputs (rows already committed stay)
-    dropped: tuple[str, ...]  # the removed videos that were still pending: never processed
-    changed: tuple[str, ...]  # pending videos now processed with their new uri or questions
+    added: Ids  # videos planned in new shards
+    new_shards: Ids
+    removed: Ids  # videos no longer in the inputs (rows already committed stay)
+    dropped: Ids  # the removed videos that were still pending: never processed
+    changed: Ids  # pending videos now processed with their new uri or questions
 
     def summary(self) -> dict[str, Any]:
         """Counts and up to :data:`SUMMARY_EXAMPLES` ids of each kind, for the job summary."""
-        out: dict[str, Any] = {"new_shards": list(self.new_shards)}
+        out: dict[str, Any] = {
+            "new_shards": list(self.new_shards.examples),
+            "new_shards_count": self.new_shards.count,
+        }
         for name in ("added", "removed", "dropped", "changed"):
-            ids = getattr(self, name)
-            out[f"{name}_videos"] = len(ids)
-            out[f"{name}_examples"] = list(ids[:SUMMARY_EXAMPLES])
+            ids: Ids = getattr(self, name)
+            out[f"{name}_videos"] = ids.count
+            out[f"{name}_examples"] = list(ids.examples)
         return out
+
+
+_PREV = """
+CREATE TEMP TABLE prev (video_id TEXT PRIMARY KEY, shard INTEGER NOT NULL, pos INTEGER NOT NULL,
+                        digest TEXT NOT NULL, removed INTEGER NOT NULL, uri TEXT, questions TEXT);
+CREATE INDEX temp.prev_order ON prev (shard, pos);
+CREATE TEMP TABLE done (shard INTEGER PRIMARY KEY);
+"""
+# the inputs' videos (v, with digest) against the plan's live videos (p)
+_ADDED = """SELECT v.video_id FROM video v WHERE NOT EXISTS
+            (SELECT 1 FROM prev p WHERE p.video_id = v.video_id AND p.removed = 0) ORDER BY v.seq"""
+_REMOVED = """SELECT p.video_id FROM prev p WHERE p.removed = 0 AND NOT EXISTS
+              (SELECT 1 FROM video v WHERE v.video_id = p.video_id) ORDER BY p.shard, p.pos"""
+_CHANGED = """SELECT v.video_id FROM video v JOIN prev p ON p.video_id = v.video_id
+              WHERE p.removed = 0 AND p.digest != '' AND p.digest != v.digest {extra}
+              ORDER BY v.seq"""
+_STALE = """SELECT v.video_id FROM video v JOIN prev p ON p.video_id = v.video_id
+            JOIN done d ON d.shard = p.shard
+            WHERE p.digest != '' AND p.digest != v.digest ORDER BY v.seq"""
+_MERGE = """SELECT p.shard, p.video_id, p.digest, p.uri, p.questions, d.shard IS NOT NULL,
+                   v.seq, v.uri, v.digest
+            FROM prev p LEFT JOIN done d ON d.shard = p.shard
+            LEFT JOIN video v ON v.video_id = p.video_id ORDER BY p.shard, p.pos"""
+_FRESH = "NOT EXISTS (SELECT 1 FROM prev p WHERE p.video_id = v.video_id)"
 
 
 class Ledger:
     """One job's shard plan and commit state; every method reads or writes the store."""
 
     def __init__(
-        self,
-        store: Store,
-        job_id: str,
-        config_hash: str,
-        shards: list[list[str]],
-        digests: list[list[str]] | None = None,
-        removed: Iterable[str] = (),
-        version: str | None = None,
+        self, store: Store, job_id: str, record: dict[str, Any], version: str | None = None
     ) -> None:
         self.store = store
         self.job_id = check_job_id(job_id)
-        self.config_hash = config_hash
         self.plan_update: PlanUpdate | None = None  # set when opening updated the inputs
-        self._set_plan(shards, digests, removed, version)
+        self._set_record(record, version)
 
-    def _set_plan(
-        self,
-        shards: list[list[str]],
-        digests: list[list[str]] | None,
-        removed: Iterable[str],
-        version: str | None,
-    ) -> None:
-        self.shards = shards
-        self.digests = digests  # parallel to shards; None for a format 1 ledger
-        self.removed = set(removed)  # ids of committed shards no longer in the inputs
+    def _set_record(self, record: dict[str, Any], version: str | None) -> None:
+        self.record = record
         self.version = version  # of ledger.json as read, for a compare-and-swap update
-        self._index = {shard_id_for(i): i for i in range(len(shards))}
+        self.format = int(record.get("format", 1))
+        self.config_hash: str = record["config_hash"]
+        self.legacy: list[list[str]] | None = None  # the shards of a format 1/2 ledger
+        self.plan: PlanReader | None = None
+        if self.format >= 3:
+            plan = record["plan"]
+            self.plan = PlanReader(
+                self.store, plan["prefix"], int(plan["piece_shards"]), dict(plan["pieces"])
+            )
+            self.total_shards, self.total_videos = record["total_shards"], record["total_videos"]
+        else:
+            shards, digests = record["shards"], record.get("digests")
+            if not all(isinstance(s, list) and all(isinstance(v, str) for v in s) for s in shards):
+                raise TypeError("shards must be lists of video ids")
+            if digests is not None and [len(d) for d in digests] != [len(s) for s in shards]:
+                raise TypeError("digests must match the shards")
+            self.legacy = shards
+            self.total_shards, self.total_videos = len(shards), sum(len(s) for s in shards)
 
     @property
     def prefix(self) -> str:
@@ -215,19 +255,7 @@ class Ledger:
     def key(self) -> str:
         return ledger_key(self.job_id)
 
-    def _record(self) -> bytes:
-        videos = self.videos()
-        record = {
-            "format": LEDGER_FORMAT,
-            "job_id": self.job_id,
-            "config_hash": self.config_hash,
-            "inputs_hash": inputs_hash(videos) if self.digests is not None else None,
-            "written_at": time.time(),
-            "shards": self.shards,
-            "digests": self.digests,
-            "removed": sorted(self.removed),
-        }
-        return json.dumps(record, ensure_ascii=False).encode()
+    # --- planning ----------------------------------------------------------------------------
 
     @classmethod
     def open_or_create(
@@ -235,45 +263,84 @@ class Ledger:
         store: Store,
         job_id: str,
         config_hash: str,
-        shards: list[list[str]],
-        digests: list[list[str]] | None = None,
+        inputs: InputSpool,
         *,
+        shard_size: int,
         update: bool = False,
-        shard_size: int | None = None,
     ) -> Ledger:
-        """Create the job's ledger from the planned ``shards`` of its inputs (with each video's
-        :func:`video_digest` in ``digests``, parallel to them), or resume the existing one.
+        """Create the job's ledger, planning ``inputs`` (a finished spool) in shards of
+        ``shard_size`` in input order, or resume the existing one.
 
         Raises LedgerConflict if the job exists with another configuration hash, and
         InputsChanged if it exists with other inputs, unless ``update``: then new videos are
-        planned in new shards of ``shard_size`` (default: the largest of ``shards``) and
-        removed ones leave the pending shards (see :meth:`update`).
+        planned in new shards and removed ones leave the pending shards (see :meth:`_update`).
         """
-        if digests is None:
-            digests = [[""] * len(s) for s in shards]
-        ledger = cls(store, job_id, config_hash, [list(s) for s in shards], digests)
-        if store.put_if_absent(ledger.key, ledger._record()):
-            return ledger
-        existing = cls.load(store, job_id)
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        key = ledger_key(job_id)
+        try:
+            existing = cls.load(store, job_id)
+        except KeyError:
+            existing = None
+        if existing is None:
+            writer = cls._writer(store, job_id, shard_size)
+            for i, video in enumerate(inputs.videos()):
+                writer.add(i // shard_size, video)
+            shards = -(-len(inputs) // shard_size)
+            record = cls._new_record(job_id, config_hash, inputs, writer, shard_size, shards, 0)
+            if store.put_if_absent(key, json.dumps(record).encode()):
+                return cls(store, job_id, record)
+            PlanReader(store, writer.prefix, writer.piece_shards, writer.pieces).delete()
+            existing = cls.load(store, job_id)  # another driver planned it first
         if existing.config_hash != config_hash:
             raise LedgerConflict(
                 f"job {job_id} was created with a different configuration "
                 f"(hash {existing.config_hash[:12]}, now {config_hash[:12]}); "
                 "use a new --job-id or the same settings"
             )
-        current = ledger.videos()
-        diff = existing.diff(current)
+        if existing.format >= 3 and existing.record.get("inputs_hash") == inputs.inputs_hash:
+            return existing  # the same inputs: nothing to compare
+        existing._load_previous(inputs)
+        diff = existing._diff(inputs)
         if diff and not update:
             raise InputsChanged(
                 f"job {job_id} was planned from other inputs: {diff.describe()}; rerun with "
                 "--update to plan the added videos in new shards (committed results stay, "
                 "removed videos are reported and not processed), or use a new --job-id"
             )
-        if diff or existing.digests is None:  # a format 1 ledger stores the digests once
-            size = shard_size or max((len(s) for s in shards), default=1)
-            done = existing.update(current, size, diff)
-            existing.plan_update = done if diff else None
+        done = existing._update(inputs, shard_size, diff)  # also rewrites format 1/2 ledgers
+        existing.plan_update = done if diff else None
         return existing
+
+    @staticmethod
+    def _writer(store: Store, job_id: str, shard_size: int) -> PlanWriter:
+        prefix = f"jobs/{job_id}/plan/{uuid.uuid4().hex[:12]}"
+        return PlanWriter(store, prefix, piece_shards_for(shard_size))
+
+    @staticmethod
+    def _new_record(
+        job_id: str,
+        config_hash: str,
+        inputs: InputSpool,
+        writer: PlanWriter,
+        shard_size: int,
+        shards: int,
+        removed: int,
+    ) -> dict[str, Any]:
+        pieces = writer.close()
+        return {
+            "format": LEDGER_FORMAT,
+            "job_id": job_id,
+            "config_hash": config_hash,
+            "inputs_hash": inputs.inputs_hash,
+            "written_at": time.time(),
+            "shard_size": shard_size,
+            "total_shards": shards,
+            "total_videos": sum(pieces.values()),
+            "removed_videos": removed,
+            "plan": {"prefix": writer.prefix, "piece_shards": writer.piece_shards,
+                     "pieces": pieces},
+        }  # fmt: skip
 
     @classmethod
     def load(cls, store: Store, job_id: str) -> Ledger:
@@ -282,42 +349,64 @@ class Ledger:
         stored = store.get_versioned(key)
         try:
             record = json.loads(stored.data)
-            hash_, shards = record["config_hash"], record["shards"]
-            digests, removed = record.get("digests"), record.get("removed", [])
-            if not all(isinstance(s, list) and all(isinstance(v, str) for v in s) for s in shards):
-                raise TypeError("shards must be lists of video ids")
-            if digests is not None and [len(d) for d in digests] != [len(s) for s in shards]:
-                raise TypeError("digests must match the shards")
+            if not isinstance(record, dict):
+                raise TypeError("not a JSON object")
+            return cls(store, job_id, record, stored.version)
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"ledger {key} in {store.url} is corrupt: {exc!r}") from None
-        return cls(store, job_id, hash_, shards, digests, removed, stored.version)
+
+    def rows(self) -> Iterator[tuple[int, PlannedVideo, bool]]:
+        """Every ``(shard, video, removed)`` of the plan in order (reads the whole plan)."""
+        if self.plan is not None:
+            yield from self.plan.rows()
+            return
+        assert self.legacy is not None
+        digests = self.record.get("digests") or [[""] * len(s) for s in self.legacy]
+        removed = set(self.record.get("removed", []))
+        for i, (shard, shard_digests) in enumerate(zip(self.legacy, digests, strict=True)):
+            for video, digest in zip(shard, shard_digests, strict=True):
+                yield i, PlannedVideo(video, "", (), digest), video in removed
 
     def videos(self) -> dict[str, str]:
         """``video_id -> digest`` of the planned videos still in the inputs, in plan order
-        (digest ``""`` when unknown)."""
-        digests = self.digests or [[""] * len(s) for s in self.shards]
-        return {
-            video: digest
-            for shard, shard_digests in zip(self.shards, digests, strict=True)
-            for video, digest in zip(shard, shard_digests, strict=True)
-            if video not in self.removed
-        }
+        (reads the whole plan: for tests and small jobs)."""
+        return {video.video_id: video.digest for _, video, gone in self.rows() if not gone}
 
-    def diff(self, current: dict[str, str]) -> InputsDiff:
-        """How ``current`` (``video_id -> digest``, in input order) differs from the plan."""
-        planned = self.videos()
+    def _load_previous(self, inputs: InputSpool) -> None:
+        """The plan (table ``prev``) and the committed shards (``done``) into the inputs' spool."""
+        db = inputs.db
+        db.executescript("DROP TABLE IF EXISTS temp.prev; DROP TABLE IF EXISTS temp.done;" + _PREV)
+        batch: list[tuple[Any, ...]] = []
+        position: tuple[int, int] = (-1, 0)
+        legacy = self.plan is None
+        for shard, video, removed in self.rows():
+            position = (shard, position[1] + 1 if position[0] == shard else 0)
+            questions = json.dumps([[q.question_id, q.text] for q in video.questions])
+            kept = (None, None) if legacy else (video.uri, questions)
+            batch.append((video.video_id, shard, position[1], video.digest, int(removed), *kept))
+            if len(batch) >= 10_000:
+                db.executemany("INSERT INTO prev VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
+                batch.clear()
+        db.executemany("INSERT INTO prev VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
+        db.executemany("INSERT INTO done VALUES (?)", ((int(s),) for s in self.committed()))
+
+    @staticmethod
+    def _ids(inputs: InputSpool, sql: str) -> Ids:
+        found = _Collect()
+        for (video_id,) in inputs.db.execute(sql):
+            found.add(video_id)
+        return found.ids()
+
+    def _diff(self, inputs: InputSpool) -> InputsDiff:
+        """How the inputs differ from the plan loaded by :meth:`_load_previous`."""
         return InputsDiff(
-            added=tuple(v for v in current if v not in planned),
-            removed=tuple(v for v in planned if v not in current),
-            changed=tuple(
-                v
-                for v, digest in current.items()
-                if v in planned and "" not in (digest, planned[v]) and planned[v] != digest
-            ),
+            added=self._ids(inputs, _ADDED),
+            removed=self._ids(inputs, _REMOVED),
+            changed=self._ids(inputs, _CHANGED.format(extra="")),
         )
 
-    def update(self, current: dict[str, str], shard_size: int, diff: InputsDiff) -> PlanUpdate:
-        """Make the plan follow ``current``, replacing ledger.json (compare-and-swap).
+    def _update(self, inputs: InputSpool, shard_size: int, diff: InputsDiff) -> PlanUpdate:
+        """Make the plan follow the inputs, replacing ledger.json (compare-and-swap).
 
         Committed shards never change: their removed videos are only recorded as removed, and a
         video changed after its shard was committed (or removed, then back with other content)
@@ -325,88 +414,135 @@ class Ledger:
         is committed with no rows) and process changed ones with their new uri or questions. New
         videos are planned in new shards, numbered after the last one.
         """
-        committed = self.committed()
-        where: dict[str, tuple[int, int]] = {
-            v: (i, j) for i, shard in enumerate(self.shards) for j, v in enumerate(shard)
-        }
-        digests = self.digests or [[""] * len(s) for s in self.shards]
-        stale = [
-            v
-            for v in (*diff.changed, *diff.added)
-            if v in where
-            and shard_id_for(where[v][0]) in committed
-            and digests[where[v][0]][where[v][1]] not in (current[v], "")
-        ]
+        stale = self._ids(inputs, _STALE)
         if stale:
             raise InputsChanged(
-                f"job {self.job_id}: {len(stale)} videos changed after their shard was committed "
-                f"({_some(stale, EXAMPLES)}): their rows are of the old uri or questions; give "
+                f"job {self.job_id}: {stale.count} videos changed after their shard was "
+                f"committed ({stale.shown()}): their rows are of the old uri or questions; give "
                 "them new video ids, or use a new --job-id"
             )
-        shards, new_digests, removed = [], [], set(self.removed)
-        dropped: list[str] = []
-        for i, (shard, shard_digests) in enumerate(zip(self.shards, digests, strict=True)):
-            if shard_id_for(i) in committed:
-                shards.append(shard)
-                kept = zip(shard, shard_digests, strict=True)
-                new_digests.append([current.get(v, d) or d for v, d in kept])
-                removed |= {v for v in shard if v not in current}
-                removed -= {v for v in shard if v in current}
-                continue
-            dropped += [v for v in shard if v not in current]
-            shards.append([v for v in shard if v in current])
-            new_digests.append([current[v] for v in shards[-1]])
-        fresh = plan_shards([v for v in diff.added if v not in where], shard_size)
-        first_new = len(shards)
-        shards += fresh
-        new_digests += [[current[v] for v in shard] for shard in fresh]
-        planned = Ledger(self.store, self.job_id, self.config_hash, shards, new_digests, removed)
-        version = self.store.put_if_version(self.key, planned._record(), self.version or "")
+        changed = self._ids(
+            inputs, _CHANGED.format(extra="AND p.shard NOT IN (SELECT shard FROM done)")
+        )
+        writer = self._writer(self.store, self.job_id, shard_size)
+        dropped, emptied, removed = _Collect(), [], 0
+        current, kept, pending = -1, 0, False  # the shard being copied
+        for row in inputs.db.cursor().execute(_MERGE):
+            shard, video_id, digest, uri, questions, committed, seq, new_uri, new_digest = row
+            if shard != current:
+                if pending and kept == 0:
+                    emptied.append(current)
+                current, kept, pending = shard, 0, not committed
+            if committed:
+                asked = (
+                    tuple(Question(*q) for q in json.loads(questions))
+                    if questions is not None
+                    else (inputs.questions_of(seq) if seq is not None else ())
+                )
+                uri = uri if uri is not None else (new_uri or "")
+                video = PlannedVideo(video_id, uri, asked, (new_digest if seq else "") or digest)
+                writer.add(shard, video, removed=seq is None)
+                removed += seq is None
+                kept += 1
+            elif seq is None:
+                dropped.add(video_id)
+            else:
+                writer.add(
+                    shard, PlannedVideo(video_id, new_uri, inputs.questions_of(seq), new_digest)
+                )
+                kept += 1
+        if pending and kept == 0:
+            emptied.append(current)
+        first_new = self.total_shards
+        added = _Collect()
+        for i, video in enumerate(inputs.videos(_FRESH)):
+            writer.add(first_new + i // shard_size, video)
+            added.add(video.video_id)
+        total = first_new + -(-added.count // shard_size)
+        record = self._new_record(
+            self.job_id, self.config_hash, inputs, writer, shard_size, total, removed
+        )
+        version = self.store.put_if_version(
+            self.key, json.dumps(record).encode(), self.version or ""
+        )
         if version is None:
+            PlanReader(self.store, writer.prefix, writer.piece_shards, writer.pieces).delete()
             raise LedgerConflict(
                 f"the ledger of job {self.job_id} changed while it was being updated; rerun"
             )
-        self._set_plan(shards, new_digests, removed, version)
-        for shard_id in self.pending():
-            if not self.shard_videos(shard_id):  # every video of it was removed
-                self.commit(shard_id, rows=0, failed=0, counters={})
+        old = self.plan
+        self._set_record(record, version)
+        if old is not None:
+            old.delete()
+        for shard in emptied:  # every video of it was removed
+            self.commit(shard_id_for(shard), rows=0, failed=0, counters={})
+        new_ids = [
+            shard_id_for(i) for i in range(first_new, min(total, first_new + SUMMARY_EXAMPLES))
+        ]
         return PlanUpdate(
-            added=tuple(v for shard in fresh for v in shard),
-            new_shards=tuple(shard_id_for(first_new + i) for i in range(len(fresh))),
+            added=added.ids(),
+            new_shards=Ids(total - first_new, tuple(new_ids)),
             removed=diff.removed,
-            dropped=tuple(dropped),
-            changed=tuple(v for v in diff.changed if shard_id_for(where[v][0]) not in committed),
+            dropped=dropped.ids(),
+            changed=changed,
         )
 
+    # --- shards ------------------------------------------------------------------------------
+
     def shard_ids(self) -> list[str]:
-        return list(self._index)
+        return [shard_id_for(i) for i in range(self.total_shards)]
+
+    def shard_plan(self, shard_id: str) -> list[PlannedVideo]:
+        """The videos of a shard, with what they are made from; ValueError for an unknown id."""
+        index = self._shard_index(shard_id)
+        if self.plan is None:
+            raise ValueError(f"job {self.job_id}: a format {self.format} ledger has no shard plan")
+        return [video for _, video, _ in self.plan.shard(index)]
 
     def shard_videos(self, shard_id: str) -> list[str]:
         """The video ids of a shard; ValueError for an id not in this ledger."""
-        return self.shards[self._shard_index(shard_id)]
+        index = self._shard_index(shard_id)
+        if self.legacy is not None:
+            return list(self.legacy[index])
+        return [video.video_id for video in self.shard_plan(shard_id)]
+
+    def shard_lists(self) -> list[list[str]]:
+        """Every shard's video ids (reads the whole plan: for tests and small jobs)."""
+        shards: list[list[str]] = [[] for _ in range(self.total_shards)]
+        for shard, video, _ in self.rows():
+            shards[shard].append(video.video_id)
+        return shards
 
     def _shard_index(self, shard_id: str) -> int:
+        if isinstance(shard_id, str) and _SHARD_ID.fullmatch(shard_id):
+            index = int(shard_id)
+            if index < self.total_shards and shard_id == shard_id_for(index):
+                return index
+        raise ValueError(f"job {self.job_id} has no shard {shard_id!r}")
+
+    def _is_shard(self, shard_id: str) -> bool:
         try:
-            return self._index[shard_id]
-        except KeyError:
-            raise ValueError(f"job {self.job_id} has no shard {shard_id!r}") from None
+            self._shard_index(shard_id)
+        except ValueError:
+            return False
+        return True
 
     def _marker(self, shard_id: str) -> str:
         return f"{self.prefix}/shards/{shard_id}.done"
 
     def committed(self) -> set[str]:
-        """Ids of the committed shards."""
+        """Ids of the committed shards (one listing)."""
         done = set()
-        for key in self.store.list(f"{self.prefix}/shards/"):
+        for key in self.store.iter_list(f"{self.prefix}/shards/"):
             name = key.rpartition("/")[2]
-            if name.endswith(".done") and name[: -len(".done")] in self._index:
+            if name.endswith(".done") and self._is_shard(name[: -len(".done")]):
                 done.add(name[: -len(".done")])
         return done
 
     def pending(self) -> list[str]:
         """Ids of the shards not committed yet, in order."""
         done = self.committed()
-        return [s for s in self._index if s not in done]
+        return [s for s in map(shard_id_for, range(self.total_shards)) if s not in done]
 
     def commit(self, shard_id: str, rows: int, failed: int, counters: dict[str, int]) -> bool:
         """Mark ``shard_id`` done with its stats; False (and nothing changed) if it already was."""
@@ -441,26 +577,28 @@ class Ledger:
 
     def progress(self) -> dict[str, Any]:
         """Totals and committed counts of shards and videos, plus rows, failed rows and the
-        summed counters of the committed shards."""
+        summed counters of the committed shards (two listings; a marker is read only for a
+        shard whose stats object is missing)."""
         done = sorted(self.committed())
         listed = {}
-        for key in self.store.list(f"{self.prefix}/stats/"):
+        for key in self.store.iter_list(f"{self.prefix}/stats/"):
             parsed = parse_stats_name(key.rpartition("/")[2])
             if parsed is not None:
                 listed[parsed["shard_id"]] = parsed
-        rows = failed = 0
+        videos = rows = failed = 0
         counters: dict[str, int] = {}
         for shard_id in done:
             info = listed.get(shard_id) or self.commit_info(shard_id) or {}
+            videos += info.get("videos", 0)
             rows += info.get("rows", 0)
             failed += info.get("failed", 0)
             for name, count in info.get("counters", {}).items():
                 counters[name] = counters.get(name, 0) + count
         return {
-            "total_shards": len(self.shards),
-            "total_videos": sum(len(s) for s in self.shards),
+            "total_shards": self.total_shards,
+            "total_videos": self.total_videos,
             "committed_shards": len(done),
-            "committed_videos": sum(len(self.shards[self._index[s]]) for s in done),
+            "committed_videos": videos,
             "rows": rows,
             "failed": failed,
             "counters": dict(sorted(counters.items())),

@@ -250,15 +250,17 @@ class AzureBlobStore(Store):
             return self._client.get_blob_client(name).exists()
 
     def list(self, prefix: str = "") -> list[str]:
+        return sorted(self.iter_list(prefix))
+
+    def iter_list(self, prefix: str = "") -> Iterator[str]:
+        """Keys in the service's order (by name), a page at a time."""
         validate_prefix(prefix)
         base = f"{self.prefix}/" if self.prefix else ""
         with self._errors(f"list {prefix!r}"):
             blobs = self._client.list_blobs(name_starts_with=base + prefix, include=["metadata"])
-            return sorted(
-                b.name[len(base) :]
-                for b in blobs
-                if (b.metadata or {}).get("hdi_isfolder") != "true"  # ADLS Gen2 folders
-            )
+            for blob in blobs:
+                if (blob.metadata or {}).get("hdi_isfolder") != "true":  # ADLS Gen2 folders
+                    yield blob.name[len(base) :]
 
     def delete(self, key: str) -> None:
         name = self.blob_name(key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -176,6 +177,10 @@ class Store(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> list[str]:
         """Sorted keys starting with ``prefix`` (a plain string prefix, so ``a/`` is a folder)."""
+
+    def iter_list(self, prefix: str = "") -> Iterator[str]:
+        """The keys of :meth:`list`, streamed (stores that page their listings override it)."""
+        yield from self.list(prefix)
 
     @abstractmethod
     def delete(self, key: str) -> None:
