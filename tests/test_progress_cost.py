@@ -8,7 +8,8 @@ import pytest
 from tests.azurite import ACCOUNT, ACCOUNT_KEY
 from tests.azurite import azurite as azurite_fixture  # noqa: F401
 from tests.fault_proxy import FaultProxy
-from videopanda_cluster.jobs.ledger import Ledger, parse_stats_name, plan_shards, stats_name
+from videopanda_cluster.jobs.ledger import Ledger, parse_stats_name, stats_name
+from videopanda_cluster.jobs.spool import InputSpool, VideoItem
 from videopanda_cluster.storage.azure import AzureBlobStore
 
 SHARDS = 400
@@ -41,8 +42,8 @@ def test_stats_names_round_trip_and_refuse_what_they_cannot_spell():
 
 def test_progress_lists_instead_of_reading_every_marker(counted):
     store, proxy = counted
-    ids = [f"v{i}" for i in range(SHARDS * 2)]
-    ledger = Ledger.open_or_create(store, "big", "h" * 64, plan_shards(ids, 2))
+    with InputSpool.of(VideoItem(f"v{i}", f"/v{i}.mp4") for i in range(SHARDS * 2)) as inputs:
+        ledger = Ledger.open_or_create(store, "big", "h" * 64, inputs, shard_size=2)
     for n, shard_id in enumerate(ledger.shard_ids()):
         counters = {"truncated": 1} if n % 4 == 0 else {}
         ledger.commit(shard_id, rows=2, failed=len(counters), counters=counters)

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from ..storage.base import Store
 from .spool import PlannedVideo, Question
 
-PIECE_VIDEOS = 65_536
+PIECE_VIDEOS = 4_096
 CACHED_PIECES = 2
 
 PLAN_SCHEMA = pa.schema(
@@ -50,7 +50,11 @@ class PlanWriter:
         self.store, self.prefix, self.piece_shards = store, prefix, piece_shards
         self.pieces: dict[str, int] = {}  # piece number (str, for JSON) -> videos
         self._piece = -1
+        self._new_piece()
+
+    def _new_piece(self) -> None:
         self._rows: dict[str, list] = {name: [] for name in PLAN_SCHEMA.names}
+        self._asked: tuple[list[int], list[str], list[str]] = ([0], [], [])  # offsets, ids, texts
 
     def add(self, shard: int, video: PlannedVideo, removed: bool = False) -> None:
         piece = shard // self.piece_shards
@@ -64,8 +68,11 @@ class PlanWriter:
         rows["video_id"].append(video.video_id)
         rows["uri"].append(video.uri)
         rows["digest"].append(video.digest)
-        rows["questions"].append([{"question_id": q.question_id, "text": q.text}
-                                  for q in video.questions])  # fmt: skip
+        offsets, ids, texts = self._asked
+        for question in video.questions:
+            ids.append(question.question_id)
+            texts.append(question.text)
+        offsets.append(len(ids))
         rows["removed"].append(removed)
 
     def close(self) -> dict[str, int]:
@@ -76,12 +83,17 @@ class PlanWriter:
     def _flush(self) -> None:
         if not self._rows["shard"]:
             return
+        offsets, ids, texts = self._asked
+        questions = pa.StructArray.from_arrays(
+            [pa.array(ids, pa.string()), pa.array(texts, pa.string())], ["question_id", "text"]
+        )
+        self._rows["questions"] = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), questions)
         table = pa.table(self._rows, schema=PLAN_SCHEMA)
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
         self.store.put(piece_key(self.prefix, self._piece), buffer.getvalue())
         self.pieces[str(self._piece)] = table.num_rows
-        self._rows = {name: [] for name in PLAN_SCHEMA.names}
+        self._new_piece()
 
 
 Row = tuple[int, PlannedVideo, bool]  # (shard, video, removed)

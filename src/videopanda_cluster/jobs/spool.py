@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-CACHE_KIB = 32_768  # SQLite page cache of one spool
+CACHE_KIB = 16_384  # SQLite page cache of one spool
 _MOD = 1 << 256
 
 _SCHEMA = """
