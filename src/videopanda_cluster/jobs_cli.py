@@ -182,7 +182,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         table.add_row(f"errors: {code}", str(count))
     update = summary.get("inputs_update")
     if update:
-        table.add_row("inputs update: new shards", str(len(update["new_shards"])))
+        table.add_row("inputs update: new shards", str(update["new_shards_count"]))
         for name in ("added", "removed", "dropped", "changed"):
             examples = ", ".join(update[f"{name}_examples"][:5])
             more = ", ..." if update[f"{name}_videos"] > 5 else ""

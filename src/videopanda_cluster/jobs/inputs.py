@@ -287,40 +287,59 @@ def _read_manifest(spool: InputSpool, path: Path, max_rows: int | None) -> None:
 
 
 def _read_jsonl(spool: InputSpool, path: Path, base: str, max_rows: int | None) -> None:
+    batch: list[tuple[str, str, str, list[Question]]] = []
+
+    def flush() -> None:
+        repeated = spool.add_videos(batch)
+        batch.clear()
+        if repeated is not None:
+            video_id, line, first = repeated
+            raise InputError(
+                f"{path}, line {line}: duplicate video_id {_show(video_id)} (first on line {first})"
+            )
+
     count = 0
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, 1):
-            where = f"{path}, line {number}"
             try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{where}: not valid UTF-8 ({exc.reason})") from None
-            if number == 1:
-                line = line.removeprefix("\ufeff")
-            if not line.strip():
+                record = _jsonl_record(raw, number, f"{path}, line {number}", base)
+            except InputError:
+                flush()  # an earlier line's error is the one to report
+                raise
+            if record is None:
                 continue
             count += 1
             if max_rows is not None and count > max_rows:
+                flush()
                 raise _too_many(str(path), max_rows)
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(
-                    f"{where}: malformed JSON ({exc.msg} at column {exc.colno})"
-                ) from None
-            if not isinstance(record, dict):
-                raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            video_id = _check_id(record.get("video_id"), where, "video_id")
-            uri = _resolve_uri(record.get("uri"), base, where)
-            questions = _jsonl_questions(record.get("questions"), video_id, where)
-            seq = spool.add_video(video_id, uri, str(number))
-            if seq is None:
-                first = spool.video(video_id)[2]
-                raise InputError(
-                    f"{where}: duplicate video_id {_show(video_id)} (first on line {first})"
-                )
-            for n, question in enumerate(questions):
-                spool.add_question(seq, n, question)
+            batch.append(record)
+            if len(batch) >= 4096:
+                flush()
+    flush()
+
+
+def _jsonl_record(
+    raw: bytes, number: int, where: str, base: str
+) -> tuple[str, str, str, list[Question]] | None:
+    """``(video_id, uri, line number, questions)`` of one manifest line, None for a blank one."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{where}: not valid UTF-8 ({exc.reason})") from None
+    if number == 1:
+        line = line.removeprefix("\ufeff")
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(record, dict):
+        raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    video_id = _check_id(record.get("video_id"), where, "video_id")
+    uri = _resolve_uri(record.get("uri"), base, where)
+    questions = _jsonl_questions(record.get("questions"), video_id, where)
+    return video_id, uri, str(number), questions
 
 
 def _jsonl_questions(value: Any, video_id: str, where: str) -> list[Question]:

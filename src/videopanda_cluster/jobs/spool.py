@@ -130,6 +130,32 @@ class InputSpool:
         self._count += 1
         return int(cursor.lastrowid or 0)
 
+    def add_videos(
+        self, batch: list[tuple[str, str, str, list[Question]]]
+    ) -> tuple[str, str, str] | None:
+        """Append ``(video_id, uri, loc, questions)`` rows; the first repeated video id as
+        ``(video_id, its loc here, loc of its first listing)``, None if there is none."""
+        start = self._count + 1
+        rows = [(start + i, vid, uri, loc) for i, (vid, uri, loc, _) in enumerate(batch)]
+        try:
+            added = self.db.executemany(
+                "INSERT OR IGNORE INTO video (seq, video_id, uri, loc) VALUES (?, ?, ?, ?)", rows
+            ).rowcount
+            if added != len(rows):
+                for seq, video_id, _uri, loc in rows:
+                    first_seq, _, first_loc = self.video(video_id)
+                    if first_seq != seq:
+                        return video_id, loc, first_loc
+            self.db.executemany(
+                "INSERT INTO question VALUES (?, ?, ?, ?)",
+                [(start + i, n, q.question_id, q.text)
+                 for i, (*_, asked) in enumerate(batch) for n, q in enumerate(asked)],
+            )  # fmt: skip
+        except sqlite3.Error as exc:
+            raise _disk_error(exc) from None
+        self._count += len(rows)
+        return None
+
     def video(self, video_id: str) -> tuple[int, str, str]:
         """``(seq, uri, loc)`` of a video already in."""
         row = self._run("SELECT seq, uri, loc FROM video WHERE video_id = ?", (video_id,))
