@@ -204,7 +204,6 @@ class InputSpool:
                 self._update(update, digests)
         self._update(update, digests)
         self.inputs_hash = total.hexdigest()
-        self._run("CREATE INDEX IF NOT EXISTS video_digest ON video (video_id, digest)", ())
 
     def _update(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         try:
