@@ -443,3 +443,26 @@ def test_az_prefix_lists_videos_through_the_store(tmp_path):
         read_inputs("az:///clips", store_factory=factory)
     with pytest.raises(InputError, match=r"az://box/\.\./up: invalid store prefix"):
         read_inputs("az://box/../up", store_factory=factory)
+
+
+def test_a_large_manifest_reports_the_first_bad_line_across_batches(tmp_path):
+    manifest = tmp_path / "big.jsonl"
+    lines = [json.dumps({"video_id": f"v{i}", "uri": f"{i}.mp4"}) for i in range(10_000)]
+    lines[9_000] = json.dumps({"video_id": "v17", "uri": "again.mp4"})  # a later batch
+    lines[9_500] = "{not json"
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        InputError, match=r"line 9001: duplicate video_id 'v17' \(first on line 18\)"
+    ):
+        read_inputs(str(manifest))
+    lines[9_000] = json.dumps({"video_id": "v9000", "uri": "9000.mp4"})
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"line 9501: malformed JSON"):
+        read_inputs(str(manifest))
+    del lines[9_500]
+    lines.insert(4_000, json.dumps({"video_id": "v4001", "uri": "x.mp4"}))  # same batch
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        InputError, match=r"line 4003: duplicate video_id 'v4001' \(first on line 4001\)"
+    ):
+        read_inputs(str(manifest))

@@ -277,3 +277,19 @@ def test_a_resumed_run_recomputes_only_uncommitted_shards(tmp_path):
         "000002": 1,
     }
     assert ledger.pending() == [] and ledger.progress()["rows"] == 7
+
+
+def test_a_format_2_ledger_is_rewritten_in_pieces_keeping_its_commits(store):
+    digests = [[video_digest(VIDEOS[v], []) for v in shard] for shard in SHARDS]
+    old = {"format": 2, "job_id": "old", "config_hash": "h1", "shards": SHARDS,
+           "digests": digests, "removed": []}  # fmt: skip
+    store.put("jobs/old/ledger.json", json.dumps(old).encode())
+    legacy = Ledger.load(store, "old")
+    assert legacy.progress()["total_videos"] == 7 and legacy.shard_videos("000001") == SHARDS[1]
+    assert legacy.commit("000000", rows=3, failed=0, counters={})
+    resumed = open_job(store, "old", "h1")
+    assert resumed.format == 3 and resumed.plan_update is None
+    assert resumed.shard_lists() == SHARDS and resumed.pending() == ["000001", "000002"]
+    assert [v.uri for v in resumed.shard_plan("000001")] == [VIDEOS[v] for v in SHARDS[1]]
+    assert resumed.progress()["committed_videos"] == 3
+    assert open_job(store, "old", "h1").version == resumed.version  # now the hash matches
