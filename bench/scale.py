@@ -226,6 +226,7 @@ def bench_status(directory: Path, server: Any, shards: int) -> dict[str, Any]:
     with ThreadPoolExecutor(COMMIT_THREADS) as pool:
         list(pool.map(lambda s: ledger.commit(s, rows=SHARD_SIZE, failed=0, counters={}), ids))
     commit_s = time.perf_counter() - start
+    setup_load = _load()
 
     seconds, progress = _progress(url, server.connection_string, job_id)
     progress_load = _load()
@@ -247,6 +248,7 @@ def bench_status(directory: Path, server: Any, shards: int) -> dict[str, Any]:
         "videos": videos,
         "setup_plan_s": round(plan_s, 1),
         "setup_commit_s": round(commit_s, 1),
+        "setup_load": setup_load,
         "progress_s": round(seconds, 2),
         "progress_requests": requests,
         "progress_load": progress_load,
@@ -327,10 +329,8 @@ def main() -> None:
     args.dir.mkdir(parents=True, exist_ok=True)
     out = args.dir / "scale.json"
     results = json.loads(out.read_text()) if out.exists() else {}
-    results["machine"] = {
-        "cpus": os.cpu_count(),
-        "memory_gb": _mb(psutil.virtual_memory().total) / 1024,
-    }
+    memory_gb = round(psutil.virtual_memory().total / 2**30, 1)
+    results["machine"] = {"cpus": os.cpu_count(), "memory_gb": memory_gb}
     if "plan" in only:
         results.update(bench_plan(args.dir, sizes))
     if "status" in only or "bytes" in only:
