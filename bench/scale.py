@@ -224,7 +224,10 @@ def bench_status(directory: Path, server: Any, shards: int) -> dict[str, Any]:
     print(f"status setup: committing {len(ids)} shards ...", file=sys.stderr)
     start = time.perf_counter()
     with ThreadPoolExecutor(COMMIT_THREADS) as pool:
-        list(pool.map(lambda s: ledger.commit(s, rows=SHARD_SIZE, failed=0, counters={}), ids))
+        commits = pool.map(lambda s: ledger.commit(s, rows=SHARD_SIZE, failed=0, counters={}), ids)
+        for n, _ in enumerate(commits, 1):
+            if n % 10_000 == 0:
+                print(f"  {n} committed ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
     commit_s = time.perf_counter() - start
     setup_load = _load()
 
