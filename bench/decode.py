@@ -15,12 +15,12 @@ import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import psutil
 
+from peak_rss import RssSampler
 from videopanda_cluster.video.samples import default_specs, write_video
 
 BENCH_FILES = [s for s in default_specs(long=True) if s.name.startswith("bench_")]
@@ -59,37 +59,22 @@ def _positions(path: str) -> list[int]:
 MODES = {"seek": _seek, "full": _full}
 
 
-class _RssSampler(threading.Thread):
-    """Highest resident set size seen while the work runs (sampled every 2 ms)."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.proc = psutil.Process()
-        self.peak = self.proc.memory_info().rss
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.002):
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-
-
 def _child(mode: str, path: str) -> None:
     import av  # noqa: F401  (imports are part of the base, not of the work)
 
     from videopanda_cluster.video import extract  # noqa: F401
 
     before = psutil.Process().memory_info().rss
-    sampler = _RssSampler()
+    sampler = RssSampler()
     sampler.start()
     start = time.perf_counter()
     indices = MODES[mode](path)
     seconds = time.perf_counter() - start
-    sampler.stop.set()
-    sampler.join()
+    peak = sampler.finish()
     result = {
         "seconds": seconds,
         "base_mb": before / 2**20,
-        "peak_mb": max(sampler.peak, psutil.Process().memory_info().rss) / 2**20,
+        "peak_mb": peak / 2**20,
         "indices": indices,
     }
     print(json.dumps(result))
