@@ -34,8 +34,10 @@ def test_stats_names_round_trip_and_refuse_what_they_cannot_spell():
         "failed": 3,
         "counters": {"no_question": 1, "truncated": 2},
     }
-    assert stats_name("000001", 1, 1, 1, {"Bad Code": 1}) is None
-    assert stats_name("000001", 1, 1, 1, {f"code_{i:02d}": 1 for i in range(30)}) is None
+    # counters that cannot be spelled in a short name are left to the marker
+    assert stats_name("000001", 1, 1, 1, {"Bad Code": 1}) == "000001~v1~r1~f1~m"
+    assert stats_name("000001", 1, 1, 1, {f"code_{i:02d}": 1 for i in range(30)}).endswith("~m")
+    assert parse_stats_name("000001~v1~r1~f1~m")["in_marker"] is True
     assert parse_stats_name("000001.done") is None
     assert parse_stats_name("000001~x1~r1~f0") is None
 
@@ -52,11 +54,34 @@ def test_progress_lists_instead_of_reading_every_marker(counted):
     assert progress["committed_shards"] == SHARDS and progress["rows"] == 2 * SHARDS
     assert progress["counters"] == {"truncated": SHARDS // 4}
     assert progress["failed"] == SHARDS // 4
-    # two listings (markers, stats), each one page for up to 5,000 names; no GET per shard
+    # exact (a run's start and end): two listings (markers, stats), each one page for up to
+    # 5,000 names; no GET per shard
     assert sum(proxy.requests.values()) <= 4, proxy.requests
-    # a stats record lost between the two writes: that shard's marker is read, once
+    # status: one listing
+    proxy.requests.clear()
+    assert ledger.progress(exact=False) == progress
+    assert sum(proxy.requests.values()) <= 2, proxy.requests
+    # a stats record lost between the two writes: status misses that shard until an exact
+    # progress reads its marker, once, and writes the record back
     gone = stats_name("000003", 2, 2, 0, {})
     store.delete(f"jobs/big/stats/{gone}")
+    assert ledger.progress(exact=False)["committed_shards"] == SHARDS - 1
     proxy.requests.clear()
     assert ledger.progress() == progress
-    assert sum(proxy.requests.values()) <= 5, proxy.requests
+    assert sum(proxy.requests.values()) <= 6, proxy.requests
+    assert store.exists(f"jobs/big/stats/{gone}")
+    assert Ledger.load(store, "big").progress(exact=False) == progress
+
+
+def test_counters_that_do_not_fit_a_name_are_read_from_the_marker(tmp_path):
+    from videopanda_cluster.storage.local import LocalStore
+
+    store = LocalStore(tmp_path)
+    with InputSpool.of(VideoItem(f"v{i}", f"/v{i}.mp4") for i in range(4)) as inputs:
+        ledger = Ledger.open_or_create(store, "odd", "h" * 64, inputs, shard_size=2)
+    ledger.commit("000000", rows=2, failed=1, counters={"Odd Code": 1})
+    ledger.commit("000001", rows=2, failed=1, counters={"truncated": 1})
+    assert store.list("jobs/odd/stats/")[0].endswith("000000~v2~r2~f1~m")
+    quick = ledger.progress(exact=False)
+    assert quick == ledger.progress()
+    assert quick["counters"] == {"Odd Code": 1, "truncated": 1} and quick["committed_videos"] == 4

@@ -212,7 +212,7 @@ def status(
         raise typer.Exit(1) from None
     except Exception as exc:
         fail(console, exc, debug=False)
-    info = {"job_id": job_id, **ledger.progress()}
+    info = {"job_id": job_id, **ledger.progress(exact=False)}
     if as_json:
         print(json.dumps(info))
         return

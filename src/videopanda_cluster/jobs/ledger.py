@@ -75,38 +75,41 @@ _CODE = re.compile(r"[a-z0-9_]{1,40}")
 MAX_STATS_NAME = 200
 
 
-def stats_name(
-    shard_id: str, videos: int, rows: int, failed: int, counters: dict[str, int]
-) -> str | None:
-    """The listing-only stats record of a committed shard, or None when its counters cannot be
-    spelled in a short key (then progress reads the marker)."""
+def stats_name(shard_id: str, videos: int, rows: int, failed: int, counters: dict[str, int]) -> str:
+    """The listing-only stats record of a committed shard. Counters that cannot be spelled in a
+    short key are replaced by ``~m``: progress then reads them from the marker."""
     parts = [shard_id, f"v{videos}", f"r{rows}", f"f{failed}"]
     for code, count in sorted(counters.items()):
         if not _CODE.fullmatch(str(code)) or not isinstance(count, int) or count < 0:
-            return None
+            return "~".join([*parts[:4], "m"])
         parts.append(f"{code}.{count}")
     name = "~".join(parts)
-    return name if len(name) <= MAX_STATS_NAME else None
+    return name if len(name) <= MAX_STATS_NAME else "~".join([*parts[:4], "m"])
 
 
 def parse_stats_name(name: str) -> dict[str, Any] | None:
     """The stats a :func:`stats_name` holds (``shard_id``, ``videos``, ``rows``, ``failed``,
-    ``counters``), or None for a name that is not one."""
+    ``counters``, and ``in_marker`` when the counters are only in the marker), or None for a name
+    that is not one."""
     shard_id, *fields = name.split("~")
     if len(fields) < 3 or [f[:1] for f in fields[:3]] != ["v", "r", "f"]:
         return None
     try:
         videos, rows, failed = (int(f[1:]) for f in fields[:3])
         counters = {}
-        for field in fields[3:]:
+        in_marker = fields[3:] == ["m"]
+        for field in [] if in_marker else fields[3:]:
             code, _, count = field.rpartition(".")
             if not _CODE.fullmatch(code):
                 return None
             counters[code] = int(count)
     except ValueError:
         return None
-    return {"shard_id": shard_id, "videos": videos, "rows": rows, "failed": failed,
-            "counters": counters}  # fmt: skip
+    parsed = {"shard_id": shard_id, "videos": videos, "rows": rows, "failed": failed,
+              "counters": counters}  # fmt: skip
+    if in_marker:
+        parsed["in_marker"] = True
+    return parsed
 
 
 def shard_id_for(index: int) -> str:
@@ -533,7 +536,7 @@ class Ledger:
     def committed(self) -> set[str]:
         """Ids of the committed shards (one listing)."""
         done = set()
-        for key in self.store.iter_list(f"{self.prefix}/shards/"):
+        for key in self.store.iter_names(f"{self.prefix}/shards/"):
             name = key.rpartition("/")[2]
             if name.endswith(".done") and self._is_shard(name[: -len(".done")]):
                 done.add(name[: -len(".done")])
@@ -559,13 +562,16 @@ class Ledger:
         }
         if not self.store.put_if_absent(self._marker(shard_id), json.dumps(marker).encode()):
             return False
-        name = stats_name(shard_id, videos, rows, failed, counters)
-        if name is not None:
-            # the marker is the commit; a stats object that could not be written is read back
-            # from the marker (one GET) by progress()
-            with contextlib.suppress(StoreUnavailable, OSError):
-                self.store.put(f"{self.prefix}/stats/{name}", b"")
+        # the marker is the commit; a stats object that could not be written is restored from
+        # the marker by the next exact progress() (each run's start and end)
+        with contextlib.suppress(StoreUnavailable, OSError):
+            self._put_stats(marker)
         return True
+
+    def _put_stats(self, marker: dict[str, Any]) -> None:
+        name = stats_name(marker["shard_id"], marker["videos"], marker["rows"], marker["failed"],
+                          marker["counters"])  # fmt: skip
+        self.store.put(f"{self.prefix}/stats/{name}", b"")
 
     def commit_info(self, shard_id: str) -> dict[str, Any] | None:
         """The marker of a committed shard, None if it is pending."""
@@ -575,20 +581,34 @@ class Ledger:
         except KeyError:
             return None
 
-    def progress(self) -> dict[str, Any]:
+    def progress(self, exact: bool = True) -> dict[str, Any]:
         """Totals and committed counts of shards and videos, plus rows, failed rows and the
-        summed counters of the committed shards (two listings; a marker is read only for a
-        shard whose stats object is missing)."""
-        done = sorted(self.committed())
-        listed = {}
-        for key in self.store.iter_list(f"{self.prefix}/stats/"):
+        summed counters of the committed shards.
+
+        Read from one names-only listing of the stats records; ``exact`` also lists the commit
+        markers and restores the stats record of any shard committed without one (its driver
+        stopped between the two writes), so that later quick reads (``exact=False``, as
+        ``status`` does) count it. A marker is read only for such a shard, or one whose counters
+        did not fit in its record's name.
+        """
+        listed: dict[str, dict[str, Any]] = {}
+        for key in self.store.iter_names(f"{self.prefix}/stats/"):
             parsed = parse_stats_name(key.rpartition("/")[2])
-            if parsed is not None:
+            if parsed is not None and self._is_shard(parsed["shard_id"]):
                 listed[parsed["shard_id"]] = parsed
+        if exact:
+            done = self.committed()
+            listed = {s: info for s, info in listed.items() if s in done}
+            for shard_id in sorted(done - listed.keys()):
+                marker = self.commit_info(shard_id) or {}
+                listed[shard_id] = marker
+                with contextlib.suppress(StoreUnavailable, OSError, KeyError):
+                    self._put_stats(marker)
         videos = rows = failed = 0
         counters: dict[str, int] = {}
-        for shard_id in done:
-            info = listed.get(shard_id) or self.commit_info(shard_id) or {}
+        for shard_id, info in listed.items():
+            if info.get("in_marker"):
+                info = self.commit_info(shard_id) or info
             videos += info.get("videos", 0)
             rows += info.get("rows", 0)
             failed += info.get("failed", 0)
@@ -597,7 +617,7 @@ class Ledger:
         return {
             "total_shards": self.total_shards,
             "total_videos": self.total_videos,
-            "committed_shards": len(done),
+            "committed_shards": len(listed),
             "committed_videos": videos,
             "rows": rows,
             "failed": failed,

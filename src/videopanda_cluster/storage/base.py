@@ -182,6 +182,12 @@ class Store(ABC):
         """The keys of :meth:`list`, streamed (stores that page their listings override it)."""
         yield from self.list(prefix)
 
+    def iter_names(self, prefix: str = "") -> Iterator[str]:
+        """The fastest listing of names under ``prefix``, in no promised order; on a
+        hierarchical-namespace account it may include folder entries (for flat folders whose
+        names the caller parses)."""
+        yield from self.iter_list(prefix)
+
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key``; no error if it is missing."""
