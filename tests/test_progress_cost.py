@@ -8,6 +8,7 @@ import pytest
 from tests.azurite import ACCOUNT, ACCOUNT_KEY
 from tests.azurite import azurite as azurite_fixture  # noqa: F401
 from tests.fault_proxy import FaultProxy
+from videopanda_cluster.jobs import ledger as ledger_module
 from videopanda_cluster.jobs.ledger import Ledger, parse_stats_name, stats_name
 from videopanda_cluster.jobs.spool import InputSpool, VideoItem
 from videopanda_cluster.storage.azure import AzureBlobStore
@@ -42,7 +43,9 @@ def test_stats_names_round_trip_and_refuse_what_they_cannot_spell():
     assert parse_stats_name("000001~x1~r1~f0") is None
 
 
-def test_progress_lists_instead_of_reading_every_marker(counted):
+@pytest.mark.parametrize("block", [1_000, 100], ids=["one-listing", "concurrent-listings"])
+def test_progress_lists_instead_of_reading_every_marker(counted, monkeypatch, block):
+    monkeypatch.setattr(ledger_module, "LISTING_BLOCK", block)
     store, proxy = counted
     with InputSpool.of(VideoItem(f"v{i}", f"/v{i}.mp4") for i in range(SHARDS * 2)) as inputs:
         ledger = Ledger.open_or_create(store, "big", "h" * 64, inputs, shard_size=2)
@@ -55,12 +58,13 @@ def test_progress_lists_instead_of_reading_every_marker(counted):
     assert progress["counters"] == {"truncated": SHARDS // 4}
     assert progress["failed"] == SHARDS // 4
     # exact (a run's start and end): two listings (markers, stats), each one page for up to
-    # 5,000 names; no GET per shard
-    assert sum(proxy.requests.values()) <= 4, proxy.requests
+    # 5,000 names (or one per 100 shards listed concurrently); no GET per shard
+    listings = 1 if block == 1_000 else SHARDS // block
+    assert sum(proxy.requests.values()) <= 4 * listings, proxy.requests
     # status: one listing
     proxy.requests.clear()
     assert ledger.progress(exact=False) == progress
-    assert sum(proxy.requests.values()) <= 2, proxy.requests
+    assert sum(proxy.requests.values()) <= 2 * listings, proxy.requests
     # a stats record lost between the two writes: status misses that shard until an exact
     # progress reads its marker, once, and writes the record back
     gone = stats_name("000003", 2, 2, 0, {})
@@ -68,7 +72,7 @@ def test_progress_lists_instead_of_reading_every_marker(counted):
     assert ledger.progress(exact=False)["committed_shards"] == SHARDS - 1
     proxy.requests.clear()
     assert ledger.progress() == progress
-    assert sum(proxy.requests.values()) <= 6, proxy.requests
+    assert sum(proxy.requests.values()) <= 4 * listings + 2, proxy.requests
     assert store.exists(f"jobs/big/stats/{gone}")
     assert Ledger.load(store, "big").progress(exact=False) == progress
 

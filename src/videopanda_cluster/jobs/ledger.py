@@ -31,6 +31,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,8 @@ EXAMPLES = 3  # ids shown per kind of change in a message
 SUMMARY_EXAMPLES = 100  # ids listed per kind of change in a summary
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHARD_ID = re.compile(r"[0-9]{6,}")
+LISTING_BLOCK = 1_000  # shard ids per concurrent listing (a power of 10)
+LISTING_THREADS = 8
 
 
 class LedgerConflict(UsageError):
@@ -533,10 +536,26 @@ class Ledger:
     def _marker(self, shard_id: str) -> str:
         return f"{self.prefix}/shards/{shard_id}.done"
 
+    def _names(self, folder: str) -> Iterator[str]:
+        """The names in ``jobs/<job_id>/<folder>/`` (whose names start with a shard id), listed
+        by blocks of 1,000 shard ids at once where the store pages its listings."""
+        prefix = f"{self.prefix}/{folder}/"
+        if not self.store.concurrent_listing or self.total_shards <= LISTING_BLOCK:
+            yield from self.store.iter_names(prefix)
+            return
+        cut = len(str(LISTING_BLOCK)) - 1  # a power of 10: ids of one block share all but `cut`
+        heads = sorted(
+            {shard_id_for(i)[:-cut] for i in range(0, self.total_shards, LISTING_BLOCK)}
+            | {shard_id_for(self.total_shards - 1)[:-cut]}
+        )  # every id starts with one of these (a longer id's head may also match shorter ids)
+        with ThreadPoolExecutor(LISTING_THREADS) as pool:
+            for names in pool.map(lambda h: list(self.store.iter_names(prefix + h)), heads):
+                yield from names
+
     def committed(self) -> set[str]:
         """Ids of the committed shards (one listing)."""
         done = set()
-        for key in self.store.iter_names(f"{self.prefix}/shards/"):
+        for key in self._names("shards"):
             name = key.rpartition("/")[2]
             if name.endswith(".done") and self._is_shard(name[: -len(".done")]):
                 done.add(name[: -len(".done")])
@@ -592,7 +611,7 @@ class Ledger:
         did not fit in its record's name.
         """
         listed: dict[str, dict[str, Any]] = {}
-        for key in self.store.iter_names(f"{self.prefix}/stats/"):
+        for key in self._names("stats"):
             parsed = parse_stats_name(key.rpartition("/")[2])
             if parsed is not None and self._is_shard(parsed["shard_id"]):
                 listed[parsed["shard_id"]] = parsed

@@ -87,6 +87,8 @@ class AzureBlobStore(Store):
     ``retry_backoff`` seconds; after that operations raise :class:`StoreUnavailable`.
     """
 
+    concurrent_listing = True
+
     def __init__(
         self,
         container: str,

@@ -140,6 +140,9 @@ class Store(ABC):
     Writes are atomic: a reader sees a whole old object, a whole new one, or none.
     """
 
+    # listings are paged requests: disjoint prefixes are faster listed concurrently
+    concurrent_listing = False
+
     @property
     @abstractmethod
     def url(self) -> str:
