@@ -28,8 +28,10 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from typing import Any
 from ..storage.base import Store, StoreUnavailable
 from .failures import UsageError
 from .plan import PlanReader, PlanWriter, piece_shards_for
+from .progress import FOLD_EVERY, Checkpoint, Totals
 from .spool import InputSpool, PlannedVideo, Question, video_digest
 
 __all__ = ["InputsChanged", "Ledger", "LedgerConflict", "PlanUpdate", "video_digest"]
@@ -230,6 +233,12 @@ class Ledger:
         self.job_id = check_job_id(job_id)
         self.plan_update: PlanUpdate | None = None  # set when opening updated the inputs
         self._set_record(record, version)
+        # the progress generation this ledger writes stats records into, and its writers
+        self._generation: int | None = None
+        self._lock = threading.Condition()
+        self._writing: Counter[int] = Counter()
+        self._written = 0  # records in the current generation
+        self._folding = False
 
     def _set_record(self, record: dict[str, Any], version: str | None) -> None:
         self.record = record
@@ -581,16 +590,40 @@ class Ledger:
         }
         if not self.store.put_if_absent(self._marker(shard_id), json.dumps(marker).encode()):
             return False
-        # the marker is the commit; a stats object that could not be written is restored from
+        # the marker is the commit; a stats record that could not be written is restored from
         # the marker by the next exact progress() (each run's start and end)
-        with contextlib.suppress(StoreUnavailable, OSError):
-            self._put_stats(marker)
+        with self._lock:
+            generation = self._current_generation()
+            self._writing[generation] += 1
+        written = False
+        try:
+            with contextlib.suppress(StoreUnavailable, OSError):
+                self._put_stats(generation, marker)
+                written = True
+        finally:
+            with self._lock:
+                self._writing[generation] -= 1
+                self._written += written and generation == self._generation
+                fold = self._written >= FOLD_EVERY and not self._folding
+                self._lock.notify_all()
+        if fold:
+            with contextlib.suppress(StoreUnavailable, OSError):
+                self.fold()
         return True
 
-    def _put_stats(self, marker: dict[str, Any]) -> None:
+    def _current_generation(self) -> int:
+        if self._generation is None:
+            self._generation = Checkpoint.read(self.store, self._checkpoint_key).generation + 1
+        return self._generation
+
+    @property
+    def _checkpoint_key(self) -> str:
+        return f"{self.prefix}/progress.json"
+
+    def _put_stats(self, generation: int, marker: dict[str, Any]) -> None:
         name = stats_name(marker["shard_id"], marker["videos"], marker["rows"], marker["failed"],
                           marker["counters"])  # fmt: skip
-        self.store.put(f"{self.prefix}/stats/{name}", b"")
+        self.store.put(f"{self.prefix}/progress/{generation:06d}/{name}", b"")
 
     def commit_info(self, shard_id: str) -> dict[str, Any] | None:
         """The marker of a committed shard, None if it is pending."""
@@ -600,47 +633,99 @@ class Ledger:
         except KeyError:
             return None
 
+    def _records(self, generation: int | None) -> dict[int, dict[str, Any]]:
+        """The stats records of one generation (None: the flat ``stats/`` folder of earlier
+        versions), by shard index."""
+        names = (
+            self._names("stats")
+            if generation is None
+            else self.store.iter_names(f"{self.prefix}/progress/{generation:06d}/")
+        )  # a generation holds at most a few thousand: one listing
+        found = {}
+        for key in names:
+            parsed = parse_stats_name(key.rpartition("/")[2])
+            if parsed is not None and self._is_shard(parsed["shard_id"]):
+                if parsed.get("in_marker"):
+                    parsed = self.commit_info(parsed["shard_id"]) or parsed
+                found[int(parsed["shard_id"])] = parsed
+        return found
+
+    def _open_records(self, after: int) -> dict[int, dict[str, Any]]:
+        """The records of the generations after ``after``, up to the first empty one."""
+        found: dict[int, dict[str, Any]] = {}
+        generation = after + 1
+        while records := self._records(generation):
+            found.update(records)
+            generation += 1
+        return found
+
+    def fold(self, exact: bool = False) -> tuple[Checkpoint, dict[int, dict[str, Any]]]:
+        """Fold the closed stats generations into ``progress.json`` (the driver does, every
+        :data:`FOLD_EVERY` commits and at a run's start and end); returns the checkpoint and the
+        records of the generations still open. ``exact`` also lists the commit markers and folds
+        in any shard committed without a stats record (its driver stopped between the two
+        writes), read from its marker."""
+        with self._lock:
+            self._folding = True
+            through = self._current_generation()
+            if self._written:  # close it: new commits go to the next generation
+                self._generation, self._written = through + 1, 0
+            else:  # nothing of this ledger's in it: it stays open
+                through -= 1
+            while self._writing[through]:
+                self._lock.wait()
+        try:
+            checkpoint = Checkpoint.read(self.store, self._checkpoint_key)
+            before = checkpoint.generation
+            sources = [self._records(g) for g in range(before + 1, through + 1)]
+            if before < 0:
+                sources.insert(0, self._records(None))
+            for records in sources:
+                for index, info in records.items():
+                    checkpoint.add(index, info)
+            opened = self._open_records(max(through, before)) if exact else {}
+            if exact:
+                for shard_id in sorted(self.committed()):
+                    index = int(shard_id)
+                    if not checkpoint.has(index) and index not in opened:
+                        checkpoint.add(index, self.commit_info(shard_id) or {})
+            checkpoint.generation = max(through, before)
+            if exact or checkpoint.generation > before:
+                checkpoint.write(self.store, self._checkpoint_key)
+            return checkpoint, opened
+        finally:
+            self._folding = False
+
     def progress(self, exact: bool = True) -> dict[str, Any]:
         """Totals and committed counts of shards and videos, plus rows, failed rows and the
         summed counters of the committed shards.
 
-        Read from one names-only listing of the stats records; ``exact`` also lists the commit
-        markers and restores the stats record of any shard committed without one (its driver
-        stopped between the two writes), so that later quick reads (``exact=False``, as
-        ``status`` does) count it. A marker is read only for such a shard, or one whose counters
-        did not fit in its record's name.
+        Read from ``progress.json`` and the few stats records written since (``exact=False``,
+        as ``status`` does: one GET and a listing or two, whatever the job's size). ``exact``
+        also folds the records and checks the commit markers (see :meth:`fold`): a run's start
+        and end do, so a shard whose driver stopped between its marker and its stats record is
+        counted from then on.
         """
-        listed: dict[str, dict[str, Any]] = {}
-        for key in self._names("stats"):
-            parsed = parse_stats_name(key.rpartition("/")[2])
-            if parsed is not None and self._is_shard(parsed["shard_id"]):
-                listed[parsed["shard_id"]] = parsed
         if exact:
-            done = self.committed()
-            listed = {s: info for s, info in listed.items() if s in done}
-            for shard_id in sorted(done - listed.keys()):
-                marker = self.commit_info(shard_id) or {}
-                listed[shard_id] = marker
-                with contextlib.suppress(StoreUnavailable, OSError, KeyError):
-                    self._put_stats(marker)
-        videos = rows = failed = 0
-        counters: dict[str, int] = {}
-        for shard_id, info in listed.items():
-            if info.get("in_marker"):
-                info = self.commit_info(shard_id) or info
-            videos += info.get("videos", 0)
-            rows += info.get("rows", 0)
-            failed += info.get("failed", 0)
-            for name, count in info.get("counters", {}).items():
-                counters[name] = counters.get(name, 0) + count
+            checkpoint, opened = self.fold(exact=True)
+        else:
+            checkpoint = Checkpoint.read(self.store, self._checkpoint_key)
+            opened = self._open_records(checkpoint.generation)
+            if checkpoint.generation < 0:
+                opened = {**self._records(None), **opened}
+        totals = Totals(checkpoint.totals.videos, checkpoint.totals.rows,
+                        checkpoint.totals.failed, dict(checkpoint.totals.counters))  # fmt: skip
+        extra = {i: info for i, info in opened.items() if not checkpoint.has(i)}
+        for info in extra.values():
+            totals.add(info)
         return {
             "total_shards": self.total_shards,
             "total_videos": self.total_videos,
-            "committed_shards": len(listed),
-            "committed_videos": videos,
-            "rows": rows,
-            "failed": failed,
-            "counters": dict(sorted(counters.items())),
+            "committed_shards": checkpoint.count() + len(extra),
+            "committed_videos": totals.videos,
+            "rows": totals.rows,
+            "failed": totals.failed,
+            "counters": dict(sorted(totals.counters.items())),
         }
 
     def _attempts_prefix(self, shard_id: str) -> str:
