@@ -87,7 +87,7 @@ def test_judge_a_prediction_file_made_elsewhere(tmp_path, openai_server):
     assert report.returncode == 0, report.stdout + report.stderr
     assert "msvd" in (run_dir / "report.md").read_text().lower()
 
-    path.write_text('{"id": 7, "question": "q", "answer": "a", "pred": "p"}\n')
+    path.write_text('{"id": 7, "question": "q", "answer": "a", "pred": None}\n')
     bad = _judge(store, str(path), openai_server)
     assert bad.returncode == 2 and "line 1" in bad.stdout
 
