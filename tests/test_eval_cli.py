@@ -9,11 +9,14 @@ import socket
 from pathlib import Path
 
 import pytest
+import typer.main
 
 from tests.eval_fixtures import make_benchmark_fixture
 from tests.openai_server import FAKE_KEY, out_of_quota, raw_body
 from tests.openai_server import openai_server as openai_server_fixture  # noqa: F401
 from tests.test_cli import _cli
+from videopanda_cluster import eval_cli
+from videopanda_cluster.eval.judge import JudgeConfig
 from videopanda_cluster.eval.predictions import read_reference_predictions
 from videopanda_cluster.jobs.failures import ExitCode
 
@@ -140,3 +143,14 @@ def test_judge_faults_end_with_one_line(tmp_path, openai_server, fault, code):
         assert line.startswith("error: ") and "insufficient_quota" in line
     else:
         assert "1 of 3 verdicts failed" in out.stdout
+        (run_dir,) = (store / "eval").iterdir()
+        assert (run_dir / "verdicts.jsonl").read_text().count('"status": "failed"') == 1
+
+
+def test_judge_cli_defaults_are_the_config_defaults():
+    command = typer.main.get_command(eval_cli.app).commands["judge"]
+    cli = {param.name: param.default for param in command.params}
+    shared = cli.keys() & JudgeConfig.model_fields.keys()
+    assert shared >= {"temperature", "top_p", "max_tokens", "concurrency", "max_attempts"}
+    assert shared >= {"timeout", "api_key_env", "base_url", "azure_endpoint", "api_version"}
+    assert {n: cli[n] for n in shared} == {n: JudgeConfig.model_fields[n].default for n in shared}

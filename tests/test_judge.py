@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -500,3 +501,14 @@ def test_verdict_cache_key_holds_the_prompt_version(store, openai_server, tmp_pa
     judge_run(store, "qa", config(openai_server), load_prompts(path))
     assert openai_server.counts["total"] == 10
     assert {v["prompt_version"] for v in read_verdicts(store, "qa")} == {"renamed-1"}
+
+
+def test_a_refusal_also_stops_verdicts_waiting_to_retry(store, openai_server):
+    write_qa_run(store, "qa", QA_ROWS[:2])
+    openai_server.when("what animal runs?", rate_limited(retry_after=30), forever=True)
+    openai_server.when("what animal barks?", out_of_quota())
+    cfg = config(openai_server, concurrency=2, max_wait=30)
+    started = time.monotonic()
+    with pytest.raises(JudgeError, match="insufficient_quota"):
+        judge_run(store, "qa", cfg)
+    assert time.monotonic() - started < 5

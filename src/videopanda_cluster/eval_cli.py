@@ -110,9 +110,9 @@ def judge_command(
     base_url: Annotated[str | None, Opt(help="OpenAI-compatible endpoint (default: OpenAI).")] = (
         None
     ),
-    api_key_env: Annotated[str, Opt(help="Environment variable holding the key.")] = (
-        "OPENAI_API_KEY"
-    ),
+    api_key_env: Annotated[str, Opt(help="Environment variable holding the key.")] = _JUDGE[
+        "api_key_env"
+    ],
     azure_endpoint: Annotated[str | None, Opt(help="Azure OpenAI endpoint.")] = None,
     api_version: Annotated[str | None, Opt(help="Azure OpenAI API version.")] = None,
     temperature: Annotated[float, Opt(help="Judge temperature.")] = _JUDGE["temperature"],

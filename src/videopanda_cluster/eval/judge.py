@@ -256,6 +256,7 @@ class _Judge:
         self._client: openai.OpenAI | None = None
         self._redact: Callable[[str], str] = lambda text: text
         self.fatal: JudgeError | None = None  # the refusal that stopped the run
+        self._stopped = threading.Event()  # set with ``fatal``; ends every retry wait
 
     def verdict(self, task: JudgeTask) -> Verdict:
         if self.fatal is not None:
@@ -335,7 +336,7 @@ class _Judge:
             if pause is None or attempt == self.cfg.max_attempts:
                 break
             log.info("judge %s/%s attempt %d: %s", task.id, task.dimension, attempt, error)
-            time.sleep(min(pause, self.cfg.max_wait))
+            self._stopped.wait(min(pause, self.cfg.max_wait))
         error = f"{error} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})"
         log.warning("judge %s/%s failed: %s", task.id, task.dimension, error)
         return self._make(task, prompt, "failed", raw=raw, error=error, attempts=attempt)
@@ -362,6 +363,7 @@ class _Judge:
             fatal = JudgeError(f"the judge endpoint refused the request: {reason} ({error})", code)
             with self._lock:
                 self.fatal = self.fatal or fatal
+            self._stopped.set()
             raise fatal from None
         if not _retryable(exc.status_code):
             return error, None
