@@ -21,9 +21,12 @@ answer" and ``p`` a "Predicted answer", both stripped and lower-cased,
 * No labelled lines found: the reply ``I cannot judge this.`` (no dict).
 
 Faults: :meth:`FakeOpenAI.script` queues faults for the next requests, whatever they are;
-:meth:`FakeOpenAI.when` gives them to requests whose user message contains a text (checked
-first). Counters: ``counts["total"]`` and one per outcome (``ok``, ``429``, ``500``, ``503``,
-``reply`` for scripted reply text, ``slow``, ``401``, ...).
+:meth:`FakeOpenAI.when` gives them to requests whose user message contains a text (checked first).
+Besides the helpers for status errors and bad reply texts, :func:`raw_body` sends a 200 whose body
+is not a well-formed completion, :func:`out_of_quota` OpenAI's ``insufficient_quota`` 429 and
+:func:`model_not_found` a 404; :meth:`FakeOpenAI.clear` drops pending faults, and ``served_model``
+sets the completion's ``model``. Counters: ``counts["total"]`` and one per outcome (``ok``,
+``429``, ``500``, ``503``, ``reply`` for scripted reply text, ``slow``, ``401``, ...).
 """
 
 from __future__ import annotations
@@ -49,17 +52,34 @@ _AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/chat/completions$")
 class Fault:
     """What to do instead of (or before) answering normally."""
 
-    kind: str  # "status" | "reply" | "slow"
+    kind: str  # "status" | "reply" | "slow" | "body"
     status: int = 200
-    text: str = ""  # reply content, or the error message ("{auth}" = the credential received)
+    text: str = ""  # reply content, error message ("{auth}" = the credential) or raw body
     retry_after: str | None = None
     delay: float = 0.0
+    code: str | None = None  # the error's ``code`` (and ``type``), e.g. "insufficient_quota"
+    content_type: str = "application/json"  # of a raw "body"
 
 
 def rate_limited(retry_after: float | None = None) -> Fault:
     """429, with a ``Retry-After`` header (seconds) if given."""
     shown = None if retry_after is None else f"{retry_after:g}"
     return Fault("status", 429, "Rate limit reached, slow down.", retry_after=shown)
+
+
+def out_of_quota() -> Fault:
+    """OpenAI's 429 for an account without credit: retrying cannot help."""
+    message = "You exceeded your current quota, please check your plan and billing details."
+    return Fault("status", 429, message, code="insufficient_quota")
+
+
+def model_not_found(model: str) -> Fault:
+    return Fault("status", 404, f"The model `{model}` does not exist.", code="model_not_found")
+
+
+def raw_body(body: str, content_type: str = "application/json") -> Fault:
+    """A 200 whose body is ``body`` as is (not a completion, or a malformed one)."""
+    return Fault("body", text=body, content_type=content_type)
 
 
 def server_error(status: int = 500) -> Fault:
@@ -117,6 +137,8 @@ class Seen:
     messages: list[dict[str, str]]
     temperature: Any
     outcome: str
+    top_p: Any = None
+    max_tokens: Any = None
     at: float = field(default_factory=time.monotonic)
 
     @property
@@ -130,6 +152,7 @@ class FakeOpenAI:
     def __init__(self, key: str = FAKE_KEY) -> None:
         self.key = key
         self.delay = 0.0
+        self.served_model: str | None = None  # the completion's ``model`` (default: as asked)
         self.counts: Counter[str] = Counter()
         self.requests: list[Seen] = []
         self.in_flight = self.max_in_flight = 0
@@ -173,6 +196,12 @@ class FakeOpenAI:
         ``forever`` the last one repeats for good."""
         with self._lock:
             self._rules.append((text, deque(faults), forever))
+
+    def clear(self) -> None:
+        """Drop every pending fault (scripted and :meth:`when`)."""
+        with self._lock:
+            self._queue.clear()
+            self._rules.clear()
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait until no request is being served (a slow one outlives its client's timeout)."""
@@ -224,6 +253,7 @@ class _Handler(BaseHTTPRequestHandler):
         azure = _AZURE_PATH.match(url.path)
         model = azure.group(1) if azure else body.get("model", "")
         seen = Seen(url.path, model, body.get("messages", []), body.get("temperature"), "")
+        seen.top_p, seen.max_tokens = body.get("top_p"), body.get("max_tokens")
         try:
             self._serve(seen, url.query, azure is not None)
         except (BrokenPipeError, ConnectionResetError):
@@ -249,22 +279,30 @@ class _Handler(BaseHTTPRequestHandler):
             seen.outcome = "slow"
             self.fake._sleep(fault.delay)
             return self._reply(seen, "slow", rule_reply(seen.user))
+        if fault.kind == "body":
+            seen.outcome = "body"
+            return self._send_bytes(200, fault.text.encode("utf-8"), fault.content_type)
         return self._reply(seen, "reply", fault.text)
 
     def _reply(self, seen: Seen, outcome: str, content: str) -> None:
         seen.outcome = outcome
-        self._send(200, _completion(seen.model, content))
+        self._send(200, _completion(self.fake.served_model or seen.model, content))
 
     def _error(self, seen: Seen, status: int, message: str, fault: Fault | None = None) -> None:
         seen.outcome = str(status)
         headers = {"Retry-After": fault.retry_after} if fault and fault.retry_after else {}
-        error = {"message": message, "type": "fake_error", "param": None, "code": None}
+        code = fault.code if fault else None
+        error = {"message": message, "type": code or "fake_error", "param": None, "code": code}
         self._send(status, {"error": error}, headers)
 
     def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None):
-        data = json.dumps(payload).encode("utf-8")
+        self._send_bytes(status, json.dumps(payload).encode("utf-8"), "application/json", headers)
+
+    def _send_bytes(
+        self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)

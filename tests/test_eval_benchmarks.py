@@ -245,13 +245,25 @@ BAD_LINES = [
     ('{"id": "1", "question": "q", "answer": "a", "pred": null}', "not a Python literal"),
     ('{"id": "1", "question": "q", "answer": true, "pred": "p"}', "not a Python literal"),
     ('{"id": __import__("os").getpid(), "question": "q", "answer": "a", "pred": "p"}', "literal"),
-    ('{"id": 1, "question": "q", "answer": "a", "pred": "p"}', "field `id` must be a str"),
+    ('{"id": True, "question": "q", "answer": "a", "pred": "p"}', "field `id` must be a str or"),
+    ('{"id": 1.5, "question": "q", "answer": "a", "pred": "p"}', "field `id` must be a str or"),
+    ('{"id": "1", "question": 2, "answer": "a", "pred": "p"}', "field `question` must be a str"),
     ('{"id": "1", "question": "q", "answer": "a"}', r"missing fields \['pred'\]"),
     ('{"id": "1", "question": "q", "answer": "a", "pred": "p", "x": 1}', r"extra fields \['x'\]"),
     ('["1", "q", "a", "p"]', "expected a dict, got list"),
     ("", "not a Python literal"),
     (QA_LINE, r"duplicate id '1' \(first on line 1\)"),
 ]
+
+
+def test_reference_reader_accepts_integer_ids_as_strings():
+    """The reference's own files (MSVD, MSRVTT, TGIF) have integer ids."""
+    text = '{"id": 7, "question": "q", "answer": "a", "pred": "p"}\n' + QA_LINE + "\n"
+    records = read_reference_predictions(text, "qa")
+    assert [r["id"] for r in records] == ["7", "1"]
+    assert predictions_text(records)  # written back as the reference reads it
+    with pytest.raises(PredictionFormatError, match=r"line 2: duplicate id '7'"):
+        read_reference_predictions(text.replace('"1"', '"7"'), "qa")
 
 
 @pytest.mark.parametrize(("line", "pattern"), BAD_LINES)

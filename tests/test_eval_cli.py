@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
+import typer.main
 
 from tests.eval_fixtures import make_benchmark_fixture
-from tests.openai_server import FAKE_KEY
+from tests.openai_server import FAKE_KEY, out_of_quota, raw_body
 from tests.openai_server import openai_server as openai_server_fixture  # noqa: F401
 from tests.test_cli import _cli
+from videopanda_cluster import eval_cli
+from videopanda_cluster.eval.judge import JudgeConfig
 from videopanda_cluster.eval.predictions import read_reference_predictions
+from videopanda_cluster.jobs.failures import ExitCode
 
 KEY_ENV = "VPC_TEST_EVAL_KEY"
 
@@ -85,6 +90,67 @@ def test_judge_a_prediction_file_made_elsewhere(tmp_path, openai_server):
     assert report.returncode == 0, report.stdout + report.stderr
     assert "msvd" in (run_dir / "report.md").read_text().lower()
 
-    path.write_text('{"id": 7, "question": "q", "answer": "a", "pred": "p"}\n')
+    path.write_text('{"id": 7, "question": "q", "answer": "a", "pred": None}\n')
     bad = _judge(store, str(path), openai_server)
     assert bad.returncode == 2 and "line 1" in bad.stdout
+
+
+def _qa_file(tmp_path: Path, count: int = 3) -> Path:
+    path = tmp_path / "preds.jsonl"
+    rows = [
+        {"id": f"v{i}_0", "question": f"q{i}?", "answer": "a", "pred": "a"} for i in range(count)
+    ]
+    path.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    return path
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_judge_exits_non_zero_when_verdicts_failed(tmp_path, openai_server):
+    """Against a closed port every verdict fails: a documented exit code, unless allowed."""
+    path, store = _qa_file(tmp_path), tmp_path / "store"
+    dead = type("Dead", (), {"base_url": f"http://127.0.0.1:{_closed_port()}/v1"})()
+    out = _judge(store, str(path), dead, "--max-attempts", "1")
+    assert out.returncode == ExitCode.JUDGE_FAILURES, out.stdout + out.stderr
+    assert "3 of 3 verdicts failed" in out.stdout
+    (run_dir,) = (store / "eval").iterdir()
+    assert json.loads((run_dir / "judge.json").read_text())["dimensions"]["qa"]["failed"] == 3
+    allowed = _judge(store, str(path), dead, "--max-attempts", "1", "--allow-failures")
+    assert allowed.returncode == 0 and "3 of 3 verdicts failed" in allowed.stdout
+    ok = _judge(store, str(path), openai_server)
+    assert ok.returncode == 0 and "0 of 3 verdicts failed" in ok.stdout
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [
+        (out_of_quota(), ExitCode.ACCESS_DENIED),
+        (raw_body("<html>oops</html>", "text/html"), ExitCode.JUDGE_FAILURES),
+    ],
+)
+def test_judge_faults_end_with_one_line(tmp_path, openai_server, fault, code):
+    path, store = _qa_file(tmp_path), tmp_path / "store"
+    openai_server.when("q1?", fault, forever=True)
+    out = _judge(store, str(path), openai_server, "--max-attempts", "2")
+    assert out.returncode == code, out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+    if code == ExitCode.ACCESS_DENIED:
+        (line,) = out.stdout.strip().splitlines()
+        assert line.startswith("error: ") and "insufficient_quota" in line
+    else:
+        assert "1 of 3 verdicts failed" in out.stdout
+        (run_dir,) = (store / "eval").iterdir()
+        assert (run_dir / "verdicts.jsonl").read_text().count('"status": "failed"') == 1
+
+
+def test_judge_cli_defaults_are_the_config_defaults():
+    command = typer.main.get_command(eval_cli.app).commands["judge"]
+    cli = {param.name: param.default for param in command.params}
+    shared = cli.keys() & JudgeConfig.model_fields.keys()
+    assert shared >= {"temperature", "top_p", "max_tokens", "concurrency", "max_attempts"}
+    assert shared >= {"timeout", "api_key_env", "base_url", "azure_endpoint", "api_version"}
+    assert {n: cli[n] for n in shared} == {n: JudgeConfig.model_fields[n].default for n in shared}

@@ -241,6 +241,45 @@ def test_qa_paper_comparison(qa_report, qa_store):
     assert "66.7 \\[" in markdown  # 4 of 6, with its interval (brackets escaped)
 
 
+def test_qa_failed_items_are_listed(qa_report, qa_store):
+    """Every failed item, with its video, stage and reason; collapsible in HTML and Markdown."""
+    rows = [(f["id"], f["video"], f["stage"], f["reason"]) for f in qa_report["failed_items"]]
+    assert rows == [
+        ("3", "vga_640x480_150f_30fps", "judge (qa)", "unparseable reply"),
+        ("6", "x", "decode", "truncated"),
+        ("7", "–", "missing video", "not found"),
+        ("8", "y", "decode", "not_a_video"),
+        ("10", "square_500x500_300f_30fps", "prediction", "no prediction line"),
+    ]
+    page = qa_store.get(run_key("qa1", "report.html")).decode()
+    found = re.search(
+        r"<details[^>]*><summary>Failed items \(5\)</summary><table>(.*?)</details>", page
+    )
+    assert found and found.group(1).count("<tr>") == 1 + 5
+    assert "<td>8</td><td>qa</td><td>y</td><td>decode</td><td>not_a_video</td>" in found.group(1)
+    markdown = qa_store.get(run_key("qa1", "report.md")).decode()
+    block = markdown.split("<details><summary>Failed items (5)</summary>")[1].split("</details>")[0]
+    assert "| 6 | qa | x | decode | truncated |" in block and block.count("\n| ") == 1 + 5
+
+
+def test_coverage_warns_beside_the_paper_comparison(qa_report, qa_store, vcg_report):
+    assert qa_report["coverage"] == {
+        "items": 11, "split_items": 13157, "split_source": "published", "fraction": 11 / 13157,
+        "partial": True,
+    }  # fmt: skip
+    warning = "Warning: this run covers 11 of the 13157 items of the msvd-qa test split (0.08%)"
+    markdown = qa_store.get(run_key("qa1", "report.md")).decode()
+    paper = markdown.split("## Comparison with the paper")[1]
+    assert warning in paper.replace("\\", "")
+    assert "| coverage | 11 / 13157 (0.08%) |" in markdown
+    page = qa_store.get(run_key("qa1", "report.html")).decode()
+    section = page.split('<section id="paper">')[1].split("</section>")[0]
+    assert f'<p class="warning">{warning}' in section
+    store, report = vcg_report  # a run of the benchmark's own files covers its split
+    assert report["coverage"]["fraction"] == 1 and not report["coverage"]["partial"]
+    assert "Warning" not in store.get(run_key("vcg1", "report.md")).decode()
+
+
 def test_qa_outputs_written(qa_store):
     for name in REPORT_FILES:
         assert qa_store.exists(run_key("qa1", name)), name

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,10 @@ from tests.openai_server import (
     FakeOpenAI,
     bad_reply,
     error_echoing_credentials,
+    model_not_found,
+    out_of_quota,
     rate_limited,
+    raw_body,
     server_error,
     slow,
 )
@@ -394,3 +398,117 @@ def test_azure_openai_client(store, openai_server):
     assert openai_server.counts["ok"] == 5
     with pytest.raises(ValueError, match="api_version"):
         JudgeConfig(model="m", azure_endpoint=openai_server.endpoint)
+
+
+# --- unusable replies and fatal refusals -------------------------------------------------------
+
+_CHOICE = {"index": 0, "message": {"role": "assistant", "content": "{'pred': 'yes', 'score': 5}"}}
+MALFORMED_200 = [
+    raw_body("Expecting value? not json at all"),
+    raw_body("<html><body>Gateway says hi</body></html>", "text/html"),
+    raw_body(json.dumps({"id": "x", "object": "chat.completion", "model": MODEL})),  # no choices
+    raw_body(json.dumps({"model": MODEL, "choices": []})),
+    raw_body(json.dumps({"model": MODEL, "choices": "yes"})),  # wrong shape
+    raw_body(json.dumps({"model": MODEL, "choices": [{"index": 0, "message": "yes"}]})),
+    raw_body(json.dumps({"model": MODEL, "choices": [{"message": {"content": ""}}]})),  # empty
+    raw_body(json.dumps({"model": MODEL, "choices": [{"message": {"content": None}}]})),
+    raw_body(json.dumps([_CHOICE])),  # a list, not an object
+]
+
+
+def test_malformed_200_replies_are_failed_attempts_of_one_question(store, openai_server):
+    """Every unusable 200 is retried; a question that only gets those fails alone."""
+    write_qa_run(store, "qa")
+    openai_server.when("what animal runs?", *MALFORMED_200[:4])  # then a good reply
+    openai_server.when("what animal sleeps?", *MALFORMED_200[4:])  # all bad: fails
+    cfg = config(openai_server, max_attempts=len(MALFORMED_200[4:]))
+    summary = judge_run(store, "qa", cfg)
+    verdicts = {v["id"]: v for v in read_verdicts(store, "qa")}
+    assert verdicts["0"]["status"] == "ok" and verdicts["0"]["attempts"] == 5
+    failed = verdicts["2"]
+    assert failed["status"] == "failed" and failed["attempts"] == 5
+    assert "unusable reply" in failed["error"]
+    assert summary["dimensions"]["qa"]["judged"] == 4
+    assert summary["dimensions"]["qa"]["failed"] == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        (out_of_quota(), "insufficient_quota"),
+        (error_echoing_credentials(401), "refused"),
+        (error_echoing_credentials(403), "refused"),
+        (model_not_found(MODEL), "does not exist"),
+    ],
+)
+def test_fatal_refusals_stop_at_once_and_keep_the_verdicts_obtained(
+    store, openai_server, fault, reason
+):
+    write_qa_run(store, "qa")
+    openai_server.when("what animal sleeps?", fault, forever=True)  # the third question
+    cfg = config(openai_server, concurrency=1, max_attempts=5, backoff=5.0)
+    with pytest.raises(JudgeError, match=reason) as info:
+        judge_run(store, "qa", cfg)
+    assert "\n" not in str(info.value)
+    assert openai_server.counts[str(fault.status)] == 1  # not retried
+    assert openai_server.counts["ok"] == 2
+    openai_server.clear()
+    assert judge_run(store, "qa", cfg)["dimensions"]["qa"]["judged"] == 5
+    assert openai_server.counts["ok"] == 5  # the first two came from the cache
+
+
+# --- generation settings -----------------------------------------------------------------------
+
+SERVED = "gpt-judge-2024-01-01-served-snapshot"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"temperature": 0.9}, {"top_p": 0.5}, {"max_tokens": 64}, {"model": "gpt-judge-other"}],
+)
+def test_verdict_cache_key_holds_every_generation_setting(store, openai_server, change):
+    write_qa_run(store, "qa")
+    openai_server.served_model = SERVED
+    judge_run(store, "qa", config(openai_server))
+    assert openai_server.counts["total"] == 5
+
+    summary = judge_run(store, "qa", config(openai_server, **change))
+    assert openai_server.counts["total"] == 10  # nothing reused from other settings
+    sent = openai_server.requests[-1]
+    settings = {"model": MODEL, "temperature": 0.0, "top_p": 1.0, "max_tokens": None} | change
+    assert (sent.model, sent.temperature, sent.top_p, sent.max_tokens) == tuple(settings.values())
+    again = judge_run(store, "qa", config(openai_server, **change))
+    assert openai_server.counts["total"] == 10 and again["http_calls"] == 0
+    for verdict in read_verdicts(store, "qa"):
+        assert verdict["cached"] and verdict["served_model"] == SERVED
+        assert verdict["judge_model"] == settings["model"]
+        assert {k: verdict[k] for k in ("temperature", "top_p", "max_tokens")} == {
+            k: settings[k] for k in ("temperature", "top_p", "max_tokens")
+        }
+        assert verdict["prompt_version"] == builtin_prompts()["qa"].version
+    assert summary["temperature"] == settings["temperature"]
+    assert summary["top_p"] == settings["top_p"] and summary["max_tokens"] == settings["max_tokens"]
+    assert summary["served_models"] == [SERVED]
+
+
+def test_verdict_cache_key_holds_the_prompt_version(store, openai_server, tmp_path):
+    write_qa_run(store, "qa")
+    judge_run(store, "qa", config(openai_server))
+    builtin = builtin_prompts()["qa"]
+    path = tmp_path / "prompts.json"
+    entry = {"system": builtin.system, "user": builtin.user}
+    path.write_text(json.dumps({"version": "renamed-1", "prompts": {"qa": entry}}))
+    judge_run(store, "qa", config(openai_server), load_prompts(path))
+    assert openai_server.counts["total"] == 10
+    assert {v["prompt_version"] for v in read_verdicts(store, "qa")} == {"renamed-1"}
+
+
+def test_a_refusal_also_stops_verdicts_waiting_to_retry(store, openai_server):
+    write_qa_run(store, "qa", QA_ROWS[:2])
+    openai_server.when("what animal runs?", rate_limited(retry_after=30), forever=True)
+    openai_server.when("what animal barks?", out_of_quota())
+    cfg = config(openai_server, concurrency=2, max_wait=30)
+    started = time.monotonic()
+    with pytest.raises(JudgeError, match="insufficient_quota"):
+        judge_run(store, "qa", cfg)
+    assert time.monotonic() - started < 5

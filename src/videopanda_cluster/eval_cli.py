@@ -10,15 +10,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .eval.judge import JudgeConfig
+from .jobs.failures import ExitCode
+
 Opt = typer.Option
 app = typer.Typer(no_args_is_help=True, help=__doc__)
 console = Console()
 
+_JUDGE = {name: field.default for name, field in JudgeConfig.model_fields.items()}
 EVAL_MAX_NEW_TOKENS = 1024  # the reference eval's limit (spec §5.3): answers end at EOS
 
 
 def _fail(code: int, message: str) -> typer.Exit:
-    console.print(message, markup=False)
+    console.print(message, markup=False, soft_wrap=True)  # one line, never wrapped
     return typer.Exit(code)
 
 
@@ -106,21 +110,31 @@ def judge_command(
     base_url: Annotated[str | None, Opt(help="OpenAI-compatible endpoint (default: OpenAI).")] = (
         None
     ),
-    api_key_env: Annotated[str, Opt(help="Environment variable holding the key.")] = (
-        "OPENAI_API_KEY"
-    ),
+    api_key_env: Annotated[str, Opt(help="Environment variable holding the key.")] = _JUDGE[
+        "api_key_env"
+    ],
     azure_endpoint: Annotated[str | None, Opt(help="Azure OpenAI endpoint.")] = None,
     api_version: Annotated[str | None, Opt(help="Azure OpenAI API version.")] = None,
-    temperature: Annotated[float, Opt(help="Judge temperature.")] = 0.0,
-    concurrency: Annotated[int, Opt(help="Requests in flight at most.")] = 4,
-    max_attempts: Annotated[int, Opt(help="Attempts per verdict.")] = 5,
-    timeout: Annotated[float, Opt(help="Seconds per request.")] = 60.0,
+    temperature: Annotated[float, Opt(help="Judge temperature.")] = _JUDGE["temperature"],
+    top_p: Annotated[float, Opt(help="Judge nucleus sampling mass.")] = _JUDGE["top_p"],
+    max_tokens: Annotated[
+        int | None, Opt(help="Reply tokens at most (default: the endpoint's).")
+    ] = _JUDGE["max_tokens"],
+    concurrency: Annotated[int, Opt(help="Requests in flight at most.")] = _JUDGE["concurrency"],
+    max_attempts: Annotated[int, Opt(help="Attempts per verdict.")] = _JUDGE["max_attempts"],
+    timeout: Annotated[float, Opt(help="Seconds per request.")] = _JUDGE["timeout"],
     prompts: Annotated[Path | None, Opt(help="JSON/YAML prompt set (default: built in).")] = None,
     reference_consistency_bug: Annotated[
         bool, Opt(help="Show Q1 twice in the consistency prompt, as the reference script does.")
     ] = False,
+    allow_failures: Annotated[
+        bool, Opt(help=f"Exit 0 even if some verdicts failed (else {ExitCode.JUDGE_FAILURES}).")
+    ] = False,
 ) -> None:
-    """Judge a run's predictions with the GPT-assisted protocol (verdicts cached in the store)."""
+    """Judge a run's predictions with the GPT-assisted protocol (verdicts cached in the store).
+
+    Exit codes: 0 every verdict obtained; 2 bad input or unknown model; 5 key or access refused,
+    or out of credit; 8 some verdicts failed after retries (unless --allow-failures)."""
     from pydantic import ValidationError
 
     from .eval.imported import import_predictions
@@ -136,6 +150,8 @@ def judge_command(
             azure_endpoint=azure_endpoint,
             api_version=api_version,
             temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
             concurrency=concurrency,
             max_attempts=max_attempts,
             timeout=timeout,
@@ -151,8 +167,10 @@ def judge_command(
             run_id = import_predictions(store, Path(run), subset, benchmark)
         with console.status(f"judging {run_id} with {judge_model} ..."):
             summary = judge_run(store, run_id, cfg, prompt_set)
-    except (ValidationError, ValueError, OSError, JudgeError) as exc:
-        raise _fail(2, f"error: {exc}") from None
+    except JudgeError as exc:
+        raise _fail(exc.exit_code, f"error: {exc}") from None
+    except (ValidationError, ValueError, OSError) as exc:
+        raise _fail(ExitCode.USAGE, f"error: {' '.join(str(exc).split())}") from None
     table = Table(title=f"judge {run_id} ({judge_model})")
     for col in ("dimension", "judged", "failed", "accuracy", "mean score"):
         table.add_column(col)
@@ -167,6 +185,11 @@ def judge_command(
         )
     console.print(table)
     console.print(f"HTTP calls this run: {summary['http_calls']}; verdicts: eval/{run_id}/")
+    failed = sum(agg["failed"] for agg in summary["dimensions"].values())
+    total = failed + sum(agg["judged"] for agg in summary["dimensions"].values())
+    console.print(f"{failed} of {total} verdicts failed", markup=False)
+    if failed and not allow_failures:
+        raise typer.Exit(ExitCode.JUDGE_FAILURES)
 
 
 @app.command("report")

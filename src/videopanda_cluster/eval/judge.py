@@ -4,12 +4,14 @@ Reads ``eval/<run_id>/predictions/*.jsonl``, asks a chat model for one verdict p
 dimension) and writes ``verdicts.jsonl`` and ``judge.json`` (formats in :mod:`.layout`).
 
 Calls go through the ``openai`` SDK with its own retries off; our loop retries rate limits
-(honouring ``Retry-After``), 5xx, timeouts, connection errors and replies that do not parse. An
-item that still has no verdict after ``max_attempts`` is recorded as ``failed``: never dropped,
-never scored. Successful verdicts are cached in the store (``judge-cache/<sha256>.json``), so a
-rerun over the same predictions makes no HTTP calls. The API key is read from the environment
-variable named in the config and never written anywhere: every message and reply text that is
-logged or stored has it masked.
+(honouring ``Retry-After``), 5xx, timeouts, connection errors and unusable replies (a body that is
+not a completion, no choices, empty content, no verdict in the text). An item that still has no
+verdict after ``max_attempts`` is recorded as ``failed``: never dropped, never scored. A refusal no
+retry can fix (key or access refused, unknown model, ``insufficient_quota``) stops the run at once
+with :class:`JudgeError`. Successful verdicts are cached in the store
+(``judge-cache/<sha256>.json``), so a rerun over the same predictions makes no HTTP calls. The API
+key is read from the environment variable named in the config and never written anywhere: every
+message and reply text that is logged or stored has it masked.
 """
 
 from __future__ import annotations
@@ -27,19 +29,27 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import openai
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..jobs.failures import ExitCode
 from ..storage.base import Store
 from . import layout
 from .prompts import QA_DIMENSION, JudgePrompt, PromptSet, builtin_prompts
 
+if TYPE_CHECKING:
+    import openai  # imported where used: it takes most of a second, and the CLI reads JudgeConfig
+
 log = logging.getLogger(__name__)
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-_FATAL_STATUSES = (401, 403, 404)  # wrong key, no access, unknown model or deployment
+_FATAL_STATUSES = {  # no retry can fix these
+    401: "API key rejected",
+    403: "no access",
+    404: "unknown model, deployment or path",
+}
+_FATAL_CODES = {"insufficient_quota": "out of credit (insufficient_quota)"}
 _MAX_REPLY_SCAN = 4000  # characters of a reply searched for the verdict dict
 _DICT = re.compile(r"\{[^{}]*\}")
 
@@ -53,7 +63,13 @@ _LINE_KEYS: dict[str, tuple[str, str | None, str, str, str | None]] = {
 
 
 class JudgeError(RuntimeError):
-    """The judge cannot work at all: no API key, credentials refused, unknown model."""
+    """The judge cannot work at all: no API key, credentials refused, unknown model, no credit.
+
+    ``str(exc)`` is one line; ``exit_code`` is the CLI's (docs/eval.md)."""
+
+    def __init__(self, message: str, exit_code: ExitCode = ExitCode.USAGE) -> None:
+        super().__init__(" ".join(message.split()))
+        self.exit_code = exit_code
 
 
 class ReplyError(ValueError):
@@ -71,6 +87,8 @@ class JudgeConfig(BaseModel):
     azure_endpoint: str | None = None  # set to use Azure OpenAI (with api_version)
     api_version: str | None = None
     temperature: float = Field(0.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)  # None = the endpoint's limit (not sent)
     concurrency: int = Field(4, ge=1, le=64)
     max_attempts: int = Field(5, ge=1)
     timeout: float = Field(60.0, gt=0)  # seconds per request
@@ -84,6 +102,24 @@ class JudgeConfig(BaseModel):
         if self.azure_endpoint and not self.api_version:
             raise ValueError("azure_endpoint needs api_version")
         return self
+
+    def settings(self, prompt: JudgePrompt) -> JudgeSettings:
+        """Everything besides the judged content that can change a verdict."""
+        return JudgeSettings(
+            self.model, self.temperature, self.top_p, self.max_tokens, prompt.version, prompt.hash
+        )
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """The settings a verdict was made with: in its cache key and in its record."""
+
+    judge_model: str
+    temperature: float
+    top_p: float
+    max_tokens: int | None
+    prompt_version: str
+    prompt_hash: str
 
 
 @dataclass(frozen=True)
@@ -99,10 +135,10 @@ class JudgeTask:
     question2: str | None = None
     pred2: str | None = None
 
-    def cache_key(self, judge_model: str, prompt_hash: str) -> str:
-        """``judge-cache/<sha256>.json`` over the judged content, the model and the prompt."""
-        content = [self.dimension, self.question, self.answer, self.pred, self.question2]
-        content += [self.pred2, judge_model, prompt_hash]
+    def cache_key(self, settings: JudgeSettings) -> str:
+        """``judge-cache/<sha256>.json`` over the judged content and every setting."""
+        content: list[Any] = [self.dimension, self.question, self.answer, self.pred]
+        content += [self.question2, self.pred2, asdict(settings)]
         digest = hashlib.sha256(json.dumps(content, ensure_ascii=False).encode("utf-8"))
         return f"{layout.JUDGE_CACHE_PREFIX}/{digest.hexdigest()}.json"
 
@@ -125,7 +161,11 @@ class Verdict:
     error: str | None
     attempts: int
     cached: bool
-    judge_model: str
+    judge_model: str  # as asked
+    served_model: str | None  # as the server says it answered (``completion.model``)
+    temperature: float
+    top_p: float
+    max_tokens: int | None
     prompt_version: str
     prompt_hash: str
 
@@ -215,18 +255,24 @@ class _Judge:
         self._lock = threading.Lock()
         self._client: openai.OpenAI | None = None
         self._redact: Callable[[str], str] = lambda text: text
+        self.fatal: JudgeError | None = None  # the refusal that stopped the run
+        self._stopped = threading.Event()  # set with ``fatal``; ends every retry wait
 
     def verdict(self, task: JudgeTask) -> Verdict:
+        if self.fatal is not None:
+            raise self.fatal
         prompt = self.prompts[task.dimension]
-        key = task.cache_key(self.cfg.model, prompt.hash)
+        key = task.cache_key(self.cfg.settings(prompt))
         hit = self._cached(key)
         if hit is not None:
-            pred, score, raw = hit.get("pred"), hit["score"], hit.get("raw")
-            return self._make(task, prompt, "ok", pred=pred, score=score, raw=raw, cached=True)
+            return self._make(
+                task, prompt, "ok", pred=hit.get("pred"), score=hit["score"], raw=hit.get("raw"),
+                served_model=hit.get("served_model"), cached=True,
+            )  # fmt: skip
         verdict = self._ask(task, prompt)
         if verdict.status == "ok":
-            entry = {f: getattr(verdict, f) for f in ("dimension", "pred", "score", "raw")}
-            entry |= {"judge_model": self.cfg.model, "prompt_hash": prompt.hash}
+            fields = ("dimension", "pred", "score", "raw", "served_model")
+            entry = {f: getattr(verdict, f) for f in fields} | asdict(self.cfg.settings(prompt))
             self.store.put(key, json.dumps(entry, ensure_ascii=False).encode("utf-8"))
         return verdict
 
@@ -250,6 +296,7 @@ class _Judge:
         score: int | None = None,
         raw: str | None = None,
         error: str | None = None,
+        served_model: str | None = None,
         attempts: int = 0,
         cached: bool = False,
     ) -> Verdict:
@@ -264,27 +311,32 @@ class _Judge:
             error=error,
             attempts=attempts,
             cached=cached,
-            judge_model=self.cfg.model,
-            prompt_version=prompt.version,
-            prompt_hash=prompt.hash,
+            served_model=served_model,
+            **asdict(self.cfg.settings(prompt)),
         )
 
     def _ask(self, task: JudgeTask, prompt: JudgePrompt) -> Verdict:
+        import openai
+
         messages = prompt.render(**task.template_values())
         raw: str | None = None
         for attempt in range(1, self.cfg.max_attempts + 1):
+            if self.fatal is not None:
+                raise self.fatal
             try:
-                raw = self._redact(self._complete(messages))
+                content, served = self._complete(messages)
+                raw = self._redact(content)
                 pred, score = parse_reply(raw, task.dimension)
                 return self._make(
-                    task, prompt, "ok", pred=pred, score=score, raw=raw, attempts=attempt
-                )
+                    task, prompt, "ok", pred=pred, score=score, raw=raw, served_model=served,
+                    attempts=attempt,
+                )  # fmt: skip
             except (ReplyError, openai.APIError) as exc:
                 error, pause = self._failure(exc, attempt)
             if pause is None or attempt == self.cfg.max_attempts:
                 break
             log.info("judge %s/%s attempt %d: %s", task.id, task.dimension, attempt, error)
-            time.sleep(min(pause, self.cfg.max_wait))
+            self._stopped.wait(min(pause, self.cfg.max_wait))
         error = f"{error} (gave up after {attempt} attempt{'s' if attempt > 1 else ''})"
         log.warning("judge %s/%s failed: %s", task.id, task.dimension, error)
         return self._make(task, prompt, "failed", raw=raw, error=error, attempts=attempt)
@@ -294,8 +346,10 @@ class _Judge:
 
         Raises :class:`JudgeError` when no request can succeed (key, access or model refused).
         """
+        import openai
+
         if isinstance(exc, ReplyError):
-            return f"unusable reply: {exc}", 0.0
+            return self._redact(f"unusable reply: {exc}"), 0.0
         if isinstance(exc, openai.APITimeoutError):
             return f"timed out after {self.cfg.timeout:g} s", self._backoff(attempt)
         if isinstance(exc, openai.APIConnectionError):
@@ -303,8 +357,14 @@ class _Judge:
         error = self._redact(f"{exc}")
         if not isinstance(exc, openai.APIStatusError):
             return error, self._backoff(attempt)  # e.g. a response body that is not a completion
-        if exc.status_code in _FATAL_STATUSES:
-            raise JudgeError(f"the judge endpoint refused the request ({error})") from None
+        reason = _FATAL_STATUSES.get(exc.status_code) or _FATAL_CODES.get(_error_code(exc))
+        if reason:
+            code = ExitCode.USAGE if exc.status_code == 404 else ExitCode.ACCESS_DENIED
+            fatal = JudgeError(f"the judge endpoint refused the request: {reason} ({error})", code)
+            with self._lock:
+                self.fatal = self.fatal or fatal
+            self._stopped.set()
+            raise fatal from None
         if not _retryable(exc.status_code):
             return error, None
         return error, _retry_after(exc.response.headers) or self._backoff(attempt)
@@ -314,16 +374,20 @@ class _Judge:
             0.5, 1.0
         )
 
-    def _complete(self, messages: list[dict[str, str]]) -> str:
+    def _complete(self, messages: list[dict[str, str]]) -> tuple[str, str | None]:
+        """The reply's text and the model that served it."""
         client = self._get_client()
         with self._lock:
             self.http_calls += 1
-        completion = client.chat.completions.create(
-            model=self.cfg.model, messages=messages, temperature=self.cfg.temperature
+        limit = {} if self.cfg.max_tokens is None else {"max_tokens": self.cfg.max_tokens}
+        response = client.chat.completions.with_raw_response.create(
+            model=self.cfg.model,
+            messages=messages,
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            **limit,
         )
-        if not completion.choices:
-            return ""
-        return completion.choices[0].message.content or ""
+        return reply_content(response.text)
 
     def _get_client(self) -> openai.OpenAI:
         with self._lock:
@@ -340,8 +404,34 @@ class _Judge:
             self._client.close()
 
 
+def reply_content(body: str) -> tuple[str, str | None]:
+    """The message text of a chat-completion body and its ``model``; :class:`ReplyError` if the
+    body is not a completion (not JSON, no ``choices``, wrong shape) or the text is empty."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise ReplyError(f"not JSON: {body[:60]!r}") from None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices:
+        raise ReplyError("not a completion: no choices")
+    message = choices[0].get("message") if isinstance(choices[0], dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str):
+        raise ReplyError("not a completion: no message content")
+    if not content.strip():
+        raise ReplyError("empty message content")
+    model = data.get("model")
+    return content, model if isinstance(model, str) else None
+
+
+def _error_code(exc: openai.APIError) -> str | None:
+    return exc.code or exc.type
+
+
 def make_client(cfg: JudgeConfig, api_key: str) -> openai.OpenAI:
     """An SDK client for ``cfg`` with the SDK's own retries off (our loop retries)."""
+    import openai
+
     common: dict[str, Any] = {"api_key": api_key, "max_retries": 0, "timeout": cfg.timeout}
     if cfg.azure_endpoint:
         return openai.AzureOpenAI(
@@ -407,8 +497,8 @@ def judge_run(
 
 
 def _judge_all(judge: _Judge, tasks: list[JudgeTask], concurrency: int) -> list[Verdict]:
-    """Verdicts in task order, at most ``concurrency`` tasks at a time; the first error stops
-    the rest and is raised."""
+    """Verdicts in task order, at most ``concurrency`` tasks at a time; the first error (a
+    refusal first of all) stops the rest and is raised."""
     with ThreadPoolExecutor(concurrency, thread_name_prefix="judge") as pool:
         futures = [pool.submit(judge.verdict, task) for task in tasks]
         done, pending = wait(futures, return_when=FIRST_EXCEPTION)
@@ -416,6 +506,8 @@ def _judge_all(judge: _Judge, tasks: list[JudgeTask], concurrency: int) -> list[
         if errors:
             for future in pending:
                 future.cancel()
+            if judge.fatal is not None:
+                raise judge.fatal
             errors[0].result()  # raises
     return [future.result() for future in futures]
 
@@ -446,5 +538,8 @@ def summarize(
         "prompt_source": prompts.source,
         "reference_consistency_bug": prompts.reference_consistency_bug,
         "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "max_tokens": cfg.max_tokens,
+        "served_models": sorted({v.served_model for v in verdicts if v.served_model}),
         "http_calls": http_calls,
     }

@@ -22,12 +22,14 @@ Blob) under ``eval/<run_id>/``:
 ``verdicts.jsonl``
     One line per (item, dimension) judged: {"id", "subset", "dimension", "status" ("ok" |
     "failed"), "pred" ("yes" | "no" | None), "score" (int 0-5 or None), "raw" (last reply text),
-    "error" (None or why it failed), "attempts", "cached" (bool), "judge_model",
-    "prompt_version", "prompt_hash"}.
+    "error" (None or why it failed), "attempts", "cached" (bool), "judge_model" (as asked),
+    "served_model" (the completion's ``model``, None if failed), "temperature", "top_p",
+    "max_tokens", "prompt_version", "prompt_hash"}.
 ``judge.json``
     Aggregates per dimension: {"dimensions": {dim: {"judged", "failed", "yes", "no",
     "accuracy" (None for score-only dimensions), "mean_score"}}, "judge_model",
-    "prompt_hashes": {dim: hash}, "http_calls"}.
+    "prompt_hashes": {dim: hash}, "temperature", "top_p", "max_tokens", "served_models",
+    "http_calls"}.
 ``report.json`` / ``report.md`` / ``report.png`` / ``report.html``
     The report (``eval report``).
 

@@ -17,7 +17,8 @@ def _load() -> dict:
 
 
 def load_paper_results() -> dict:
-    """The whole file: ``source``, ``reference_model``, ``qa`` (Table 1), ``vcgbench`` (Table 2).
+    """The whole file: ``source``, ``reference_model``, ``split_items`` (test split sizes),
+    ``qa`` (Table 1), ``vcgbench`` (Table 2).
 
     A fresh copy each call, so callers may change it.
     """
@@ -54,6 +55,11 @@ def paper_table(benchmark: str) -> dict:
         "metrics": metrics,
         "rows": rows,
     }
+
+
+def split_items(benchmark: str) -> int | None:
+    """Questions in the benchmark's published test split (None: not recorded)."""
+    return _load()["split_items"].get(benchmark)
 
 
 def _row_info(row: dict) -> dict:

@@ -70,7 +70,8 @@ def predictions_text(records: Iterable[dict[str, str]]) -> str:
 def read_reference_predictions(text: str, subset: str) -> list[dict]:
     """Read a prediction file as the reference judge does (each stripped line a Python literal,
     lines split as a text-mode file splits them) and check it: every line a dict with exactly
-    the subset's fields, string values, unique ids."""
+    the subset's fields, string values, unique ids. Integer ids (as the reference's files have
+    them) are read as their decimal strings."""
     if subset not in PREDICTION_FIELDS:
         raise ValueError(f"unknown subset {subset!r} (choose from {', '.join(PREDICTION_FIELDS)})")
     fields = set(PREDICTION_FIELDS[subset])
@@ -87,10 +88,13 @@ def read_reference_predictions(text: str, subset: str) -> list[dict]:
         if set(record) != fields:
             missing, extra = sorted(fields - set(record)), sorted(map(str, set(record) - fields))
             raise PredictionFormatError(f"{where}: missing fields {missing}, extra fields {extra}")
+        if type(record["id"]) is int:  # as in the reference's own files; bools are not ids
+            record["id"] = str(record["id"])
         for name, value in record.items():
             if not isinstance(value, str):
+                kind = "a str or an int" if name == "id" else "a str"
                 raise PredictionFormatError(
-                    f"{where}: field `{name}` must be a str, got {type(value).__name__}"
+                    f"{where}: field `{name}` must be {kind}, got {type(value).__name__}"
                 )
         if record["id"] in first:
             raise PredictionFormatError(

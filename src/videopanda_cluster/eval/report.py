@@ -16,7 +16,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -28,7 +28,7 @@ from ..video.errors import VideoDecodeError
 from ..video.extract import PreprocessOptions, extract_video
 from .layout import BENCHMARKS, DIMENSIONS, QA_BENCHMARKS, json_lines, predictions_key, run_key
 from .metrics import bootstrap_ci, exact_match, token_f1
-from .paper import paper_table
+from .paper import paper_table, split_items
 
 REPORT_FILES = ("report.json", "report.md", "report.png", "report.html")
 THUMBNAIL_SIZE = 112
@@ -283,6 +283,65 @@ def _flat_metrics(by_subset: dict[str, dict]) -> dict[str, dict] | None:
     return found if any(m["judged"] is not None for m in by_subset.values()) else None
 
 
+@dataclass(frozen=True)
+class FailedItem:
+    """One row of the failed-items table: an item (or one of its verdicts) with no score."""
+
+    id: str
+    subset: str
+    video: str
+    stage: str  # "missing video" | "decode" | "prediction" | "judge (<dimension>)"
+    reason: str
+
+
+def _failed_items(files: _RunFiles, answers: list[_Answer]) -> list[FailedItem]:
+    """Every item that failed at some stage, in ``items.jsonl`` order."""
+    by_key = {answer.key: answer for answer in answers}
+    failed = []
+    for item in files.items:
+        key, video = _item_key(item), str(item.get("video_name") or "–")
+
+        def row(stage: str, reason: str, key=key, video=video) -> FailedItem:
+            return FailedItem(key[1], key[0], video, stage, reason)
+
+        status, message = item.get("status"), item.get("message")
+        if status == "missing":
+            failed.append(row("missing video", str(message or "not found")))
+        elif status == "error":
+            code = str(item.get("error") or "unknown")
+            failed.append(row("decode", f"{code}: {message}" if message else code))
+        elif key not in by_key:
+            failed.append(row("prediction", "no prediction line"))
+        else:
+            failed += [
+                row(f"judge ({dim})", str(v.get("error") or "failed"))
+                for dim, v in by_key[key].verdicts.items()
+                if v.get("status") != "ok"
+            ]
+    return failed
+
+
+def _coverage(files: _RunFiles, benchmark: str) -> dict:
+    """Items in this run ÷ items in the benchmark's test split: the published size where
+    recorded, else the run's own benchmark files (a run of them covers them); unknown for
+    imported predictions of a split whose size is not recorded."""
+    items, published = len(files.items), split_items(benchmark)
+    if published is not None:
+        split, source = published, "published"
+    elif files.run.get("data_root"):
+        split, source = items, "benchmark files"
+    else:
+        split, source = None, None
+    fraction = items / split if split else None
+    return {
+        "items": items,
+        "split_items": split,
+        "split_source": source,
+        "fraction": fraction,
+        "partial": fraction is None or fraction < 1,
+    }
+
+
 def _judge_summary(files: _RunFiles, metrics: dict | None, unmatched: int) -> dict | None:
     if files.verdicts is None:
         return None
@@ -417,6 +476,8 @@ def build_report(
         "metrics": metrics,
         "offline": {s: m["offline"] for s, m in by_subset.items()},
         "question_types": _question_types(files, answers, judged, boot),
+        "coverage": _coverage(files, benchmark),
+        "failed_items": [asdict(f) for f in _failed_items(files, answers)],
         "paper": _paper_comparison(benchmark, metrics),
         "samples": [_sample_record(a, f) for a, f in samples],
     }
@@ -468,6 +529,8 @@ class _Section:
     headers: list[str]
     rows: list[list[str]]
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # shown first, marked as warnings
+    collapsible: str | None = None  # the summary line of a collapsed table
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -491,6 +554,7 @@ def _summary_section(report: dict) -> _Section:
         ["run", report["run_id"]],
         ["job", str(report["run"].get("job_id"))],
         ["items", str(counts["items"])],
+        ["coverage", _coverage_text(report["coverage"])],
         ["answered", str(counts["answered"])],
         ["missing videos", str(counts["missing"])],
         ["decode failures", str(counts["decode_failed"])],
@@ -505,6 +569,28 @@ def _summary_section(report: dict) -> _Section:
             if isinstance(v, (str, int, float, bool))
         ]
     return _Section("summary", "Summary", ["field", "value"], rows)
+
+
+def _coverage_text(coverage: dict) -> str:
+    if coverage["fraction"] is None:
+        return f"{coverage['items']} / unknown"
+    return f"{coverage['items']} / {coverage['split_items']} ({100 * coverage['fraction']:.2f}%)"
+
+
+def _coverage_warning(report: dict) -> list[str]:
+    coverage = report["coverage"]
+    if not coverage["partial"]:
+        return []
+    if coverage["fraction"] is None:
+        return [
+            "Warning: the size of the test split is not recorded, so this run's coverage of it is "
+            "unknown; the paper's numbers are over the whole split."
+        ]
+    return [
+        f"Warning: this run covers {coverage['items']} of the {coverage['split_items']} items of "
+        f"the {report['benchmark']} test split ({100 * coverage['fraction']:.2f}%); the paper's "
+        "numbers are over the whole split."
+    ]
 
 
 def _cell(metrics: dict, name: str, ci: bool = True) -> str:
@@ -554,6 +640,14 @@ def _failures_section(report: dict) -> _Section:
     return _Section("failures", "Failures", ["stage", "reason / dimension", "count"], rows, notes)
 
 
+def _failed_items_section(report: dict) -> _Section:
+    failed = report["failed_items"]
+    rows = [[f["id"], f["subset"], f["video"], f["stage"], f["reason"]] for f in failed]
+    headers = ["id", "subset", "video", "stage", "reason"]
+    title = f"Failed items ({len(failed)})"
+    return _Section("failed-items", "Failed items", headers, rows, collapsible=title)
+
+
 def _question_type_section(report: dict) -> _Section:
     headers = _headers(
         "subset|question type|items|answered|dimension|accuracy % (95% CI)|mean score (95% CI)|"
@@ -574,10 +668,10 @@ def _question_type_section(report: dict) -> _Section:
 
 def _paper_section(report: dict) -> _Section:
     paper = report["paper"]
+    warnings = _coverage_warning(report)
     if paper is None:
-        return _Section(
-            "paper", "Paper comparison", [], [], ["No paper numbers for this benchmark."]
-        )
+        notes = ["No paper numbers for this benchmark."]
+        return _Section("paper", "Paper comparison", [], [], notes, warnings)
     metrics, ours = paper["metrics"], paper["ours"]
     headers = ["model", "vision params", "same training data", *metrics]
     rows = [
@@ -601,7 +695,7 @@ def _paper_section(report: dict) -> _Section:
     notes = [f"{paper['table']} of “{src['title']}” ({src['venue']}, arXiv {src['arxiv']})."]
     notes += [f"Caveat: {paper['caveat']}"] if paper["caveat"] else []
     title = f"Comparison with the paper ({paper['table']})"
-    return _Section("paper", title, headers, rows, notes)
+    return _Section("paper", title, headers, rows, notes, warnings)
 
 
 def _sections(report: dict) -> list[_Section]:
@@ -610,6 +704,7 @@ def _sections(report: dict) -> list[_Section]:
         _metrics_section(report),
         _offline_section(report),
         _failures_section(report),
+        _failed_items_section(report),
         _question_type_section(report),
         _paper_section(report),
     ]
@@ -630,10 +725,15 @@ def render_markdown(report: dict, sections: list[_Section] | None = None) -> str
     out = [f"# Evaluation report: {_md_cell(report['run_id'])} ({_md_cell(report['benchmark'])})"]
     for section in sections or _sections(report):
         out += ["", f"## {section.title}", ""]
+        for warning in section.warnings:
+            out += [f"**{_md_cell(warning)}**", ""]
         if section.rows:
+            if section.collapsible:
+                out += [f"<details><summary>{html.escape(section.collapsible)}</summary>", ""]
             out.append("| " + " | ".join(_md_cell(h) for h in section.headers) + " |")
             out.append("|" + "---|" * len(section.headers))
             out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in section.rows]
+            out += ["", "</details>"] if section.collapsible else []
         elif section.headers:
             out.append("(none)")
         for note in section.notes:
@@ -703,6 +803,7 @@ table { border-collapse: collapse; font-size: 0.85rem; }
 th, td { border: 1px solid #dee2e6; padding: 0.25rem 0.5rem; text-align: left; }
 th { background: #f1f3f5; }
 .note { color: #495057; font-size: 0.85rem; }
+.warning { color: #c92a2a; font-weight: 600; font-size: 0.9rem; }
 #chart img { max-width: 100%; }
 .item { border: 1px solid #dee2e6; border-radius: 6px; padding: 0.75rem; margin: 0.75rem 0; }
 .frames { display: flex; flex-wrap: wrap; gap: 4px; margin-bottom: 0.5rem; }
@@ -720,12 +821,16 @@ def _e(value: object) -> str:
 
 def _html_section(section: _Section) -> str:
     parts = [f'<section id="{section.id}">', f"<h2>{_e(section.title)}</h2>"]
+    parts += [f'<p class="warning">{_e(warning)}</p>' for warning in section.warnings]
     if section.rows:
         head = "".join(f"<th>{_e(h)}</th>" for h in section.headers)
         body = "".join(
             "<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in section.rows
         )
-        parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        if section.collapsible:
+            table = f"<details><summary>{_e(section.collapsible)}</summary>{table}</details>"
+        parts.append(table)
     elif section.headers:
         parts.append('<p class="note">(none)</p>')
     parts += [f'<p class="note">{_e(note)}</p>' for note in section.notes]

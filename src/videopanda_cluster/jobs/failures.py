@@ -13,7 +13,8 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Process exit codes of the job commands (``caption``, ``qa``, ``features``)."""
+    """Process exit codes of the job commands (``caption``, ``qa``, ``features``) and of
+    ``eval`` (docs/eval.md)."""
 
     OK = 0  # every shard committed (error rows for bad videos are results, not failures)
     INTERNAL = 1  # an unexpected error: a bug; ``--debug`` shows the traceback
@@ -23,6 +24,7 @@ class ExitCode(IntEnum):
     ACCESS_DENIED = 5  # credentials rejected or expired, or permission missing
     LOCAL_RESOURCE = 6  # local disk full, output not writable
     CLUSTER = 7  # Ray could not start, or workers kept dying
+    JUDGE_FAILURES = 8  # eval judge: some verdicts failed after retries (a rerun asks only those)
     INTERRUPTED = 130  # SIGINT/SIGTERM: stopped cleanly
 
 
