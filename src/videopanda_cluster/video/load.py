@@ -33,9 +33,9 @@ def load_video(
     source's bytes (the pipeline's content hash) for the video's coin.
     """
     options = options or PreprocessOptions()
+    extracted = extract_video(source, options, runner)  # bad input fails here, as unflipped
     seeded = options.flip == "reference" and options.flip_seed is not None
     flipped = flip_coin(options, content_hash(source) if seeded else None)
-    extracted = extract_video(source, options, runner)
     extracted.provenance.flipped = flipped
     pixels = to_model_input(extracted.frames, extracted.geometry, options.num_frames, flipped)
     return VideoInput(pixels, extracted.provenance)
