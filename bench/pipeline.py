@@ -42,14 +42,16 @@ from videopanda_cluster.cluster.driver import (
     Pipeline,
     generation_options,
     plan_job,
+    preprocess_options,
     run_job,
     start_ray,
+    video_key,
 )
 from videopanda_cluster.cluster.stages import DecodeWorker, EncodeWorker, GenerateWorker
 from videopanda_cluster.jobs.config import JobConfig, build_config
 from videopanda_cluster.model.tiny import ensure_tiny_checkpoint
 from videopanda_cluster.storage.open import open_store
-from videopanda_cluster.video.extract import PreprocessOptions
+from videopanda_cluster.video.geometry import REFERENCE_SIZE
 from videopanda_cluster.video.samples import write_corpus
 
 # Set before Ray is imported (the package imports it lazily): Ray stays on 127.0.0.1.
@@ -87,7 +89,7 @@ def _corpus(root: Path, count: int) -> Path:
 
 def _standalone(cfg: JobConfig, videos: list[Path], checkpoint: str) -> dict[str, dict]:
     """Seconds and videos/s of each stage run alone in this process (one instance each)."""
-    options = PreprocessOptions(flip=cfg.flip, timeout=cfg.decode_timeout)
+    options = preprocess_options(cfg, REFERENCE_SIZE)
     decoder = DecodeWorker(options)
     decoder.decode("warm-up", str(videos[0]))
     start = time.perf_counter()
@@ -99,7 +101,7 @@ def _standalone(cfg: JobConfig, videos: list[Path], checkpoint: str) -> dict[str
     encoder = EncodeWorker(checkpoint, "cpu", options, None)
 
     def encode(batch: list) -> list:
-        return encoder.encode([m["content_hash"] for m, _ in batch], *[p for _, p in batch])[1]
+        return encoder.encode([video_key(m) for m, _ in batch], *[p for _, p in batch])[1]
 
     encode(batches[0])
     start = time.perf_counter()

@@ -20,7 +20,7 @@ from videopanda_cluster.storage.open import open_store
 SETTINGS = {"max_new_tokens": 4, "decode_workers": 1, "shard_size": 2, "max_in_flight": 2}
 ITEM_FIELDS = {
     "id", "subset", "video_name", "video_id", "uri", "question", "question2", "answer",
-    "question_type", "status", "error", "message", "sampled_indices",
+    "question_type", "status", "error", "message", "sampled_indices", "flipped",
 }  # fmt: skip
 RUN_FIELDS = {
     "benchmark", "run_id", "job_id", "data_root", "model", "generation", "counts", "subsets",
@@ -122,6 +122,7 @@ def test_items_missing_and_run_json_account_for_every_item(evals, name):
             item = status[(subset, i)]
             assert item["status"] == "ok" and item["error"] is None
             assert item["sampled_indices"] and item["video_id"] == item["video_name"]
+            assert item["flipped"] is False  # the flip is off by default
             assert item["uri"] == str(fx["files"][item["video_name"]])
     for subset, ids in fx["corrupt"].items():
         for i in ids:
@@ -165,3 +166,25 @@ def test_a_named_run_reuses_the_job_of_the_same_benchmark_and_settings(evals):
     assert files == {k: v for k, v in run_files(store, run["run_id"]).items() if k != "run.json"}
     with pytest.raises(ValueError, match=r"invalid run id '\.\./x'"):
         run_eval("vcgbench", fx["data_root"], str(store), run_id="../x", **SETTINGS)
+
+
+def test_a_reference_flip_run_draws_each_video_its_own_seeded_coin(evals):
+    from videopanda_cluster.video.extract import PreprocessOptions
+    from videopanda_cluster.video.load import load_video
+
+    store, runs = evals
+    fx, plain = runs["msvd-qa"]
+    flip = {"flip": "reference", "seed": 2}
+    run = run_eval("msvd-qa", fx["data_root"], str(store), **flip, **SETTINGS)
+    assert run["job_id"] != plain["job_id"]
+    items = [
+        i for i in load_run(open_store(str(store)), run["run_id"]).items if i["status"] == "ok"
+    ]
+    coins: dict[str, set[bool]] = {}
+    for item in items:
+        coins.setdefault(item["video_name"], set()).add(item["flipped"])
+    assert all(len(c) == 1 for c in coins.values())  # every question of a video: one coin
+    assert {c for (c,) in coins.values()} == {True, False}  # each video its own coin
+    for name, (flipped,) in coins.items():  # the library draws the same coin for the file
+        options = PreprocessOptions(flip="reference", flip_seed=2, size=112, isolate=False)
+        assert load_video(fx["files"][name], options).provenance.flipped == flipped

@@ -400,3 +400,74 @@ def test_results_are_one_dataset_for_every_reader(ray_local, inputs_dir, tmp_pat
     for engine, read in by_engine.items():
         got = read.cast(RESULT_SCHEMA).sort_by("video_id")
         assert got.equals(table.sort_by("video_id")), engine
+
+
+FLIP_VIDEOS = [
+    "square_500x500_300f_30fps.mp4",
+    "vga_640x480_150f_30fps.mkv",
+    "sd_340x256_40f_10fps.webm",
+    "qcif_176x144_5f_10fps.mp4",
+    "hd_1280x720_90f_30fps.mp4",
+    "portrait_240x320_60f_30fps.webm",
+    "rotated_320x240_20f_25fps_rot90.mkv",
+    "vfr_340x256_90f.mp4",
+]
+
+
+def test_reference_flip_draws_one_seeded_coin_per_video(ray_local, inputs_dir, tmp_path):
+    """flip: reference mirrors the RGB (not the mask) of about half the videos, each by its own
+    coin from the seed and the video's content hash; reruns and the feature cache agree."""
+    import torch
+    from safetensors.torch import load_file
+
+    from videopanda_cluster.cluster.driver import default_checkpoint
+    from videopanda_cluster.cluster.sources import local_path
+    from videopanda_cluster.model.modeling import VideoPanda
+    from videopanda_cluster.video.extract import PreprocessOptions
+    from videopanda_cluster.video.load import load_video
+
+    subset = tmp_path / "videos"
+    subset.mkdir()
+    for name in FLIP_VIDEOS:
+        (subset / name).write_bytes((inputs_dir / name).read_bytes())
+    flip = {"flip": "reference", "seed": 5}
+    _, first = job("features", subset, tmp_path / "a", **flip)
+    rows = read_rows(tmp_path / "a", first["job_id"])
+    assert len(rows) == len(FLIP_VIDEOS) and all(r["status"] == "ok" for r in rows)
+    flipped = {r["video_id"]: r["provenance"]["flipped"] for r in rows}
+    assert set(flipped.values()) == {True, False}  # one coin per video, not one per job
+
+    checkpoint, _ = default_checkpoint()
+    model = VideoPanda.from_pretrained(checkpoint, with_llm=False)
+    n = model.config.chunk_size
+
+    def stab(pixels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            frames, _ = model.video_tower(pixels.reshape(-1, n, *pixels.shape[1:]))
+        return torch.cat([f.reshape(-1) for f in frames])
+
+    options = PreprocessOptions(size=model.config.image_size, isolate=False)
+    for r in rows:
+        plain = load_video(str(local_path(r["uri"])), options).pixels  # the unflipped decode
+        mirror = plain.clone()
+        mirror[:, :3] = plain[:, :3].flip(-1)  # RGB mirrored, mask as is
+        stored = load_file(tmp_path / "a" / r["feature_key"])
+        tokens = torch.cat([stored[k].reshape(-1) for k in sorted(stored)])
+        want, other = (mirror, plain) if flipped[r["video_id"]] else (plain, mirror)
+        assert torch.allclose(tokens, stab(want), atol=1e-5), r["video_id"]
+        assert not torch.allclose(tokens, stab(other), atol=1e-3), r["video_id"]
+
+    # a qa job reads the features from the cache: same decisions
+    _, qa = job("qa", subset, tmp_path / "a", questions=QUESTIONS[:1], **flip)
+    qa_rows = read_rows(tmp_path / "a", qa["job_id"])
+    assert all(r["feature_cache_hit"] for r in qa_rows)
+    assert {r["video_id"]: r["provenance"]["flipped"] for r in qa_rows} == flipped
+    # a rerun in an empty store draws the same coins and finds the same tokens
+    _, again = job("features", subset, tmp_path / "b", **flip)
+    rerun = {r["video_id"]: r for r in read_rows(tmp_path / "b", again["job_id"])}
+    assert {v: r["provenance"]["flipped"] for v, r in rerun.items()} == flipped
+    for r in rows:
+        twin = load_file(tmp_path / "b" / rerun[r["video_id"]]["feature_key"])
+        assert all(
+            torch.equal(t, twin[k]) for k, t in load_file(tmp_path / "a" / r["feature_key"]).items()
+        )

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from videopanda_cluster.video.extract import PreprocessOptions, extract
+from videopanda_cluster.video.extract import PreprocessOptions, extract, flip_coin
 from videopanda_cluster.video.geometry import compute_geometry
 from videopanda_cluster.video.letterbox import PAD_RGB, letterbox
 from videopanda_cluster.video.load import load_video
@@ -75,6 +75,21 @@ def test_flip_is_off_by_default_and_reproducible_when_seeded(corpus):
     f = flipped[0].pixels
     assert torch.equal(f[:, :3], plain.pixels[:, :3].flip(-1))  # all frames, RGB only
     assert torch.equal(f[:, 3], plain.pixels[:, 3])  # the mask is not flipped (reference)
+
+
+def test_the_flip_coin_is_per_video_when_seeded_and_fresh_when_not():
+    hashes = [f"{n:064x}" for n in range(16)]
+    seeded = PreprocessOptions(flip="reference", flip_seed=3)
+    coins = [flip_coin(seeded, h) for h in hashes]
+    assert set(coins) == {True, False}  # one seed, a coin per video
+    assert coins == [flip_coin(seeded, h) for h in hashes]  # the same again
+    other = PreprocessOptions(flip="reference", flip_seed=4)
+    assert coins != [flip_coin(other, h) for h in hashes]
+    assert not any(flip_coin(PreprocessOptions(flip_seed=3), h) for h in hashes)  # flip off
+    unseeded = PreprocessOptions(flip="reference")
+    assert {flip_coin(unseeded) for _ in range(64)} == {True, False}  # random, as the reference
+    with pytest.raises(ValueError, match="content hash"):
+        flip_coin(seeded)
 
 
 def test_rejects_bad_options():

@@ -35,7 +35,7 @@ def _job_command(kind: str):
         ] = None,
         caption_prompt: Annotated[str | None, Opt(help="Caption instruction (caption).")] = None,
         max_new_tokens: Annotated[int | None, Opt(help="Tokens to generate at most.")] = None,
-        seed: Annotated[int | None, Opt(help="Sampling seed.")] = None,
+        seed: Annotated[int | None, Opt(help="Seed of sampling and of the flip coins.")] = None,
         attention: Annotated[
             str | None, Opt(help="LLM attention: eager (reference numerics) or sdpa (faster).")
         ] = None,

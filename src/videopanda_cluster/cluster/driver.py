@@ -32,6 +32,7 @@ from ..jobs.failures import (
     root_cause,
 )
 from ..video.extract import PreprocessOptions
+from .features import VideoKey
 from .results import results_prefix
 from .rows import answer_row, error_rows, feature_row, no_question_row
 
@@ -119,6 +120,18 @@ def generation_options(cfg) -> dict[str, Any]:
     }
 
 
+def preprocess_options(cfg, input_size: int) -> PreprocessOptions:
+    """How a job's decoders preprocess: the reference flip's coins are seeded by the job's seed."""
+    return PreprocessOptions(
+        flip=cfg.flip, flip_seed=cfg.seed, timeout=cfg.decode_timeout, size=input_size
+    )
+
+
+def video_key(decoded: dict[str, Any]) -> VideoKey:
+    """A decoded video's content hash and flip decision, for the encoder and its cache."""
+    return VideoKey(decoded["content_hash"], decoded["provenance"]["flipped"])
+
+
 class Pipeline:
     """The stage actors of one job and the per-shard flow through them."""
 
@@ -128,9 +141,7 @@ class Pipeline:
         from .stages import DecodeWorker, EncodeWorker, GenerateWorker, WriterWorker
 
         self.cfg, self.plan, self.ledger = cfg, plan, ledger
-        self.options = PreprocessOptions(
-            flip=cfg.flip, timeout=cfg.decode_timeout, size=plan.input_size
-        )
+        self.options = preprocess_options(cfg, plan.input_size)
         restart = {"max_restarts": -1, "max_task_retries": 3}
         device = cfg.device
         cache = store_url if cfg.use_feature_cache else None
@@ -250,7 +261,7 @@ class Pipeline:
             members = ok[start : start + batch]
             encoder = self.encoders[(offset + n) % len(self.encoders)]
             enc_meta, enc_tokens = encoder.encode.options(num_returns=2).remote(
-                [metas[i]["content_hash"] for i in members], *[calls[i][1] for i in members]
+                [video_key(metas[i]) for i in members], *[calls[i][1] for i in members]
             )
             gen = None
             if self.generators:

@@ -1,5 +1,5 @@
 """Feature cache: STAB tokens per video in the store, keyed by (video content hash,
-preprocessing settings, STAB weights hash).
+preprocessing settings, the video's flip decision, STAB weights hash).
 
 An entry is ``<key>.safetensors`` with ``frame_000`` … ``frame_007`` (each ``(tokens, width)``)
 and the decode provenance (sampled indices, pts, …) in its metadata, then ``<key>.json``, a
@@ -37,6 +37,14 @@ def preprocess_fingerprint(options: PreprocessOptions) -> str | None:
 
 
 @dataclass(frozen=True)
+class VideoKey:
+    """One video as the encoder sees it: its content hash and its flip decision (provenance)."""
+
+    content_hash: str
+    flipped: bool
+
+
+@dataclass(frozen=True)
 class CacheIdentity:
     """What, besides the video's bytes, the cached tokens depend on."""
 
@@ -60,42 +68,46 @@ class FeatureCache:
         self.identity = identity
         self.store = store if store is not None else open_store(identity.store_url)
 
-    def key(self, content_hash: str) -> str:
-        """The tokens' key; the provenance is at the same name with ``.json``."""
+    def key(self, content_hash: str, flipped: bool = False) -> str:
+        """The tokens' key; the provenance is at the same name with ``.json``. ``flipped`` (the
+        video's reference-flip decision) is part of a mirrored video's key, so tokens cached
+        unflipped are never served for it."""
         ident = self.identity
-        digest = hashlib.sha256(f"{content_hash}|{ident.preprocess}|{ident.stab}".encode())
-        return f"{ident.prefix}/{digest.hexdigest()}.safetensors"
+        text = f"{content_hash}|{ident.preprocess}|{ident.stab}" + ("|flipped" if flipped else "")
+        return f"{ident.prefix}/{hashlib.sha256(text.encode()).hexdigest()}.safetensors"
 
-    def _provenance_key(self, content_hash: str) -> str:
-        return self.key(content_hash).removesuffix(".safetensors") + ".json"
+    def _provenance_key(self, content_hash: str, flipped: bool) -> str:
+        return self.key(content_hash, flipped).removesuffix(".safetensors") + ".json"
 
-    def get(self, content_hash: str) -> list[torch.Tensor] | None:
+    def get(self, content_hash: str, flipped: bool = False) -> list[torch.Tensor] | None:
         from safetensors.torch import load
 
         try:
-            data = self.store.get(self.key(content_hash))
+            data = self.store.get(self.key(content_hash, flipped))
         except KeyError:
             return None
         tensors = load(data)
         return [tensors[name] for name in sorted(tensors)]
 
-    def provenance(self, content_hash: str) -> dict[str, Any] | None:
+    def provenance(self, content_hash: str, flipped: bool = False) -> dict[str, Any] | None:
         """The decode provenance of a complete entry, or None (no entry, or an unreadable one)."""
         try:
-            return json.loads(self.store.get(self._provenance_key(content_hash)))
+            return json.loads(self.store.get(self._provenance_key(content_hash, flipped)))
         except (KeyError, ValueError):
             return None
 
     def put(self, content_hash: str, frames: list[torch.Tensor], provenance: dict[str, Any]) -> str:
+        """Store tokens under the key of the content hash and ``provenance["flipped"]``."""
         from safetensors.torch import save
 
-        key = self.key(content_hash)
+        flipped = bool(provenance.get("flipped", False))
+        key = self.key(content_hash, flipped)
         blob = save(
             {f"frame_{i:03d}": t.contiguous() for i, t in enumerate(frames)},
             metadata={"provenance": json.dumps(provenance, sort_keys=True)},
         )
         self.store.put(key, blob)
-        self.store.put(self._provenance_key(content_hash), json.dumps(provenance).encode())
+        self.store.put(self._provenance_key(content_hash, flipped), json.dumps(provenance).encode())
         return key
 
 

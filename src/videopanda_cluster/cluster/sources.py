@@ -86,25 +86,28 @@ _caches: dict = {}
 def decode_uri(
     uri: str, options: PreprocessOptions, cache: dict[str, str] | None = None
 ) -> DecodedSource:
-    """Hash ``uri`` then (unless its tokens are in the feature cache ``cache``) decode it.
+    """Hash ``uri``, draw its flip coin, then (unless its tokens are in the feature cache
+    ``cache``) decode it; the provenance records the coin (``flipped``).
 
     Hashing and decoding share one deadline of ``options.timeout`` seconds. Faults of the video
     before its hash is known raise :class:`VideoDecodeError`; faults of the environment
     (:func:`~..video.errors.is_environment_fault`, a full spill disk included) always raise.
     """
-    from ..video.extract import extract
+    from ..video.extract import extract, flip_coin
     from ..video.probe import Deadline
 
     deadline = Deadline(options.timeout)
     try:
         with _hashed(uri, deadline) as (source, content_hash, traffic):
-            cached = _cached_provenance(cache, content_hash)
+            flipped = flip_coin(options, content_hash)
+            cached = _cached_provenance(cache, content_hash, flipped)
             if cached is not None:
                 return DecodedSource(content_hash, provenance=cached, **traffic)
             try:
                 extracted = extract(source, options, deadline)
             except VideoDecodeError as exc:
                 return DecodedSource(content_hash, error=exc, **traffic)
+            extracted.provenance.flipped = flipped
             provenance = extracted.provenance.to_dict()
             return DecodedSource(content_hash, provenance, extracted, **traffic)
     except FileNotFoundError as exc:  # a blob deleted while being read, a file gone
@@ -146,7 +149,9 @@ def _hashed(uri: str, deadline: Deadline) -> Iterator[tuple[VideoSource, str, di
             )
 
 
-def _cached_provenance(cache: dict[str, str] | None, content_hash: str) -> dict | None:
+def _cached_provenance(
+    cache: dict[str, str] | None, content_hash: str, flipped: bool
+) -> dict | None:
     if cache is None:
         return None
     from .features import CacheIdentity, FeatureCache
@@ -154,4 +159,4 @@ def _cached_provenance(cache: dict[str, str] | None, content_hash: str) -> dict 
     identity = CacheIdentity(**cache)
     if identity not in _caches:
         _caches[identity] = FeatureCache(identity)
-    return _caches[identity].provenance(content_hash)
+    return _caches[identity].provenance(content_hash, flipped)

@@ -19,6 +19,8 @@ from ..video.extract import PreprocessOptions
 if TYPE_CHECKING:  # torch is imported by the model workers only: decoders start faster
     import torch
 
+    from .features import VideoKey
+
 
 def worker_id() -> str:
     """host:pid of this worker, recorded in every row."""
@@ -121,10 +123,11 @@ class EncodeWorker:
         return identity_dict(self.cache.identity if self.cache else None)
 
     def encode(
-        self, content_hashes: list[str], *payloads: dict[str, Any] | None
+        self, videos: list[VideoKey], *payloads: dict[str, Any] | None
     ) -> tuple[list[dict[str, Any]], list[list[torch.Tensor]]]:
-        """(metadata, tokens): STAB tokens per frame (CPU) for each video, via the cache. A None
-        payload (the decoder found the entry) must be a cache hit."""
+        """(metadata, tokens): STAB tokens per frame (CPU) for each video, via the cache, with
+        the RGB mirrored where the decoder's coin said so. A None payload (the decoder found the
+        entry) must be a cache hit."""
         import torch
 
         from ..video.normalize import to_model_input
@@ -133,18 +136,23 @@ class EncodeWorker:
         tokens: list[list[torch.Tensor]] = [[] for _ in payloads]
         hits = [False] * len(payloads)
         todo = []
-        for i, content_hash in enumerate(content_hashes):
-            cached = self.cache.get(content_hash) if self.cache else None
+        for i, video in enumerate(videos):
+            cached = self.cache.get(video.content_hash, video.flipped) if self.cache else None
             if cached is not None:
                 tokens[i], hits[i] = cached, True
             elif payloads[i] is None:  # removed since the decoder saw it: the shard is retried
-                raise RuntimeError(f"feature cache entry for {content_hash} disappeared")
+                raise RuntimeError(f"feature cache entry for {video.content_hash} disappeared")
             else:
                 todo.append(i)
         if todo:
             n = self.options.num_frames
             pixels = torch.stack(
-                [to_model_input(payloads[i]["frames"], payloads[i]["geometry"], n) for i in todo]
+                [
+                    to_model_input(
+                        payloads[i]["frames"], payloads[i]["geometry"], n, videos[i].flipped
+                    )
+                    for i in todo
+                ]
             )
             chunk = self.model.config.chunk_size
             clips = pixels.reshape(-1, chunk, *pixels.shape[2:]).to(self.model.device)
@@ -153,16 +161,16 @@ class EncodeWorker:
             for j, i in enumerate(todo):
                 tokens[i] = [f.to("cpu") for f in frames[j * n : (j + 1) * n]]
                 if self.cache:
-                    self.cache.put(content_hashes[i], tokens[i], payloads[i]["provenance"])
+                    self.cache.put(videos[i].content_hash, tokens[i], payloads[i]["provenance"])
         elapsed = (time.perf_counter() - start) / max(1, len(payloads))
         metas = [
             {
                 "cache_hit": hit,
-                "feature_key": self.cache.key(h) if self.cache else None,
+                "feature_key": self.cache.key(v.content_hash, v.flipped) if self.cache else None,
                 "encode_s": elapsed,
                 "encode_worker": worker_id(),
             }
-            for hit, h in zip(hits, content_hashes, strict=True)
+            for hit, v in zip(hits, videos, strict=True)
         ]
         return metas, tokens
 

@@ -159,6 +159,7 @@ def item_record(item: EvalItem, rows: list[dict | None]) -> tuple[dict[str, Any]
         "error": None,
         "message": None,
         "sampled_indices": None,
+        "flipped": None,
     }
     if item.uri is None:
         record.update(status="missing", message="no video file found for this item")
@@ -170,7 +171,10 @@ def item_record(item: EvalItem, rows: list[dict | None]) -> tuple[dict[str, Any]
     if failed:
         record.update(status="error", error=failed[0]["error"], message=failed[0]["message"])
         return record, []
-    record["sampled_indices"] = (rows[0].get("provenance") or {}).get("sampled_indices")
+    provenance = rows[0].get("provenance") or {}
+    record.update(
+        sampled_indices=provenance.get("sampled_indices"), flipped=provenance.get("flipped")
+    )
     return record, [r["answer"] for r in rows]
 
 

@@ -75,7 +75,7 @@ class JobConfig(BaseModel):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)  # 0 = off
-    seed: int = 0
+    seed: int = 0  # sampling; also the reference flip's coins (one per video)
     # "eager" (fp32 softmax) is the reference's numerics (spec §1.2); "sdpa" is
     # torch's fused attention: same math, faster, rounding may differ in the last bits.
     attention: Literal["eager", "sdpa"] = "eager"

@@ -5,7 +5,9 @@ No torch here, so the isolated worker process starts quickly.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -33,8 +35,9 @@ class PreprocessOptions:
     """How a video becomes model input.
 
     ``flip="off"`` (default) is deterministic. ``flip="reference"`` reproduces the reference eval's
-    random horizontal flip (p = 0.5, all frames together, mask not flipped), with the coin drawn
-    from ``flip_seed`` (unseeded when None, as the reference). ``size`` is the square input side,
+    random horizontal flip (p = 0.5, all frames together, mask not flipped), one coin per video
+    (:func:`flip_coin`): drawn from ``flip_seed`` and the video's content hash, or unseeded when
+    None, as the reference. ``size`` is the square input side,
     a multiple of 28 (448 for the released model); it must equal the model's ``image_size``.
     """
 
@@ -54,6 +57,21 @@ class PreprocessOptions:
         grid_cells(self.size)  # raises unless a positive multiple of 28
 
 
+def flip_coin(options: PreprocessOptions, content_hash: str | None = None) -> bool:
+    """Whether to mirror this video (spec §4.3): never with ``flip="off"``; with
+    ``flip="reference"`` heads with p = 0.5, a fresh random draw when unseeded, else a function
+    of ``flip_seed`` and the video's ``content_hash`` (sha256 of its bytes), so every run and
+    the feature cache agree while each video gets its own coin."""
+    if options.flip != "reference":
+        return False
+    if options.flip_seed is None:
+        return random.SystemRandom().random() < 0.5  # no state shared by forked decoders
+    if not content_hash:
+        raise ValueError("a seeded reference flip needs the video's content hash")
+    digest = hashlib.sha256(f"flip|{options.flip_seed}|{content_hash}".encode()).digest()
+    return digest[0] < 128
+
+
 @dataclass
 class Provenance:
     """Where a model input came from; every result row carries it."""
@@ -68,7 +86,7 @@ class Provenance:
     token_grid: list[int]  # [h, w] after STAB's LSD
     tokens_per_frame: int  # 1 + h·(w+1), the full model's layout (see geometry.frame_tokens)
     padded_frames: int
-    flipped: bool
+    flipped: bool  # RGB mirrored by the reference flip (the mask never is)
     rotation: int  # display rotation tag in degrees
     rotated: bool  # whether frames were turned by it (MP4/MOV, as the reference decoder)
     codec: str

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import random
+import os
 from dataclasses import dataclass
 
 import torch
 
-from .extract import PreprocessOptions, Provenance, extract_video
+from .extract import PreprocessOptions, Provenance, extract_video, flip_coin
 from .isolation import IsolatedRunner
 from .normalize import to_model_input
 from .probe import VideoSource
@@ -29,11 +29,27 @@ def load_video(
     """Turn a path or seekable binary file object into model input, or raise VideoDecodeError.
 
     Paths are decoded in a killable child process (``options.isolate``) that is stopped after
-    ``options.timeout`` seconds; see :func:`extract_video`.
+    ``options.timeout`` seconds; see :func:`extract_video`. A seeded reference flip hashes the
+    source's bytes (the pipeline's content hash) for the video's coin.
     """
     options = options or PreprocessOptions()
-    extracted = extract_video(source, options, runner)
-    flip = options.flip == "reference" and random.Random(options.flip_seed).random() < 0.5
-    extracted.provenance.flipped = flip
-    pixels = to_model_input(extracted.frames, extracted.geometry, options.num_frames, flip)
+    extracted = extract_video(source, options, runner)  # bad input fails here, as unflipped
+    seeded = options.flip == "reference" and options.flip_seed is not None
+    flipped = flip_coin(options, content_hash(source) if seeded else None)
+    extracted.provenance.flipped = flipped
+    pixels = to_model_input(extracted.frames, extracted.geometry, options.num_frames, flipped)
     return VideoInput(pixels, extracted.provenance)
+
+
+def content_hash(source: VideoSource) -> str:
+    """sha256 of a path's or a stream's bytes (the stream is left where it was)."""
+    from ..cluster.fingerprint import stream_sha256
+
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as fh:
+            return stream_sha256(fh)
+    start = source.tell()
+    try:
+        return stream_sha256(source)
+    finally:
+        source.seek(start)
