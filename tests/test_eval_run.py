@@ -12,6 +12,7 @@ import pytest
 
 from tests.eval_fixtures import make_benchmark_fixture
 from videopanda_cluster.eval.benchmarks import BenchmarkError, load_benchmark
+from videopanda_cluster.eval.config import EvalConfig
 from videopanda_cluster.eval.layout import BENCHMARKS, SUBSETS
 from videopanda_cluster.eval.predictions import PREDICTION_FIELDS, read_reference_predictions
 from videopanda_cluster.eval.run import load_run, read_result_rows, run_eval
@@ -165,3 +166,13 @@ def test_a_named_run_reuses_the_job_of_the_same_benchmark_and_settings(evals):
     assert files == {k: v for k, v in run_files(store, run["run_id"]).items() if k != "run.json"}
     with pytest.raises(ValueError, match=r"invalid run id '\.\./x'"):
         run_eval("vcgbench", fx["data_root"], str(store), run_id="../x", **SETTINGS)
+
+
+def test_run_eval_defaults_to_the_reference_generation_limit(ray_local, corpus, tmp_path):
+    """From Python as from `eval run`: at most EvalConfig's 1024 new tokens unless told."""
+    fx = make_benchmark_fixture("msvd-qa", tmp_path / "msvd", corpus)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+        settings = {k: v for k, v in SETTINGS.items() if k != "max_new_tokens"}
+        run = run_eval("msvd-qa", fx["data_root"], str(tmp_path / "store"), **settings)
+    assert run["generation"]["max_new_tokens"] == EvalConfig.max_new_tokens == 1024
