@@ -56,8 +56,10 @@ def test_eval_run_defers_to_run_evals_defaults():
         if param.name in own:
             continue
         assert param.name in JobConfig.model_fields, f"--{param.name} is no JobConfig field"
-        expected = EvalConfig().job_settings({}).get(
-            param.name, JobConfig.model_fields[param.name].default
+        expected = (
+            EvalConfig()
+            .job_settings({})
+            .get(param.name, JobConfig.model_fields[param.name].default)
         )
         assert param.default in (None, expected), f"--{param.name}: {param.default!r}"
         if param.name in {f.name for f in dataclasses.fields(EvalConfig)}:

@@ -346,3 +346,7 @@ def test_a_resumed_run_reports_the_time_of_the_run_that_trained_a_stage(corpus, 
     assert second["seconds"] == first["seconds"] and second["losses"] == first["losses"]
     assert (first["resumed"], second["resumed"]) == (False, True)
     assert "prealign: already trained" in again.stdout
+    (tmp_path / "s" / "stages" / "prealign" / "summary.json").unlink()  # a store from before
+    assert _cli(args).returncode == 0
+    third = json.loads(saved.read_text())["stages"][0]
+    assert (third["seconds"], third["resumed"], third["losses"]) == (None, True, first["losses"])
