@@ -153,6 +153,24 @@ def test_cli_help_and_run(corpus, tmp_path):
     assert bad.exit_code != 0
     bad = runner.invoke(app, [*args, "--system-prompt", "nope"], env={"COLUMNS": "200"})
     assert bad.exit_code == 2 and "--system-prompt must be train or eval" in bad.output
+    bad = runner.invoke(app, [*args, "--hparams", "nope"], env={"COLUMNS": "200"})
+    assert (
+        bad.exit_code == 2
+        and bad.output == "error: hparams must be small or reference, got 'nope'\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"hparams": "big"}, "hparams must be small or reference"),
+        ({"workers": -1}, "workers must be >= 0"),
+        ({"distill_weight": 1.0}, "distill_weight > 0 needs a teacher_store"),
+    ],
+)
+def test_recipe_config_refuses_bad_options(changes, message):
+    with pytest.raises(ValueError, match=message):
+        RecipeConfig(**changes)
 
 
 def test_ablated_recipe_builds_the_switched_model(corpus, tmp_path):

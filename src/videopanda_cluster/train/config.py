@@ -25,13 +25,15 @@ class RecipeConfig:
     global_batch: int = 16  # samples per optimiser step
     micro_batch: int = 16  # samples per forward pass and worker
     epochs: int | None = None  # of every stage; None: per stage from hparams, else 1
-    hparams: str = "small"
+    hparams: str = "small"  # one of HPARAMS
     use_gpu: bool = False
     flip: bool = False  # the reference's random horizontal flip (off: synth asks left/right)
     ablations: tuple[str, ...] = ()  # a new model's ablation switches (recipe.ABLATIONS)
     llm_layers: int = 4  # Llama layers of a new model
     system_prompt: str = "train"  # of the training conversations: train (reference) or eval
-    distill_weight: float = 0.0  # > 0 needs teacher_store (spec §7.3)
+    # > 0: the distillation loss (spec §7.3) against the teacher features under teacher_store
+    # (its prefix teacher_prefix); each stage starts a fresh compressor
+    distill_weight: float = 0.0
     teacher_store: str | None = None  # store URL of precomputed teacher features
     teacher_prefix: str = "teacher"
     warmup: WarmupConfig | None = None  # scene warm-up of a new model (a synth corpus only)
