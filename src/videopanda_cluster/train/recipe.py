@@ -110,11 +110,11 @@ def build_corpus_tokenizer(
 def init_small_model(
     corpus_dir: str | Path,
     out_dir: str | Path,
-    image_size: int = 224,
-    seed: int = 0,
+    image_size: int = RecipeConfig.image_size,
+    seed: int = RecipeConfig.seed,
     vocab_size: int = DEFAULT_VOCAB,
     ablations: Sequence[str] = (),
-    llm_layers: int = 4,
+    llm_layers: int = RecipeConfig.llm_layers,
 ) -> Path:
     """Save a randomly initialised ``VideoPandaConfig.small`` model (``llm_layers`` Llama
     layers) with the corpus tokenizer; ``ablations`` names the config's ablation switches to
