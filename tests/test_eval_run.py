@@ -12,6 +12,7 @@ import pytest
 
 from tests.eval_fixtures import make_benchmark_fixture
 from videopanda_cluster.eval.benchmarks import BenchmarkError, load_benchmark
+from videopanda_cluster.eval.config import EvalConfig
 from videopanda_cluster.eval.layout import BENCHMARKS, SUBSETS
 from videopanda_cluster.eval.predictions import PREDICTION_FIELDS, read_reference_predictions
 from videopanda_cluster.eval.run import load_run, read_result_rows, run_eval
@@ -188,3 +189,13 @@ def test_a_reference_flip_run_draws_each_video_its_own_seeded_coin(evals):
     for name, (flipped,) in coins.items():  # the library draws the same coin for the file
         options = PreprocessOptions(flip="reference", flip_seed=2, size=112, isolate=False)
         assert load_video(fx["files"][name], options).provenance.flipped == flipped
+
+
+def test_run_eval_defaults_to_the_reference_generation_limit(ray_local, corpus, tmp_path):
+    """From Python as from `eval run`: at most EvalConfig's 1024 new tokens unless told."""
+    fx = make_benchmark_fixture("msvd-qa", tmp_path / "msvd", corpus)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+        settings = {k: v for k, v in SETTINGS.items() if k != "max_new_tokens"}
+        run = run_eval("msvd-qa", fx["data_root"], str(tmp_path / "store"), **settings)
+    assert run["generation"]["max_new_tokens"] == EvalConfig.max_new_tokens == 1024

@@ -141,3 +141,18 @@ def test_card_names_the_warm_start_and_the_distillation(tmp_path):
     card = (tmp_path / "focus" / "README.md").read_text()
     assert "Question-focus loss (`train/forward.py`) with weight 1 in finetune" in card
     assert "hidden state after layer 1" in card and "attention while training: sdpa" in card
+
+
+def test_a_stage_without_a_recorded_time_shows_a_dash(tmp_path):
+    """A stage finished before stage summaries were stored has no time (seconds None)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"):
+        (model / name).write_bytes(b"x")
+    training = _training([])
+    training["stages"][0] |= {"seconds": None, "resumed": True}
+    (model / "training.json").write_text(json.dumps(training))
+    (tmp_path / "r.json").write_text(json.dumps(_report({"colour": 90.0})))
+    write_card(model, tmp_path / "r.json", tmp_path / "out", "cmd")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| finetune | train/finetune.json | 8 | 2 | 3.000 | 1.500 | - |" in card

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -142,20 +143,21 @@ def test_written_features_are_read_by_the_stored_teacher_and_the_cli(corpus, tmp
 def test_the_recipe_distils_against_the_scene_teacher(corpus, tmp_path):
     """Two prealign steps with the scene teacher: the loss is CE plus a positive distillation
     term, so the first loss is larger than the same run's without it."""
+    from videopanda_cluster.train.config import RecipeConfig
     from videopanda_cluster.train.recipe import run_recipe
 
     teacher = LocalStore(tmp_path / "teacher")
     write_scene_teacher(corpus, teacher, "scene", OPTIONS)
-    run = {"max_steps": 2, "image_size": 112, "global_batch": 2, "threads": 1, "llm_layers": 2}
-    plain = run_recipe(corpus, str(tmp_path / "a"), ("prealign",), 0, **run)
+    run = RecipeConfig(
+        workers=0, max_steps=2, image_size=112, global_batch=2, micro_batch=1, threads=1,
+        llm_layers=2, hparams="reference",
+    )  # fmt: skip
+    plain = run_recipe(corpus, str(tmp_path / "a"), ("prealign",), run)
     distilled = run_recipe(
         corpus,
         str(tmp_path / "b"),
         ("prealign",),
-        0,
-        **run,
-        distill_weight=1.0,
-        teacher=(teacher.url, "scene"),
+        replace(run, distill_weight=1.0, teacher_store=teacher.url, teacher_prefix="scene"),
     )
     first = [t["stages"][0]["first_loss"] for t in (plain, distilled)]
     assert first[1] > first[0]

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from videopanda_cluster.cli import app
 from videopanda_cluster.model.modeling import VideoPanda
 from videopanda_cluster.model.prompt import build_prompt, load_tokenizer, tokenize_prompt
+from videopanda_cluster.train.config import RecipeConfig
 from videopanda_cluster.train.data import load_video
 from videopanda_cluster.train.recipe import (
     RECIPE_STAGES,
@@ -25,7 +26,12 @@ from videopanda_cluster.train.synth import SynthOptions, write_synth
 
 SIZE = 112
 STEPS = 2
-RUN = {"max_steps": STEPS, "image_size": SIZE, "global_batch": 2, "threads": 1}
+RUN = {"max_steps": STEPS, "image_size": SIZE, "global_batch": 2, "micro_batch": 1, "threads": 1}
+RUN.update(hparams="reference")
+
+
+def _options(**changes) -> RecipeConfig:
+    return RecipeConfig(**{**RUN, "workers": 0, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +45,7 @@ def corpus(tmp_path_factory):
 def trained(corpus, tmp_path_factory):
     """The recipe, all three stages of STEPS steps, in this process (workers=0)."""
     base = tmp_path_factory.mktemp("recipe")
-    training = run_recipe(corpus, str(base / "store"), workers=0, **RUN, work_dir=base / "work")
+    training = run_recipe(corpus, str(base / "store"), options=_options(), work_dir=base / "work")
     return base, training
 
 
@@ -110,8 +116,9 @@ def test_ray_train_worker_matches_in_process(trained, corpus, tmp_path):
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
+        options = _options(workers=1)
         training = run_recipe(
-            corpus, str(tmp_path / "store"), ("prealign",), 1, **RUN, work_dir=tmp_path / "work"
+            corpus, str(tmp_path / "store"), ("prealign",), options, work_dir=tmp_path / "work"
         )
     finally:
         ray.shutdown()
@@ -146,6 +153,24 @@ def test_cli_help_and_run(corpus, tmp_path):
     assert bad.exit_code != 0
     bad = runner.invoke(app, [*args, "--system-prompt", "nope"], env={"COLUMNS": "200"})
     assert bad.exit_code == 2 and "--system-prompt must be train or eval" in bad.output
+    bad = runner.invoke(app, [*args, "--hparams", "nope"], env={"COLUMNS": "200"})
+    assert (
+        bad.exit_code == 2
+        and bad.output == "error: hparams must be small or reference, got 'nope'\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"hparams": "big"}, "hparams must be small or reference"),
+        ({"workers": -1}, "workers must be >= 0"),
+        ({"distill_weight": 1.0}, "distill_weight > 0 needs a teacher_store"),
+    ],
+)
+def test_recipe_config_refuses_bad_options(changes, message):
+    with pytest.raises(ValueError, match=message):
+        RecipeConfig(**changes)
 
 
 def test_ablated_recipe_builds_the_switched_model(corpus, tmp_path):
@@ -154,9 +179,7 @@ def test_ablated_recipe_builds_the_switched_model(corpus, tmp_path):
         corpus,
         str(tmp_path / "store"),
         ("prealign",),
-        0,
-        **RUN,
-        ablations=("no_gstra", "no_lste"),
+        _options(ablations=("no_gstra", "no_lste")),
         work_dir=tmp_path / "work",
     )
     assert training["ablations"] == ["no_gstra", "no_lste"]
@@ -165,7 +188,7 @@ def test_ablated_recipe_builds_the_switched_model(corpus, tmp_path):
     names = [name for name, _ in model.video_tower.named_parameters()]
     assert not any(n.startswith(("dec.", "lmhra1.", "temporal_cls_token")) for n in names)
     with pytest.raises(ValueError, match="unknown ablation"):
-        run_recipe(corpus, str(tmp_path / "x"), ("prealign",), 0, **RUN, ablations=("no_llm",))
+        run_recipe(corpus, str(tmp_path / "x"), ("prealign",), _options(ablations=("no_llm",)))
 
 
 def test_recipe_distils_against_stored_teacher_features(corpus, tmp_path):
@@ -179,7 +202,7 @@ def test_recipe_distils_against_stored_teacher_features(corpus, tmp_path):
         write_teacher_info,
     )
 
-    init = run_recipe(corpus, str(tmp_path / "plain"), ("prealign",), 0, **RUN)
+    init = run_recipe(corpus, str(tmp_path / "plain"), ("prealign",), _options())
     tokenizer = load_tokenizer(init["model"])
     dataset = VideoConversationDataset(
         load_records(corpus / "train/prealign.json"), corpus, tokenizer, size=SIZE, flip=False
@@ -192,10 +215,7 @@ def test_recipe_distils_against_stored_teacher_features(corpus, tmp_path):
         corpus,
         str(tmp_path / "distilled"),
         ("prealign",),
-        0,
-        **RUN,
-        distill_weight=1.0,
-        teacher=(str(tmp_path / "teacher"), "t"),
+        _options(distill_weight=1.0, teacher_store=str(tmp_path / "teacher"), teacher_prefix="t"),
     )
     plain_loss = init["stages"][0]["losses"][0]
     distilled_loss = distilled["stages"][0]["losses"][0]
@@ -215,10 +235,7 @@ def test_llm_layers_and_eval_system_prompt(corpus, tmp_path):
         corpus,
         str(tmp_path / "store"),
         ("prealign",),
-        0,
-        **RUN,
-        llm_layers=2,
-        system_prompt="eval",
+        _options(llm_layers=2, system_prompt="eval"),
         work_dir=tmp_path / "work",
     )
     assert (training["llm_layers"], training["system_prompt"]) == (2, "eval")
@@ -240,7 +257,7 @@ def test_llm_layers_and_eval_system_prompt(corpus, tmp_path):
     with pytest.raises(ValueError, match="unknown system prompt"):
         RayStageJob(**{**job.__dict__, "system_prompt": "nope"}).dataset(model)
     with pytest.raises(ValueError, match="llm_layers"):
-        run_recipe(corpus, str(tmp_path / "y"), ("prealign",), 0, **RUN, llm_layers=0)
+        run_recipe(corpus, str(tmp_path / "y"), ("prealign",), _options(llm_layers=0))
 
 
 def test_sdpa_attention_trains_like_eager(trained, corpus, tmp_path):
@@ -249,7 +266,7 @@ def test_sdpa_attention_trains_like_eager(trained, corpus, tmp_path):
     from videopanda_cluster.train.ray_train import RayStageJob
 
     training = run_recipe(
-        corpus, str(tmp_path / "store"), ("prealign",), 0, **RUN, attention="sdpa"
+        corpus, str(tmp_path / "store"), ("prealign",), _options(attention="sdpa")
     )
     assert training["attention"] == "sdpa" and trained[1]["attention"] == "eager"
     (summary,) = training["stages"]
@@ -264,4 +281,90 @@ def test_sdpa_attention_trains_like_eager(trained, corpus, tmp_path):
         == "eager"
     )
     with pytest.raises(ValueError, match="attention must be eager or sdpa"):
-        run_recipe(corpus, str(tmp_path / "x"), ("prealign",), 0, **RUN, attention="flash")
+        run_recipe(corpus, str(tmp_path / "x"), ("prealign",), _options(attention="flash"))
+
+
+def _cli(args: list[str], cwd=None) -> subprocess.CompletedProcess:
+    """``videopanda`` in a subprocess (the tokenizer builder needs real standard streams)."""
+    env = {**os.environ, "COLUMNS": "200"}
+    command = [sys.executable, "-m", "videopanda_cluster.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+
+
+def _train_cli(*args: str) -> list[str]:
+    return ["train", "--stage", "prealign", "--max-steps", "1", "--global-batch", "2",
+            "--micro-batch", "1", "--image-size", str(SIZE), "--hparams", "reference",
+            "--llm-layers", "1", *args]  # fmt: skip
+
+
+def test_relative_paths_reach_ray_workers_resolved(corpus, tmp_path):
+    """`--corpus`, `--output` and `--teacher-store` relative to the driver's directory: the Ray
+    Train workers (which run elsewhere) find them all."""
+    from videopanda_cluster.storage import LocalStore
+    from videopanda_cluster.train.data import VideoConversationDataset, load_records
+    from videopanda_cluster.train.distill import (
+        precompute_teacher_features,
+        random_teacher,
+        write_teacher_info,
+    )
+
+    tokenizer = load_tokenizer(build_corpus_tokenizer(corpus, tmp_path / "tok"))
+    dataset = VideoConversationDataset(
+        load_records(corpus / "train/prealign.json"), corpus, tokenizer, size=SIZE, flip=False
+    )
+    assert (
+        precompute_teacher_features(
+            random_teacher(dim=16, image_size=SIZE // 2), dataset, LocalStore(tmp_path / "t"), "t"
+        )
+        == []
+    )
+    write_teacher_info(LocalStore(tmp_path / "t"), "t", 16)
+    relative = os.path.relpath(corpus, tmp_path)
+    args = _train_cli("--corpus", relative, "--output", "store", "--workers", "1")
+    args += ["--distill-weight", "1", "--teacher-store", "t", "--teacher-prefix", "t"]
+    ran = _cli(args, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    saved = json.loads((tmp_path / "store" / "model" / TRAINING_FILE).read_text())
+    assert saved["corpus"]["path"] == str(corpus) and saved["stages"][0]["steps"] == 1
+    assert saved["stages"][0]["config"]["distill_weight"] == 1.0
+
+
+def test_a_recipe_needing_focus_words_is_refused_before_training(corpus, tmp_path):
+    """--hparams small trains finetune with the question-focus loss: a corpus without `focus`
+    keys is refused in one line before any stage starts."""
+    import shutil
+
+    plain = tmp_path / "plain"
+    shutil.copytree(corpus, plain)
+    finetune = plain / "train" / "finetune.json"
+    rows = json.loads(finetune.read_text())
+    for row in rows:
+        for turn in row["conversations"]:
+            turn.pop("focus", None)
+    finetune.write_text(json.dumps(rows))
+    args = [a if a != "reference" else "small" for a in _train_cli()]
+    args = [*args[:2], "all", *args[3:], "--corpus", str(plain), "--output", str(tmp_path / "s")]
+    ran = _cli([*args, "--workers", "0"])
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    assert ran.stdout.count("\n") == 1 and "train/finetune.json" in ran.stdout
+    assert "focus" in ran.stdout and "--hparams reference" in ran.stdout
+    assert not (tmp_path / "s" / "stages").exists()
+
+
+def test_a_resumed_run_reports_the_time_of_the_run_that_trained_a_stage(corpus, tmp_path):
+    """Rerunning a finished stage does not train it again, and training.json keeps the seconds
+    of the run that trained it (not this run's start-up)."""
+    args = _train_cli("--corpus", str(corpus), "--output", str(tmp_path / "s"), "--workers", "0")
+    saved = tmp_path / "s" / "model" / TRAINING_FILE
+    assert _cli(args).returncode == 0
+    first = json.loads(saved.read_text())["stages"][0]
+    again = _cli(args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    second = json.loads(saved.read_text())["stages"][0]
+    assert second["seconds"] == first["seconds"] and second["losses"] == first["losses"]
+    assert (first["resumed"], second["resumed"]) == (False, True)
+    assert "prealign: already trained" in again.stdout
+    (tmp_path / "s" / "stages" / "prealign" / "summary.json").unlink()  # a store from before
+    assert _cli(args).returncode == 0
+    third = json.loads(saved.read_text())["stages"][0]
+    assert (third["seconds"], third["resumed"], third["losses"]) == (None, True, first["losses"])

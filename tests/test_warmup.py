@@ -14,6 +14,7 @@ from tests.synth_helpers import letterboxed_corpus
 from videopanda_cluster.model.modeling import VideoPanda
 from videopanda_cluster.storage import LocalStore
 from videopanda_cluster.train import recipe
+from videopanda_cluster.train.config import RecipeConfig
 from videopanda_cluster.train.scene_teacher import CHANNELS, MOTIONS
 from videopanda_cluster.train.synth import load_metadata
 from videopanda_cluster.train.warmup import (
@@ -132,10 +133,11 @@ def test_warm_up_fits_the_visual_path_only_and_is_deterministic(corpus, init):
 
 
 def test_the_recipe_warms_up_once_and_resumes_from_it(corpus, tmp_path, monkeypatch):
-    run = dict(max_steps=1, image_size=112, global_batch=2, threads=1, llm_layers=1)
+    run = dict(max_steps=1, image_size=112, global_batch=2, micro_batch=1, threads=1)
+    run.update(llm_layers=1, hparams="reference", workers=0)
     warmup = WarmupConfig(steps=3, batch=2)
     out = tmp_path / "out"
-    first = recipe.run_recipe(corpus, str(out), ("prealign",), 0, **run, warmup=warmup)
+    first = recipe.run_recipe(corpus, str(out), ("prealign",), RecipeConfig(**run, warmup=warmup))
     assert first["warmup"]["config"]["steps"] == 3 and "losses" not in first["warmup"]
     assert first["stages"][0]["started_from"] == "scene warm-up of random init (seed 0)"
     weights = (out / "model" / "model.safetensors").read_bytes()
@@ -154,10 +156,10 @@ def test_the_recipe_warms_up_once_and_resumes_from_it(corpus, tmp_path, monkeypa
         raise AssertionError("the warm-up ran again")
 
     monkeypatch.setattr(recipe, "warm_up", fail)
-    again = recipe.run_recipe(corpus, str(out), ("prealign",), 0, **run, warmup=warmup)
+    again = recipe.run_recipe(corpus, str(out), ("prealign",), RecipeConfig(**run, warmup=warmup))
     assert again["warmup"] == first["warmup"]
     assert (out / "model" / "model.safetensors").read_bytes() == weights
-    plain = recipe.run_recipe(corpus, str(tmp_path / "plain"), ("prealign",), 0, **run)
+    plain = recipe.run_recipe(corpus, str(tmp_path / "plain"), ("prealign",), RecipeConfig(**run))
     assert plain["warmup"] is None
     assert not LocalStore(tmp_path / "plain").exists("warmup/warmup.json")
 

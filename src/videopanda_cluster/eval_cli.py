@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .eval.config import EvalConfig
 from .eval.judge import JudgeConfig
 from .jobs.failures import ExitCode
 
@@ -18,7 +19,6 @@ app = typer.Typer(no_args_is_help=True, help=__doc__)
 console = Console()
 
 _JUDGE = {name: field.default for name, field in JudgeConfig.model_fields.items()}
-EVAL_MAX_NEW_TOKENS = 1024  # the reference eval's limit (spec §5.3): answers end at EOS
 
 
 def _fail(code: int, message: str) -> typer.Exit:
@@ -37,7 +37,7 @@ def run_command(
         str | None, Opt(help="Model folder (default: bundled, else tiny random).")
     ] = None,
     max_new_tokens: Annotated[
-        int | None, Opt(help=f"Tokens per answer at most (default {EVAL_MAX_NEW_TOKENS}).")
+        int | None, Opt(help=f"Tokens per answer at most (default {EvalConfig.max_new_tokens}).")
     ] = None,
     attention: Annotated[str | None, Opt(help="eager (reference) or sdpa.")] = None,
     decode_workers: Annotated[int | None, Opt(help="Decode actors.")] = None,
@@ -71,8 +71,7 @@ def run_command(
         "address": address,
     }
     try:
-        settings: dict[str, Any] = {"max_new_tokens": EVAL_MAX_NEW_TOKENS}
-        settings.update(load_config(config) if config else {})
+        settings: dict[str, Any] = load_config(config) if config else {}
         settings.update({k: v for k, v in flags.items() if v is not None})
         with console.status(f"{benchmark}: running the pipeline ..."):
             info = run_eval(benchmark, data_root, output, run_id=run_id, **settings)

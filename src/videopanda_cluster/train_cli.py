@@ -8,12 +8,19 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from .train.config import RecipeConfig
+
 Opt = typer.Option
 console = Console()
 STAGE_CHOICES = ("prealign", "pretrain", "finetune", "all")
 
 
 def _print_stage(summary: dict[str, Any]) -> None:
+    if summary["resumed"]:
+        console.print(
+            f"{summary['stage']}: already trained → {summary['checkpoint']}", markup=False
+        )
+        return
     loss = summary["last_loss"]
     shown = "n/a" if loss is None else f"{loss:.4f}"
     console.print(
@@ -27,19 +34,31 @@ def train(
     corpus: Annotated[Path, Opt(help="Corpus folder written by `videopanda synth`.")],
     output: Annotated[str, Opt(help="Store: a directory or az://container/prefix.")],
     stage: Annotated[str, Opt(help="prealign, pretrain, finetune or all.")] = "all",
-    workers: Annotated[int, Opt(help="Ray Train workers (0: in this process).", min=0)] = 1,
-    max_steps: Annotated[int | None, Opt(help="Optimiser steps per stage at most.", min=1)] = None,
-    image_size: Annotated[int, Opt(help="Input frame size of a new model (112 or 224).")] = 112,
-    seed: Annotated[int, Opt(help="Seed of the initial weights and the data order.")] = 0,
-    global_batch: Annotated[int, Opt(help="Samples per optimiser step.", min=1)] = 16,
-    micro_batch: Annotated[int, Opt(help="Samples per forward pass and worker.", min=1)] = 16,
+    workers: Annotated[int, Opt(help="Ray Train workers (0: in this process).", min=0)] = (
+        RecipeConfig.workers
+    ),
+    max_steps: Annotated[int | None, Opt(help="Optimiser steps per stage at most.", min=1)] = (
+        RecipeConfig.max_steps
+    ),
+    image_size: Annotated[int, Opt(help="Input frame size of a new model (112 or 224).")] = (
+        RecipeConfig.image_size
+    ),
+    seed: Annotated[int, Opt(help="Seed of the initial weights and the data order.")] = (
+        RecipeConfig.seed
+    ),
+    global_batch: Annotated[int, Opt(help="Samples per optimiser step.", min=1)] = (
+        RecipeConfig.global_batch
+    ),
+    micro_batch: Annotated[int, Opt(help="Samples per forward pass and worker.", min=1)] = (
+        RecipeConfig.micro_batch
+    ),
     epochs: Annotated[
         int | None, Opt(help="Epochs of every stage (default: per stage, from --hparams).", min=1)
-    ] = None,
+    ] = RecipeConfig.epochs,
     hparams: Annotated[
         str, Opt(help="small: the bundled model's per-stage LRs and epochs; reference: spec §7.1.")
-    ] = "small",
-    gpu: Annotated[bool, Opt(help="Train on GPUs (one per worker).")] = False,
+    ] = RecipeConfig.hparams,
+    gpu: Annotated[bool, Opt(help="Train on GPUs (one per worker).")] = RecipeConfig.use_gpu,
     ablate: Annotated[
         list[str] | None,
         Opt(
@@ -47,18 +66,22 @@ def train(
             "no_split_tokens, lsd_avgpool."
         ),
     ] = None,
-    flip: Annotated[bool, Opt(help="The reference's random horizontal flip.")] = False,
-    llm_layers: Annotated[int, Opt(help="Llama layers of a new model.", min=1)] = 4,
+    flip: Annotated[bool, Opt(help="The reference's random horizontal flip.")] = RecipeConfig.flip,
+    llm_layers: Annotated[int, Opt(help="Llama layers of a new model.", min=1)] = (
+        RecipeConfig.llm_layers
+    ),
     system_prompt: Annotated[
         str, Opt(help="System prompt of the training conversations: train (reference) or eval.")
-    ] = "train",
+    ] = RecipeConfig.system_prompt,
     distill_weight: Annotated[
         float, Opt(help="Weight of the distillation loss (needs --teacher-store).", min=0)
-    ] = 0.0,
+    ] = RecipeConfig.distill_weight,
     teacher_store: Annotated[
         str | None, Opt(help="Store with precomputed teacher features.")
-    ] = None,
-    teacher_prefix: Annotated[str, Opt(help="Prefix of the teacher features.")] = "teacher",
+    ] = RecipeConfig.teacher_store,
+    teacher_prefix: Annotated[str, Opt(help="Prefix of the teacher features.")] = (
+        RecipeConfig.teacher_prefix
+    ),
     warmup_steps: Annotated[
         int,
         Opt(
@@ -69,23 +92,14 @@ def train(
     ] = 0,
     attention: Annotated[
         str, Opt(help="Llama attention while training: eager (reference numerics) or sdpa.")
-    ] = "eager",
+    ] = RecipeConfig.attention,
 ) -> None:
     """Train the small Video-Panda on a corpus, stage by stage, and export the final model."""
-    from .train.recipe import RECIPE_STAGES, SMALL_HPARAMS, run_recipe
+    from .train.recipe import RECIPE_STAGES, run_recipe
     from .train.warmup import WarmupConfig
 
     if stage not in STAGE_CHOICES:
         raise typer.BadParameter(f"--stage must be one of {', '.join(STAGE_CHOICES)}")
-    stages = RECIPE_STAGES if stage == "all" else (stage,)
-    if hparams not in ("small", "reference"):
-        raise typer.BadParameter("--hparams must be small or reference")
-    overrides = {name: dict(v) for name, v in SMALL_HPARAMS.items()} if hparams == "small" else {}
-    for settings in overrides.values():
-        if epochs is not None:
-            settings.pop("epochs", None)
-        if max_steps is not None:
-            settings.pop("max_steps", None)
     if system_prompt not in ("train", "eval"):
         raise typer.BadParameter("--system-prompt must be train or eval")
     if attention not in ("eager", "sdpa"):
@@ -93,29 +107,28 @@ def train(
     if distill_weight > 0 and not teacher_store:
         raise typer.BadParameter("--distill-weight needs --teacher-store")
     try:
-        training = run_recipe(
-            corpus,
-            output,
-            stages,
-            workers,
-            max_steps,
+        options = RecipeConfig(
+            workers=workers,
+            max_steps=max_steps,
             image_size=image_size,
             seed=seed,
             global_batch=global_batch,
             micro_batch=micro_batch,
-            epochs=epochs or 1,
-            stage_overrides=overrides,
+            epochs=epochs,
+            hparams=hparams,
             use_gpu=gpu,
             flip=flip,
             ablations=tuple(ablate or ()),
             llm_layers=llm_layers,
             system_prompt=system_prompt,
             distill_weight=distill_weight,
-            teacher=(teacher_store, teacher_prefix) if teacher_store else None,
+            teacher_store=teacher_store,
+            teacher_prefix=teacher_prefix,
             warmup=WarmupConfig(steps=warmup_steps, seed=seed) if warmup_steps else None,
             attention=attention,
-            on_stage=_print_stage,
         )
+        stages = RECIPE_STAGES if stage == "all" else (stage,)
+        training = run_recipe(corpus, output, stages, options, on_stage=_print_stage)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         console.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None

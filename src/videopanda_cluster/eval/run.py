@@ -20,6 +20,7 @@ from ..jobs.config import OPERATIONAL_FIELDS, build_config
 from ..jobs.ledger import check_job_id
 from ..storage.base import Store
 from .benchmarks import Benchmark, BenchmarkError, EvalItem, load_benchmark
+from .config import EvalConfig
 from .layout import SUBSETS, json_lines, predictions_key, run_key
 from .predictions import (
     generations,
@@ -66,7 +67,8 @@ def run_eval(
 ) -> dict[str, Any]:
     """Run (or resume) ``benchmark`` from ``data_root`` into the store ``output``; returns run.json.
 
-    ``job_settings`` are JobConfig fields (checkpoint, max_new_tokens, workers, ...).
+    ``job_settings`` are JobConfig fields (checkpoint, max_new_tokens, workers, ...); those not
+    given take :class:`EvalConfig`'s defaults, then JobConfig's.
     """
     from ..cluster.driver import run_job
     from ..storage.open import open_store
@@ -78,7 +80,7 @@ def run_eval(
     manifest = build_manifest(bench)
     if not manifest:
         raise BenchmarkError(_nothing_found(bench))
-    settings = {**job_settings, "kind": "qa", "output": output}
+    settings = {**EvalConfig().job_settings(job_settings), "kind": "qa", "output": output}
     digest = _digest(bench, manifest, settings)
     run_id = _check_run_id(run_id or f"{benchmark}-{digest[:12]}")
     job_id = f"eval-{benchmark}-{digest[:16]}"

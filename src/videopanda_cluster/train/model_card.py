@@ -58,9 +58,10 @@ def _stage_table(training: dict[str, Any]) -> list[str]:
     lines = ["| stage | data | samples | steps | first loss | last loss | seconds |"]
     lines.append("|---|---|---|---|---|---|---|")
     for s in training["stages"]:
+        seconds = "-" if s["seconds"] is None else f"{s['seconds']:.0f}"  # no record of its run
         lines.append(
             f"| {s['stage']} | {s['data']} | {s['samples']} | {s['steps']} | "
-            f"{s['first_loss']:.3f} | {s['last_loss']:.3f} | {s['seconds']:.0f} |"
+            f"{s['first_loss']:.3f} | {s['last_loss']:.3f} | {seconds} |"
         )
     return lines
 

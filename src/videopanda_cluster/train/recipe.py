@@ -28,6 +28,7 @@ from ..model.prompt import SYSTEM_PROMPT_EVAL, SYSTEM_PROMPT_TRAIN, load_tokeniz
 from ..model.tokenizer_builder import build_sentencepiece_tokenizer
 from ..storage import LocalStore, Store, open_store
 from .checkpoints import STATE_FILE, checkpoint_prefix, download, latest_step
+from .config import RecipeConfig
 from .data import VIDEO_MARKERS, load_records
 from .loop import total_steps, train_stage
 from .ray_train import RayStageJob, run_stage
@@ -46,6 +47,7 @@ MODEL_KEY = "model"
 WARMUP_KEY = "warmup"  # the warmed-up initial model (warmup.py), before stage 1
 WARMUP_FILE = "warmup.json"
 TRAINING_FILE = "training.json"
+SUMMARY_FILE = "summary.json"  # stages/<stage>/: the summary of the run that finished the stage
 DEFAULT_VOCAB = 512
 # Per-stage settings of the bundled small model (random init, CPU, global batch 16): the
 # reference's learning rates are for a warm-started 7B model and leave a small random one at
@@ -108,11 +110,11 @@ def build_corpus_tokenizer(
 def init_small_model(
     corpus_dir: str | Path,
     out_dir: str | Path,
-    image_size: int = 224,
-    seed: int = 0,
+    image_size: int = RecipeConfig.image_size,
+    seed: int = RecipeConfig.seed,
     vocab_size: int = DEFAULT_VOCAB,
     ablations: Sequence[str] = (),
-    llm_layers: int = 4,
+    llm_layers: int = RecipeConfig.llm_layers,
 ) -> Path:
     """Save a randomly initialised ``VideoPandaConfig.small`` model (``llm_layers`` Llama
     layers) with the corpus tokenizer; ``ablations`` names the config's ablation switches to
@@ -198,7 +200,13 @@ def _trainer_state(store: Store, key: str) -> dict[str, Any]:
 
 
 def _stage_summary(
-    cfg: StageConfig, samples: int, workers: int, start: str, key: str, state: dict, secs: float
+    cfg: StageConfig,
+    samples: int,
+    workers: int,
+    start: str,
+    key: str,
+    state: dict,
+    secs: float | None = None,
 ) -> dict[str, Any]:
     losses = [float(x) for x in state["losses"]]
     return {
@@ -209,7 +217,8 @@ def _stage_summary(
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "losses": losses,
-        "seconds": round(secs, 3),
+        "seconds": None if secs is None else round(secs, 3),
+        "resumed": False,  # True: trained by an earlier run (``seconds`` are that run's)
         "workers": workers,
         "seed": cfg.seed,
         "started_from": start,
@@ -219,23 +228,65 @@ def _stage_summary(
     }
 
 
+def stage_configs(options: RecipeConfig, stages: Sequence[str]) -> list[StageConfig]:
+    """Each stage's StageConfig: the shared options, then the hparams' per-stage settings
+    (less ``epochs``/``max_steps`` when the options give them)."""
+    shared = dict(
+        global_batch=options.global_batch,
+        micro_batch=options.micro_batch,
+        epochs=options.epochs or 1,
+        max_steps=options.max_steps,
+        seed=options.seed,
+        distill_weight=options.distill_weight,
+    )
+    configs = []
+    for name in stages:
+        per_stage = dict(SMALL_HPARAMS[name]) if options.hparams == "small" else {}
+        if options.epochs is not None:
+            per_stage.pop("epochs", None)
+        if options.max_steps is not None:
+            per_stage.pop("max_steps", None)
+        configs.append(stage_config(name, **{**shared, **per_stage}))
+    return configs
+
+
+def check_stage_data(configs: Sequence[StageConfig], corpus: Path, hparams: str) -> None:
+    """Fail, in one line, before anything trains if a stage's data cannot train it: too few
+    samples for one step, or no question-focus words where the stage has the focus loss."""
+    for cfg in configs:
+        path = corpus / STAGE_DATA[cfg.name]
+        records = load_records(path)
+        try:
+            total_steps(cfg, len(records))
+        except ValueError as exc:
+            raise ValueError(f"{cfg.name}: {path}: {exc}") from None
+        if cfg.focus_weight and not any(w for r in records for w in r.focus):
+            raise ValueError(
+                f"{cfg.name} trains the question-focus loss (--hparams {hparams}), but no human "
+                f"turn of {STAGE_DATA[cfg.name]} has a `focus` key; use --hparams reference or "
+                "a corpus with focus words (videopanda synth)"
+            )
+
+
+def _finished(store: Store, cfg: StageConfig, samples: int) -> str | None:
+    """The final checkpoint of ``cfg``'s stage if an earlier run trained all its steps."""
+    step = latest_step(store, stage_prefix(cfg.name))
+    if step is None or step < total_steps(cfg, samples):
+        return None
+    return checkpoint_prefix(stage_prefix(cfg.name), step)
+
+
 def run_one_stage(
     cfg: StageConfig,
     corpus: Path,
     store: Store,
     start: Path,
-    workers: int,
     work: Path,
-    threads: int | None = None,
-    use_gpu: bool = False,
-    flip: bool = False,
-    teacher: tuple[str, str] | None = None,
-    system_prompt: str = "train",
-    attention: str = "eager",
+    options: RecipeConfig,
 ) -> tuple[str, dict]:
-    """Train one stage from the model folder ``start`` (Ray Train when ``workers`` ≥ 1);
-    returns its final checkpoint's key and trainer state."""
-    total_steps(cfg, len(load_records(corpus / STAGE_DATA[cfg.name])))  # fail early if too small
+    """Train one stage from the model folder ``start`` (Ray Train when ``options.workers`` ≥ 1);
+    returns its final checkpoint's key and trainer state. Paths must be absolute: Ray Train
+    workers run in other directories."""
     job = RayStageJob(
         model=str(start),
         data=str(corpus / STAGE_DATA[cfg.name]),
@@ -243,17 +294,17 @@ def run_one_stage(
         store=store.url,
         prefix=stage_prefix(cfg.name),
         stage=asdict(cfg),
-        flip=flip,
-        system_prompt=system_prompt,
-        threads=threads,
-        teacher_store=teacher[0] if teacher else None,
-        teacher_prefix=teacher[1] if teacher else "teacher",
-        attention=attention,
+        flip=options.flip,
+        system_prompt=options.system_prompt,
+        threads=options.threads,
+        teacher_store=options.teacher_store,
+        teacher_prefix=options.teacher_prefix,
+        attention=options.attention,
     )
-    if workers == 0:
+    if options.workers == 0:
         _train_local(job)
     else:
-        result = run_stage(job, workers, use_gpu, str(work / "ray"))
+        result = run_stage(job, options.workers, options.use_gpu, str(work / "ray"))
         if result.error is not None:
             raise RuntimeError(f"stage {cfg.name} failed: {result.error}") from result.error
     key = _final_checkpoint(store, cfg.name)
@@ -291,109 +342,90 @@ def _corpus_seed(corpus: Path) -> int | None:
     return json.loads(summary.read_text())["seed"] if summary.is_file() else None
 
 
+def _absolute(url: str | None) -> str | None:
+    """A local store path made absolute (Ray Train workers run in other directories)."""
+    if url is None or "://" in url:
+        return url
+    return str(Path(url).resolve())
+
+
+def _summary_key(stage: str) -> str:
+    return f"{stage_prefix(stage)}/{SUMMARY_FILE}"
+
+
 def run_recipe(
     corpus_dir: str | Path,
     output_store: str,
     stages: Sequence[str] = RECIPE_STAGES,
-    workers: int = 1,
-    max_steps: int | None = None,
+    options: RecipeConfig | None = None,
     *,
-    image_size: int = 224,
-    seed: int = 0,
-    global_batch: int = 8,
-    micro_batch: int = 1,
-    epochs: int = 1,
-    threads: int | None = None,
-    use_gpu: bool = False,
-    flip: bool = False,
-    stage_overrides: Mapping[str, Mapping[str, Any]] | None = None,
-    ablations: Sequence[str] = (),
-    llm_layers: int = 4,
-    system_prompt: str = "train",
-    distill_weight: float = 0.0,
-    teacher: tuple[str, str] | None = None,
-    warmup: WarmupConfig | None = None,
-    attention: str = "eager",
     work_dir: str | Path | None = None,
     on_stage: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``stages`` in recipe order into ``output_store`` and export the last one's model.
 
-    ``workers`` ≥ 1 trains on Ray Train (``work_dir`` must then be readable by every worker);
-    0 trains in this process. ``seed`` seeds the initial weights and every stage's data order.
-    ``stage_overrides`` replaces StageConfig fields per stage (after the shared arguments).
-    ``flip`` turns on the reference's random horizontal flip; it is off by default because it
-    does not change the labels, and the synthetic corpus asks left/right questions.
-    ``system_prompt`` ("train" or "eval", see ``data.SYSTEM_PROMPTS``) is the system prompt
-    the conversations are rendered with; ``llm_layers`` sizes a new model's Llama.
-    ``distill_weight`` > 0 adds the distillation loss (spec §7.3) against precomputed teacher
-    features, ``teacher`` = (store URL, prefix); each stage starts a fresh compressor.
-    ``warmup`` (a synth corpus only) runs the scene warm-up (``warmup.py``) on the new model
-    before its first stage; it is done once per store and kept under ``warmup/``.
-    ``attention`` ("eager" or "sdpa") is the Llama's attention while training the stages.
-    Returns the ``training.json`` contents, with ``model`` the exported folder.
+    ``options`` (default :class:`RecipeConfig`, as ``videopanda train``) says how; with
+    ``workers`` ≥ 1 it trains on Ray Train (``work_dir`` must then be readable by every worker).
+    Every stage's data is checked before the first starts; a stage an earlier run on the same
+    store finished is not trained again, and its summary (``resumed``) keeps that run's time.
+    ``on_stage`` sees each stage's summary. Returns the ``training.json`` contents, with
+    ``model`` the exported folder.
     """
-    if attention not in ("eager", "sdpa"):
-        raise ValueError(f"attention must be eager or sdpa, got {attention!r}")
+    options = options or RecipeConfig()
+    if options.attention not in ("eager", "sdpa"):
+        raise ValueError(f"attention must be eager or sdpa, got {options.attention!r}")
     unknown = [s for s in stages if s not in RECIPE_STAGES]
     if unknown or not stages:
         raise ValueError(f"stages must be among {', '.join(RECIPE_STAGES)}, got {list(stages)}")
-    corpus, store = Path(corpus_dir), open_store(output_store)
+    options = replace(options, teacher_store=_absolute(options.teacher_store))
+    corpus, store = Path(corpus_dir).resolve(), open_store(_absolute(output_store))
     ordered = [s for s in RECIPE_STAGES if s in stages]
+    configs = stage_configs(options, ordered)
+    check_stage_data(configs, corpus, options.hparams)
     began = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(work_dir) if work_dir else Path(tmp)
+        work = Path(work_dir).resolve() if work_dir else Path(tmp)
         new_model = dict(
-            image_size=image_size,
-            seed=seed,
-            ablations=ablations,
-            llm_layers=llm_layers,
-            warmup=warmup,
+            image_size=options.image_size,
+            seed=options.seed,
+            ablations=options.ablations,
+            llm_layers=options.llm_layers,
+            warmup=options.warmup,
         )
         start, origin = _start_folder(store, ordered[0], work, corpus, new_model)
         summaries = []
-        shared = dict(
-            global_batch=global_batch,
-            micro_batch=micro_batch,
-            epochs=epochs,
-            max_steps=max_steps,
-            seed=seed,
-            distill_weight=distill_weight,
-        )
-        for name in ordered:
-            cfg = stage_config(name, **{**shared, **(stage_overrides or {}).get(name, {})})
-            t0 = time.monotonic()
-            key, state = run_one_stage(
-                cfg,
-                corpus,
-                store,
-                start,
-                workers,
-                work,
-                threads,
-                use_gpu,
-                flip,
-                teacher,
-                system_prompt,
-                attention,
-            )
-            samples = len(load_records(corpus / STAGE_DATA[name]))
-            summary = _stage_summary(
-                cfg, samples, workers, origin, key, state, time.monotonic() - t0
-            )
+        for cfg in configs:
+            samples = len(load_records(corpus / STAGE_DATA[cfg.name]))
+            key = _finished(store, cfg, samples)
+            if key:  # by an earlier run: its summary, else one without a time
+                summary = (
+                    json.loads(store.get(_summary_key(cfg.name)))
+                    if store.exists(_summary_key(cfg.name))
+                    else _stage_summary(
+                        cfg, samples, options.workers, origin, key, _trainer_state(store, key)
+                    )
+                )
+                summary["resumed"] = True
+            else:
+                t0 = time.monotonic()
+                key, state = run_one_stage(cfg, corpus, store, start, work, options)
+                secs = time.monotonic() - t0
+                summary = _stage_summary(cfg, samples, options.workers, origin, key, state, secs)
+                store.put(_summary_key(cfg.name), json.dumps(summary, indent=1).encode())
             summaries.append(summary)
             if on_stage:
                 on_stage(summary)
-            start, origin = download(store, key, work / f"{name}-final"), key
+            start, origin = download(store, key, work / f"{cfg.name}-final"), key
         config = VideoPandaConfig.from_pretrained(start)
         training = {
             "recipe": "videopanda small",
+            "hparams": options.hparams,
             "stages": summaries,
-            "init_seed": seed,
-            "ablations": sorted(ablations),
+            "init_seed": options.seed,
+            "ablations": sorted(options.ablations),
             "llm_layers": config.llm["num_hidden_layers"],
-            "system_prompt": system_prompt,
-            "attention": attention,
+            "system_prompt": options.system_prompt,
+            "attention": options.attention,
             "warmup": _warmup_summary(store),
             "image_size": config.image_size,
             "vocab_size": config.llm["vocab_size"],

@@ -1,0 +1,50 @@
+"""The small-model recipe's options and their defaults, shared by ``run_recipe`` and
+``videopanda train`` (no torch import: the CLI reads its defaults from here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .warmup import WarmupConfig
+
+HPARAMS = ("small", "reference")
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """How ``run_recipe`` trains. ``hparams`` "small" applies ``recipe.SMALL_HPARAMS`` per stage
+    (the bundled model's), "reference" the spec's (§7.1); ``epochs`` and ``max_steps`` given
+    replace the per-stage ones."""
+
+    workers: int = 1  # Ray Train workers; 0 trains in this process
+    max_steps: int | None = None  # optimiser steps per stage at most
+    image_size: int = 112  # input frame size of a new model
+    seed: int = 0  # initial weights and every stage's data order
+    global_batch: int = 16  # samples per optimiser step
+    micro_batch: int = 16  # samples per forward pass and worker
+    epochs: int | None = None  # of every stage; None: per stage from hparams, else 1
+    hparams: str = "small"  # one of HPARAMS
+    use_gpu: bool = False
+    flip: bool = False  # the reference's random horizontal flip (off: synth asks left/right)
+    ablations: tuple[str, ...] = ()  # a new model's ablation switches (recipe.ABLATIONS)
+    llm_layers: int = 4  # Llama layers of a new model
+    system_prompt: str = "train"  # of the training conversations: train (reference) or eval
+    # > 0: the distillation loss (spec §7.3) against the teacher features under teacher_store
+    # (its prefix teacher_prefix); each stage starts a fresh compressor
+    distill_weight: float = 0.0
+    teacher_store: str | None = None  # store URL of precomputed teacher features
+    teacher_prefix: str = "teacher"
+    warmup: WarmupConfig | None = None  # scene warm-up of a new model (a synth corpus only)
+    attention: str = "eager"  # the Llama's attention while training: eager or sdpa
+    threads: int | None = None  # torch threads per worker (None: torch's default)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ablations", tuple(self.ablations))
+        if self.hparams not in HPARAMS:
+            raise ValueError(f"hparams must be small or reference, got {self.hparams!r}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.distill_weight > 0 and not self.teacher_store:
+            raise ValueError("distill_weight > 0 needs a teacher_store")
