@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .model.config import AttentionImpl
+
 Opt = typer.Option
 app = typer.Typer(no_args_is_help=True, help=__doc__)
 console = Console()
@@ -35,7 +37,9 @@ def run_command(
     max_new_tokens: Annotated[
         int | None, Opt(help=f"Tokens per answer at most (default {EVAL_MAX_NEW_TOKENS}).")
     ] = None,
-    attention: Annotated[str | None, Opt(help="eager (reference) or sdpa.")] = None,
+    attention: Annotated[
+        AttentionImpl | None, Opt(help="LLM attention (eager: reference).")
+    ] = None,
     decode_workers: Annotated[int | None, Opt(help="Decode actors.")] = None,
     encode_workers: Annotated[int | None, Opt(help="STAB actors.")] = None,
     generate_workers: Annotated[int | None, Opt(help="LLM actors.")] = None,

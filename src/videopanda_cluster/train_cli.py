@@ -8,6 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from .model.config import AttentionImpl
+
 Opt = typer.Option
 console = Console()
 STAGE_CHOICES = ("prealign", "pretrain", "finetune", "all")
@@ -68,7 +70,7 @@ def train(
         ),
     ] = 0,
     attention: Annotated[
-        str, Opt(help="Llama attention while training: eager (reference numerics) or sdpa.")
+        AttentionImpl, Opt(help="Llama attention while training: eager (reference numerics).")
     ] = "eager",
 ) -> None:
     """Train the small Video-Panda on a corpus, stage by stage, and export the final model."""
@@ -88,8 +90,6 @@ def train(
             settings.pop("max_steps", None)
     if system_prompt not in ("train", "eval"):
         raise typer.BadParameter("--system-prompt must be train or eval")
-    if attention not in ("eager", "sdpa"):
-        raise typer.BadParameter("--attention must be eager or sdpa")
     if distill_weight > 0 and not teacher_store:
         raise typer.BadParameter("--distill-weight needs --teacher-store")
     try:

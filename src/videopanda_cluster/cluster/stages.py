@@ -13,6 +13,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..model.config import AttentionImpl
 from ..video.errors import Reason, VideoDecodeError, is_environment_fault
 from ..video.extract import PreprocessOptions
 
@@ -170,7 +171,9 @@ class EncodeWorker:
 class GenerateWorker:
     """Projector + Llama: answer every prompt of a batch of videos."""
 
-    def __init__(self, checkpoint: str, device: str | None, attention: str = "eager") -> None:
+    def __init__(
+        self, checkpoint: str, device: str | None, attention: AttentionImpl = "eager"
+    ) -> None:
         from ..model.modeling import VideoPanda
 
         self.model = VideoPanda.from_pretrained(checkpoint, device=device)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import VideoPandaConfig
+from .config import AttentionImpl, VideoPandaConfig, check_attention
 from .generation import (
     GenerationOptions,
     check_context,
@@ -50,11 +50,9 @@ class VideoPanda(nn.Module):
             self.llm = LlamaForCausalLM(llama)
         self.tokenizer = None  # set by from_pretrained
 
-    def set_attention(self, implementation: str) -> None:
+    def set_attention(self, implementation: AttentionImpl) -> None:
         """The Llama's attention: "eager" (the reference's numerics, the default) or "sdpa"."""
-        if implementation not in ("eager", "sdpa"):
-            raise ValueError(f"attention must be 'eager' or 'sdpa', not {implementation!r}")
-        self.llm.set_attn_implementation(implementation)
+        self.llm.set_attn_implementation(check_attention(implementation))
 
     # aliases of the reference (same objects, not registered twice)
     @property

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..model.config import VideoPandaConfig
+from ..model.config import ABLATIONS, AttentionImpl, VideoPandaConfig, check_attention
 from ..model.modeling import VideoPanda
 from ..model.prompt import SYSTEM_PROMPT_EVAL, SYSTEM_PROMPT_TRAIN, load_tokenizer
 from ..model.tokenizer_builder import build_sentencepiece_tokenizer
@@ -65,7 +65,6 @@ SMALL_HPARAMS: dict[str, dict[str, Any]] = {
         "focus_layer": 1,
     },
 }
-ABLATIONS = ("no_gstra", "no_lste", "no_fsra", "no_split_tokens", "lsd_avgpool")
 _VOCAB_LIMIT = re.compile(r"value <= (\d+)")
 
 
@@ -231,7 +230,7 @@ def run_one_stage(
     flip: bool = False,
     teacher: tuple[str, str] | None = None,
     system_prompt: str = "train",
-    attention: str = "eager",
+    attention: AttentionImpl = "eager",
 ) -> tuple[str, dict]:
     """Train one stage from the model folder ``start`` (Ray Train when ``workers`` ≥ 1);
     returns its final checkpoint's key and trainer state."""
@@ -313,7 +312,7 @@ def run_recipe(
     distill_weight: float = 0.0,
     teacher: tuple[str, str] | None = None,
     warmup: WarmupConfig | None = None,
-    attention: str = "eager",
+    attention: AttentionImpl = "eager",
     work_dir: str | Path | None = None,
     on_stage: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -333,8 +332,7 @@ def run_recipe(
     ``attention`` ("eager" or "sdpa") is the Llama's attention while training the stages.
     Returns the ``training.json`` contents, with ``model`` the exported folder.
     """
-    if attention not in ("eager", "sdpa"):
-        raise ValueError(f"attention must be eager or sdpa, got {attention!r}")
+    check_attention(attention)
     unknown = [s for s in stages if s not in RECIPE_STAGES]
     if unknown or not stages:
         raise ValueError(f"stages must be among {', '.join(RECIPE_STAGES)}, got {list(stages)}")
