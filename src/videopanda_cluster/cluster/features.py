@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..jobs.layout import FEATURES_PREFIX, feature_key
 from ..video.extract import PreprocessOptions, decoder_version
 from .fingerprint import module_hash
 
@@ -43,7 +44,7 @@ class CacheIdentity:
     store_url: str
     preprocess: str
     stab: str
-    prefix: str = "features"
+    prefix: str = FEATURES_PREFIX
 
     @classmethod
     def of(cls, store_url: str, model, options: PreprocessOptions) -> CacheIdentity | None:
@@ -64,7 +65,7 @@ class FeatureCache:
         """The tokens' key; the provenance is at the same name with ``.json``."""
         ident = self.identity
         digest = hashlib.sha256(f"{content_hash}|{ident.preprocess}|{ident.stab}".encode())
-        return f"{ident.prefix}/{digest.hexdigest()}.safetensors"
+        return feature_key(ident.prefix, digest.hexdigest())
 
     def _provenance_key(self, content_hash: str) -> str:
         return self.key(content_hash).removesuffix(".safetensors") + ".json"

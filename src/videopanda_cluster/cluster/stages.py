@@ -245,7 +245,7 @@ class GenerateWorker:
 
 class WriterWorker:
     """Writes a shard's rows under deterministic names (atomic puts): Parquet of
-    :data:`~.results.RESULT_SCHEMA`, and JSON lines if ``jsonl`` (layout in :mod:`.results`)."""
+    :data:`~.results.RESULT_SCHEMA`, and JSON lines if ``jsonl`` (keys: ``jobs.layout``)."""
 
     def __init__(self, store_url: str, jsonl: bool = False) -> None:
         from ..storage.open import open_store
@@ -254,11 +254,12 @@ class WriterWorker:
         self.jsonl = jsonl
 
     def write(self, prefix: str, shard_id: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        from ..jobs import layout
         from . import results
 
         parquet = results.to_parquet(rows)
         # The driver commits the shard in the ledger only after both puts returned.
         if self.jsonl:
-            self.store.put(results.jsonl_key(prefix, shard_id), results.to_jsonl(rows))
-        self.store.put(results.parquet_key(prefix, shard_id), parquet)
+            self.store.put(layout.jsonl_key(prefix, shard_id), results.to_jsonl(rows))
+        self.store.put(layout.parquet_key(prefix, shard_id), parquet)
         return {"rows": len(rows), "failed": sum(r.get("status") != "ok" for r in rows)}

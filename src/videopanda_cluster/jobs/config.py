@@ -32,8 +32,8 @@ from pydantic import (
 
 from ..model.config import AttentionImpl
 from .inputs import question_problem
+from .layout import check_job_id
 from .lease import LEASE_SECONDS
-from .ledger import check_job_id
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 Positive = Annotated[int, Field(ge=1)]

@@ -35,7 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..storage.base import Store, StoreUnavailable
+from . import layout
 from .failures import UsageError
+from .layout import check_job_id, ledger_key
 from .plan import PlanReader, PlanWriter, piece_shards_for
 from .spool import InputSpool, PlannedVideo, Question, video_digest
 
@@ -44,7 +46,6 @@ __all__ = ["InputsChanged", "Ledger", "LedgerConflict", "PlanUpdate", "video_dig
 LEDGER_FORMAT = 3
 EXAMPLES = 3  # ids shown per kind of change in a message
 SUMMARY_EXAMPLES = 100  # ids listed per kind of change in a summary
-_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHARD_ID = re.compile(r"[0-9]{6,}")
 
 
@@ -54,21 +55,6 @@ class LedgerConflict(UsageError):
 
 class InputsChanged(LedgerConflict):
     """The job exists with other inputs (and no ``--update``, or one that cannot apply)."""
-
-
-def check_job_id(job_id: str) -> str:
-    """Return ``job_id`` if it can name a job folder, else raise ValueError."""
-    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
-        raise ValueError(
-            f"invalid job id {job_id!r}: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return job_id
-
-
-def ledger_key(job_id: str) -> str:
-    """The key of ``job_id``'s ledger."""
-    return f"jobs/{check_job_id(job_id)}/ledger.json"
 
 
 _CODE = re.compile(r"[a-z0-9_]{1,40}")
@@ -252,7 +238,7 @@ class Ledger:
 
     @property
     def prefix(self) -> str:
-        return f"jobs/{self.job_id}"
+        return layout.job_prefix(self.job_id)
 
     @property
     def key(self) -> str:
@@ -317,7 +303,7 @@ class Ledger:
 
     @staticmethod
     def _writer(store: Store, job_id: str, shard_size: int) -> PlanWriter:
-        prefix = f"jobs/{job_id}/plan/{uuid.uuid4().hex[:12]}"
+        prefix = layout.plan_prefix(job_id, uuid.uuid4().hex[:12])
         return PlanWriter(store, prefix, piece_shards_for(shard_size))
 
     @staticmethod
@@ -531,12 +517,12 @@ class Ledger:
         return True
 
     def _marker(self, shard_id: str) -> str:
-        return f"{self.prefix}/shards/{shard_id}.done"
+        return layout.marker_key(self.job_id, shard_id)
 
     def committed(self) -> set[str]:
         """Ids of the committed shards (one listing)."""
         done = set()
-        for key in self.store.iter_names(f"{self.prefix}/shards/"):
+        for key in self.store.iter_names(layout.markers_prefix(self.job_id)):
             name = key.rpartition("/")[2]
             if name.endswith(".done") and self._is_shard(name[: -len(".done")]):
                 done.add(name[: -len(".done")])
@@ -571,7 +557,7 @@ class Ledger:
     def _put_stats(self, marker: dict[str, Any]) -> None:
         name = stats_name(marker["shard_id"], marker["videos"], marker["rows"], marker["failed"],
                           marker["counters"])  # fmt: skip
-        self.store.put(f"{self.prefix}/stats/{name}", b"")
+        self.store.put(layout.stats_key(self.job_id, name), b"")
 
     def commit_info(self, shard_id: str) -> dict[str, Any] | None:
         """The marker of a committed shard, None if it is pending."""
@@ -592,7 +578,7 @@ class Ledger:
         did not fit in its record's name.
         """
         listed: dict[str, dict[str, Any]] = {}
-        for key in self.store.iter_names(f"{self.prefix}/stats/"):
+        for key in self.store.iter_names(layout.stats_prefix(self.job_id)):
             parsed = parse_stats_name(key.rpartition("/")[2])
             if parsed is not None and self._is_shard(parsed["shard_id"]):
                 listed[parsed["shard_id"]] = parsed
@@ -626,7 +612,7 @@ class Ledger:
 
     def _attempts_prefix(self, shard_id: str) -> str:
         self._shard_index(shard_id)
-        return f"{self.prefix}/attempts/{shard_id}/"
+        return layout.attempts_prefix(self.job_id, shard_id)
 
     def record_attempt(self, shard_id: str) -> int:
         """Count one more processing attempt of ``shard_id``; returns its number (1, 2, ...)."""
