@@ -191,55 +191,33 @@ class GenerateWorker:
         (``question_too_long``) and ``message`` instead; the others are answered."""
         import torch
 
-        from ..model.generation import (
-            GenerationOptions,
-            PromptTooLong,
-            check_context,
-            context_limit,
-            cut_stop,
-            generate,
-            splice,
-        )
-        from ..model.prompt import build_prompt, decode_new_tokens, prompt_ids
+        from ..model.generation import GenerationOptions, PromptTooLong
+        from ..model.prompt import build_prompt
 
         start = time.perf_counter()
-        gen = GenerationOptions(**options)
         model = self.model
-        embed = model.llm.get_input_embeddings()
-        limit = context_limit(model.llm)
-        embeds, meta = [], []
         with torch.no_grad():
-            for req in requests:
-                frames = [
-                    model.video_projector(f.to(model.device, model.dtype))
-                    for f in tokens[req["index"]]
-                ]
-                for p in req["prompts"]:
-                    entry = {
-                        "video_id": req["video_id"],
-                        **p,
-                        "prompt": build_prompt(p["question"], len(frames)),
-                    }
-                    ids = prompt_ids(p["question"], len(frames), model.tokenizer)
-                    try:
-                        check_context(ids, frames, gen.max_new_tokens, limit)
-                    except PromptTooLong as exc:
-                        entry.update(error=Reason.QUESTION_TOO_LONG.value, message=str(exc))
-                    else:
-                        embeds.append(splice(embed, ids, frames))
-                    meta.append(entry)
-        if gen.seed is not None:
-            torch.manual_seed(gen.seed)
-        outputs = iter(generate(model.llm, model.tokenizer, embeds, gen) if embeds else [])
-        elapsed = (time.perf_counter() - start) / max(1, len(meta))
+            frames = [
+                [model.video_projector(f.to(model.device, model.dtype)) for f in tokens[r["index"]]]
+                for r in requests
+            ]
+        questions = [[p["question"] for p in r["prompts"]] for r in requests]
+        answers = model.answer_frames(frames, questions, GenerationOptions(**options))
+        elapsed = (time.perf_counter() - start) / max(1, sum(map(len, questions)))
         rows = []
-        for m in meta:
-            answer = None
-            if "error" not in m:
-                answer = cut_stop(decode_new_tokens(model.tokenizer, next(outputs)), gen.stop)
-            rows.append(
-                {**m, "answer": answer, "generate_s": elapsed, "generate_worker": worker_id()}
-            )
+        for req, video_frames, video_answers in zip(requests, frames, answers, strict=True):
+            for p, answer in zip(req["prompts"], video_answers, strict=True):
+                row = {
+                    "video_id": req["video_id"],
+                    **p,
+                    "prompt": build_prompt(p["question"], len(video_frames)),
+                    "answer": answer,
+                }
+                if isinstance(answer, PromptTooLong):
+                    row.update(
+                        answer=None, error=Reason.QUESTION_TOO_LONG.value, message=str(answer)
+                    )
+                rows.append({**row, "generate_s": elapsed, "generate_worker": worker_id()})
         return rows
 
 
