@@ -1,4 +1,4 @@
-# Container images and Kubernetes manifests (deploy/). Tests: scripts/test.sh.
+# Container images and Kubernetes manifests (deploy/); the fast check. Full tests: scripts/test.sh.
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= videopanda-cluster
 IMAGE_CUDA ?= videopanda-cluster-cuda
@@ -7,7 +7,10 @@ KUBECTL ?= $(if $(wildcard .venv/bin/kubectl),.venv/bin/kubectl,kubectl)
 OVERLAYS := cpu-dev gpu
 MANIFESTS_DIR ?= build/k8s
 
-.PHONY: image image-cuda manifests validate-deploy
+.PHONY: check image image-cuda manifests validate-deploy
+
+check:  ## ruff, mypy against its baseline, the tests not marked slow (scripts/check.sh)
+	scripts/check.sh
 
 image:  ## CPU image, $(IMAGE):$(VERSION)
 	$(DOCKER) build -f deploy/docker/Dockerfile -t $(IMAGE):$(VERSION) .

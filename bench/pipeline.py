@@ -49,6 +49,7 @@ from videopanda_cluster.cluster.driver import (
 )
 from videopanda_cluster.cluster.stages import DecodeWorker, EncodeWorker, GenerateWorker
 from videopanda_cluster.jobs.config import JobConfig, build_config
+from videopanda_cluster.model.config import ATTENTION_IMPLS
 from videopanda_cluster.model.tiny import ensure_tiny_checkpoint
 from videopanda_cluster.storage.open import open_store
 from videopanda_cluster.video.geometry import REFERENCE_SIZE
@@ -208,7 +209,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path(".cache/bench-pipeline"))
     parser.add_argument("--videos", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1, help="torch threads, standalone stages")
-    parser.add_argument("--attention", choices=["eager", "sdpa"], default="eager")
+    parser.add_argument("--attention", choices=ATTENTION_IMPLS, default="eager")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     _log("writing the corpus ...")

@@ -134,7 +134,9 @@ def _run_child(*args: str) -> dict[str, Any]:
 
 
 def _job_bytes(store: Any, job_id: str) -> int:
-    return sum(store.size(key) for key in store.list(f"jobs/{job_id}/"))
+    from videopanda_cluster.jobs.layout import job_prefix
+
+    return sum(store.size(key) for key in store.list(f"{job_prefix(job_id)}/"))
 
 
 def bench_plan(directory: Path, sizes: list[int]) -> dict[str, list[dict]]:

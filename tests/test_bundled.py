@@ -22,6 +22,7 @@ def test_bundled_model_is_the_default_when_present(tmp_path, monkeypatch):
     assert driver.default_checkpoint() == (folder, bundled.SMALL_MODEL_ID)
 
 
+@pytest.mark.slow  # scripts/check.sh leaves it to the full suite
 def test_the_shipped_model_answers_questions_about_new_videos(tmp_path):
     """The committed weights are the trained ones: on clips of a corpus seed used neither in
     training (0) nor in the card's evaluation (1), every answer type is far above chance. The

@@ -59,6 +59,7 @@ def test_inspect_bad_input_prints_error_object(bad_files, corpus):
     assert out.returncode != 0 and json.loads(out.stdout)["error"] == "timeout"
 
 
+@pytest.mark.slow  # scripts/check.sh leaves it to the full suite
 def test_samples_command_is_deterministic(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):
@@ -80,6 +81,7 @@ def test_samples_command_is_deterministic(tmp_path):
     assert {p.rsplit(".", 1)[1] for p in (r["name"] for r in manifest)} >= {"mp4", "mkv", "webm"}
 
 
+@pytest.mark.slow  # scripts/check.sh leaves it to the full suite
 def test_demo_runs_the_main_job(corpus, tmp_path):
     out = _cli("demo", "--directory", str(corpus), "--output", str(tmp_path / "store"), timeout=900)
     assert out.returncode == 0, out.stderr

@@ -32,6 +32,7 @@ def _judge(store: Path, target: str, server, *extra: str):
     )  # fmt: skip
 
 
+@pytest.mark.slow  # scripts/check.sh leaves it to the full suite
 def test_run_judge_report_on_a_benchmark(corpus, tmp_path, openai_server):
     bench = make_benchmark_fixture("activitynet-qa", tmp_path / "data", corpus, corrupt=True)
     store = tmp_path / "store"

@@ -161,3 +161,36 @@ def test_sdpa_attention_matches_the_reference_eager_attention(model, videos):
     assert sdpa == eager
     with pytest.raises(ValueError):
         model.set_attention("flash")
+
+
+def test_the_pipeline_generate_stage_answers_as_the_library(model, videos, tmp_path):
+    """GenerateWorker (STAB tokens from the encode stage) and VideoPanda.answer (pixels) share
+    one answer path: the same answers for the same videos, questions and options, greedy and
+    sampled; a question too long for the context is an error row there, the others answered."""
+    from videopanda_cluster.cluster.stages import GenerateWorker
+
+    model.save_pretrained(tmp_path / "model")
+    worker = GenerateWorker(str(tmp_path / "model"), "cpu")
+    with torch.no_grad():  # what EncodeWorker sends: STAB tokens per frame
+        frames, _ = worker.model.video_tower(videos.reshape(-1, 4, *videos.shape[2:]))
+    tokens = [list(frames[v * 8 : (v + 1) * 8]) for v in range(len(videos))]
+    too_long = "word " * 5000
+    requests = [
+        {
+            "video_id": f"v{v}",
+            "index": v,
+            "prompts": [{"question_id": f"q{n}", "question": q} for n, q in enumerate(qs)]
+            + ([{"question_id": "long", "question": too_long}] if v == 1 else []),
+        }
+        for v, qs in enumerate(QUESTIONS)
+    ]
+    for options in [
+        {"max_new_tokens": 10, "batch_size": 5},
+        {"max_new_tokens": 6, "do_sample": True, "temperature": 0.8, "seed": 3},
+    ]:
+        rows = worker.generate(requests, options, tokens)
+        by_video = [[r["answer"] for r in rows if r["video_id"] == f"v{v}"] for v in range(4)]
+        assert by_video[1].pop() is None
+        assert by_video == model.answer(videos, QUESTIONS, **options)
+    (long,) = [r for r in rows if r["question_id"] == "long"]
+    assert long["error"] == "question_too_long" and "context" in long["message"]

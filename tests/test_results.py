@@ -16,14 +16,13 @@ from videopanda_cluster.cluster.results import (
     ROW_FIELDS,
     SCHEMA_VERSION,
     iter_results,
-    parquet_key,
     read_results,
-    results_prefix,
     to_table,
 )
 from videopanda_cluster.cluster.rows import answer_row, error_rows, feature_row, no_question_row
 from videopanda_cluster.cluster.stages import WriterWorker
 from videopanda_cluster.eval.run import read_result_rows
+from videopanda_cluster.jobs.layout import parquet_key, results_prefix
 from videopanda_cluster.storage import LocalStore
 from videopanda_cluster.video.errors import Reason
 from videopanda_cluster.video.extract import Provenance

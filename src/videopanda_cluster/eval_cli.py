@@ -13,6 +13,7 @@ from rich.table import Table
 from .eval.config import EvalConfig
 from .eval.judge import JudgeConfig
 from .jobs.failures import ExitCode
+from .model.config import AttentionImpl
 
 Opt = typer.Option
 app = typer.Typer(no_args_is_help=True, help=__doc__)
@@ -39,7 +40,9 @@ def run_command(
     max_new_tokens: Annotated[
         int | None, Opt(help=f"Tokens per answer at most (default {EvalConfig.max_new_tokens}).")
     ] = None,
-    attention: Annotated[str | None, Opt(help="eager (reference) or sdpa.")] = None,
+    attention: Annotated[
+        AttentionImpl | None, Opt(help="LLM attention (eager: reference).")
+    ] = None,
     decode_workers: Annotated[int | None, Opt(help="Decode actors.")] = None,
     encode_workers: Annotated[int | None, Opt(help="STAB actors.")] = None,
     generate_workers: Annotated[int | None, Opt(help="LLM actors.")] = None,

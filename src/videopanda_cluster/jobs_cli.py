@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .model.config import AttentionImpl
+
 Opt = typer.Option
 
 
@@ -37,7 +39,8 @@ def _job_command(kind: str):
         max_new_tokens: Annotated[int | None, Opt(help="Tokens to generate at most.")] = None,
         seed: Annotated[int | None, Opt(help="Seed of sampling and of the flip coins.")] = None,
         attention: Annotated[
-            str | None, Opt(help="LLM attention: eager (reference numerics) or sdpa (faster).")
+            AttentionImpl | None,
+            Opt(help="LLM attention: eager (reference numerics) or sdpa (faster)."),
         ] = None,
         decode_workers: Annotated[int | None, Opt(help="Decode actors.")] = None,
         encode_workers: Annotated[int | None, Opt(help="STAB actors.")] = None,

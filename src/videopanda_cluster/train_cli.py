@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from .model.config import AttentionImpl
 from .train.config import RecipeConfig
 
 Opt = typer.Option
@@ -91,7 +92,8 @@ def train(
         ),
     ] = 0,
     attention: Annotated[
-        str, Opt(help="Llama attention while training: eager (reference numerics) or sdpa.")
+        AttentionImpl,
+        Opt(help="Llama attention while training: eager (reference numerics) or sdpa."),
     ] = RecipeConfig.attention,
 ) -> None:
     """Train the small Video-Panda on a corpus, stage by stage, and export the final model."""
@@ -102,8 +104,6 @@ def train(
         raise typer.BadParameter(f"--stage must be one of {', '.join(STAGE_CHOICES)}")
     if system_prompt not in ("train", "eval"):
         raise typer.BadParameter("--system-prompt must be train or eval")
-    if attention not in ("eager", "sdpa"):
-        raise typer.BadParameter("--attention must be eager or sdpa")
     if distill_weight > 0 and not teacher_store:
         raise typer.BadParameter("--distill-weight needs --teacher-store")
     try:

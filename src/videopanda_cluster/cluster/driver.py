@@ -31,9 +31,9 @@ from ..jobs.failures import (
     one_line,
     root_cause,
 )
+from ..jobs.layout import results_prefix, summary_key
 from ..video.extract import PreprocessOptions
 from .features import VideoKey
-from .results import results_prefix
 from .rows import answer_row, error_rows, feature_row, no_question_row
 
 __all__ = ["JobFailed", "run_job"]
@@ -551,7 +551,7 @@ def _write_summary(cfg, store, plan, ledger, stats, started, failure) -> dict[st
         summary["inputs_update"] = ledger.plan_update.summary()
     if final is not None:
         with contextlib.suppress(Exception):  # the failure is reported either way
-            store.put(f"jobs/{plan.job_id}/summary.json", json.dumps(summary, indent=2).encode())
+            store.put(summary_key(plan.job_id), json.dumps(summary, indent=2).encode())
     return summary
 
 

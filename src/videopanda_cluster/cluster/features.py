@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..jobs.layout import FEATURES_PREFIX, feature_key
 from ..video.extract import PreprocessOptions, decoder_version
 from .fingerprint import module_hash
 
@@ -51,7 +52,7 @@ class CacheIdentity:
     store_url: str
     preprocess: str
     stab: str
-    prefix: str = "features"
+    prefix: str = FEATURES_PREFIX
 
     @classmethod
     def of(cls, store_url: str, model, options: PreprocessOptions) -> CacheIdentity | None:
@@ -74,7 +75,7 @@ class FeatureCache:
         unflipped are never served for it."""
         ident = self.identity
         text = f"{content_hash}|{ident.preprocess}|{ident.stab}" + ("|flipped" if flipped else "")
-        return f"{ident.prefix}/{hashlib.sha256(text.encode()).hexdigest()}.safetensors"
+        return feature_key(ident.prefix, hashlib.sha256(text.encode()).hexdigest())
 
     def _provenance_key(self, content_hash: str, flipped: bool) -> str:
         return self.key(content_hash, flipped).removesuffix(".safetensors") + ".json"

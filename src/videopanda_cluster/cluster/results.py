@@ -1,6 +1,6 @@
 """The result contract: the row type, its Arrow schema and the one reader of a job's results.
 
-Layout of a job's results (``jobs/<job_id>/results/``)::
+Layout of a job's results (``jobs/<job_id>/results/``, keys from :mod:`..jobs.layout`)::
 
     parquet/shard-<n>.parquet   every shard, always; only Parquet files in this folder
     jsonl/shard-<n>.jsonl       the same rows as JSON lines, when ``results_jsonl`` is set
@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+
+from ..jobs.layout import results_prefix
 
 if TYPE_CHECKING:
     from ..storage.base import Store
@@ -185,19 +187,6 @@ def to_parquet(rows: list[dict[str, Any]]) -> bytes:
 def to_jsonl(rows: list[dict[str, Any]]) -> bytes:
     lines = (json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
     return "".join(lines).encode("utf-8")
-
-
-def results_prefix(job_id: str) -> str:
-    return f"jobs/{job_id}/results"
-
-
-def parquet_key(prefix: str, shard_id: str) -> str:
-    """Key of a shard's Parquet file; ``prefix`` is :func:`results_prefix` of the job."""
-    return f"{prefix}/parquet/shard-{shard_id}.parquet"
-
-
-def jsonl_key(prefix: str, shard_id: str) -> str:
-    return f"{prefix}/jsonl/shard-{shard_id}.jsonl"
 
 
 def _shard_id(key: str, suffix: str) -> str:

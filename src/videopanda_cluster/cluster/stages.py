@@ -13,6 +13,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..model.config import AttentionImpl
 from ..video.errors import Reason, VideoDecodeError, is_environment_fault
 from ..video.extract import PreprocessOptions
 
@@ -178,7 +179,9 @@ class EncodeWorker:
 class GenerateWorker:
     """Projector + Llama: answer every prompt of a batch of videos."""
 
-    def __init__(self, checkpoint: str, device: str | None, attention: str = "eager") -> None:
+    def __init__(
+        self, checkpoint: str, device: str | None, attention: AttentionImpl = "eager"
+    ) -> None:
         from ..model.modeling import VideoPanda
 
         self.model = VideoPanda.from_pretrained(checkpoint, device=device)
@@ -196,61 +199,39 @@ class GenerateWorker:
         (``question_too_long``) and ``message`` instead; the others are answered."""
         import torch
 
-        from ..model.generation import (
-            GenerationOptions,
-            PromptTooLong,
-            check_context,
-            context_limit,
-            cut_stop,
-            generate,
-            splice,
-        )
-        from ..model.prompt import build_prompt, decode_new_tokens, prompt_ids
+        from ..model.generation import GenerationOptions, PromptTooLong
+        from ..model.prompt import build_prompt
 
         start = time.perf_counter()
-        gen = GenerationOptions(**options)
         model = self.model
-        embed = model.llm.get_input_embeddings()
-        limit = context_limit(model.llm)
-        embeds, meta = [], []
         with torch.no_grad():
-            for req in requests:
-                frames = [
-                    model.video_projector(f.to(model.device, model.dtype))
-                    for f in tokens[req["index"]]
-                ]
-                for p in req["prompts"]:
-                    entry = {
-                        "video_id": req["video_id"],
-                        **p,
-                        "prompt": build_prompt(p["question"], len(frames)),
-                    }
-                    ids = prompt_ids(p["question"], len(frames), model.tokenizer)
-                    try:
-                        check_context(ids, frames, gen.max_new_tokens, limit)
-                    except PromptTooLong as exc:
-                        entry.update(error=Reason.QUESTION_TOO_LONG.value, message=str(exc))
-                    else:
-                        embeds.append(splice(embed, ids, frames))
-                    meta.append(entry)
-        if gen.seed is not None:
-            torch.manual_seed(gen.seed)
-        outputs = iter(generate(model.llm, model.tokenizer, embeds, gen) if embeds else [])
-        elapsed = (time.perf_counter() - start) / max(1, len(meta))
+            frames = [
+                [model.video_projector(f.to(model.device, model.dtype)) for f in tokens[r["index"]]]
+                for r in requests
+            ]
+        questions = [[p["question"] for p in r["prompts"]] for r in requests]
+        answers = model.answer_frames(frames, questions, GenerationOptions(**options))
+        elapsed = (time.perf_counter() - start) / max(1, sum(map(len, questions)))
         rows = []
-        for m in meta:
-            answer = None
-            if "error" not in m:
-                answer = cut_stop(decode_new_tokens(model.tokenizer, next(outputs)), gen.stop)
-            rows.append(
-                {**m, "answer": answer, "generate_s": elapsed, "generate_worker": worker_id()}
-            )
+        for req, video_frames, video_answers in zip(requests, frames, answers, strict=True):
+            for p, answer in zip(req["prompts"], video_answers, strict=True):
+                row = {
+                    "video_id": req["video_id"],
+                    **p,
+                    "prompt": build_prompt(p["question"], len(video_frames)),
+                    "answer": answer,
+                }
+                if isinstance(answer, PromptTooLong):
+                    row.update(
+                        answer=None, error=Reason.QUESTION_TOO_LONG.value, message=str(answer)
+                    )
+                rows.append({**row, "generate_s": elapsed, "generate_worker": worker_id()})
         return rows
 
 
 class WriterWorker:
     """Writes a shard's rows under deterministic names (atomic puts): Parquet of
-    :data:`~.results.RESULT_SCHEMA`, and JSON lines if ``jsonl`` (layout in :mod:`.results`)."""
+    :data:`~.results.RESULT_SCHEMA`, and JSON lines if ``jsonl`` (keys: ``jobs.layout``)."""
 
     def __init__(self, store_url: str, jsonl: bool = False) -> None:
         from ..storage.open import open_store
@@ -259,11 +240,12 @@ class WriterWorker:
         self.jsonl = jsonl
 
     def write(self, prefix: str, shard_id: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        from ..jobs import layout
         from . import results
 
         parquet = results.to_parquet(rows)
         # The driver commits the shard in the ledger only after both puts returned.
         if self.jsonl:
-            self.store.put(results.jsonl_key(prefix, shard_id), results.to_jsonl(rows))
-        self.store.put(results.parquet_key(prefix, shard_id), parquet)
+            self.store.put(layout.jsonl_key(prefix, shard_id), results.to_jsonl(rows))
+        self.store.put(layout.parquet_key(prefix, shard_id), parquet)
         return {"rows": len(rows), "failed": sum(r.get("status") != "ok" for r in rows)}

@@ -357,7 +357,10 @@ class _Judge:
         error = self._redact(f"{exc}")
         if not isinstance(exc, openai.APIStatusError):
             return error, self._backoff(attempt)  # e.g. a response body that is not a completion
-        reason = _FATAL_STATUSES.get(exc.status_code) or _FATAL_CODES.get(_error_code(exc))
+        code_name = _error_code(exc)
+        reason = _FATAL_STATUSES.get(exc.status_code) or (
+            _FATAL_CODES.get(code_name) if code_name else None
+        )
         if reason:
             code = ExitCode.USAGE if exc.status_code == 404 else ExitCode.ACCESS_DENIED
             fatal = JudgeError(f"the judge endpoint refused the request: {reason} ({error})", code)
@@ -380,7 +383,7 @@ class _Judge:
         with self._lock:
             self.http_calls += 1
         limit = {} if self.cfg.max_tokens is None else {"max_tokens": self.cfg.max_tokens}
-        response = client.chat.completions.with_raw_response.create(
+        response = client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
             model=self.cfg.model,
             messages=messages,
             temperature=self.cfg.temperature,

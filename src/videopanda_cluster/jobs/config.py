@@ -30,9 +30,10 @@ from pydantic import (
     field_validator,
 )
 
+from ..model.config import AttentionImpl
 from .inputs import question_problem
+from .layout import check_job_id
 from .lease import LEASE_SECONDS
-from .ledger import check_job_id
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 Positive = Annotated[int, Field(ge=1)]
@@ -78,7 +79,7 @@ class JobConfig(BaseModel):
     seed: int = 0  # sampling; also the reference flip's coins (one per video)
     # "eager" (fp32 softmax) is the reference's numerics (spec §1.2); "sdpa" is
     # torch's fused attention: same math, faster, rounding may differ in the last bits.
-    attention: Literal["eager", "sdpa"] = "eager"
+    attention: AttentionImpl = "eager"
     # preprocessing
     flip: Literal["off", "reference"] = "off"
     decode_timeout: float = Field(60.0, gt=0)  # seconds per video

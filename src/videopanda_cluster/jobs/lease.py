@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 
 from ..storage.base import Store
 from .failures import JobLocked
-from .ledger import ledger_key
+from .layout import lease_key, ledger_key
 
 LEASE_SECONDS = 120.0  # a lease without a heartbeat for this long is taken over
 log = logging.getLogger(__name__)
@@ -81,10 +81,6 @@ def _pid_exists(pid: int) -> bool:
 
 def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def lease_key(job_id: str) -> str:
-    return f"jobs/{job_id}/lease.json"
 
 
 class JobLease:

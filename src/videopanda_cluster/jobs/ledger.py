@@ -9,10 +9,9 @@ Layout under ``jobs/<job_id>/``:
   uri, questions and content digest, by shard;
 - ``shards/<shard_id>.done``: the commit marker of a shard, with its stats (put_if_absent, so a
   retried or concurrent commit of the same shard is a no-op);
-- ``stats/<shard_id>~v<videos>~r<rows>~f<failed>[~<code>.<count>...]``: an empty object whose
-  *name* repeats a committed shard's stats, written after its marker, so progress is one paginated
-  listing (a few requests per thousands of shards) instead of one GET per marker; a shard whose
-  stats object is missing (the driver stopped between the two writes) is read from its marker;
+- ``progress/<generation>/<stats name>`` and ``progress.json``: each commit's stats in the
+  name of an empty object, folded by the driver into a checkpoint (:mod:`.progress`), so
+  ``status`` costs O(1) requests whatever the job's size;
 - ``attempts/<shard_id>/<n>``: one object per processing attempt of a shard.
 
 Shard ids are ``f"{index:06d}"``. An update appends shards for new videos, drops removed videos
@@ -38,7 +37,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..storage.base import Store, StoreUnavailable
+from . import layout
 from .failures import UsageError
+from .layout import check_job_id, ledger_key
 from .plan import PlanReader, PlanWriter, piece_shards_for
 from .progress import FOLD_EVERY, Checkpoint, Totals
 from .spool import InputSpool, PlannedVideo, Question, video_digest
@@ -48,7 +49,6 @@ __all__ = ["InputsChanged", "Ledger", "LedgerConflict", "PlanUpdate", "video_dig
 LEDGER_FORMAT = 3
 EXAMPLES = 3  # ids shown per kind of change in a message
 SUMMARY_EXAMPLES = 100  # ids listed per kind of change in a summary
-_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHARD_ID = re.compile(r"[0-9]{6,}")
 LISTING_BLOCK = 1_000  # shard ids per concurrent listing (a power of 10)
 LISTING_THREADS = 8
@@ -60,21 +60,6 @@ class LedgerConflict(UsageError):
 
 class InputsChanged(LedgerConflict):
     """The job exists with other inputs (and no ``--update``, or one that cannot apply)."""
-
-
-def check_job_id(job_id: str) -> str:
-    """Return ``job_id`` if it can name a job folder, else raise ValueError."""
-    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
-        raise ValueError(
-            f"invalid job id {job_id!r}: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return job_id
-
-
-def ledger_key(job_id: str) -> str:
-    """The key of ``job_id``'s ledger."""
-    return f"jobs/{check_job_id(job_id)}/ledger.json"
 
 
 _CODE = re.compile(r"[a-z0-9_]{1,40}")
@@ -264,7 +249,7 @@ class Ledger:
 
     @property
     def prefix(self) -> str:
-        return f"jobs/{self.job_id}"
+        return layout.job_prefix(self.job_id)
 
     @property
     def key(self) -> str:
@@ -329,7 +314,7 @@ class Ledger:
 
     @staticmethod
     def _writer(store: Store, job_id: str, shard_size: int) -> PlanWriter:
-        prefix = f"jobs/{job_id}/plan/{uuid.uuid4().hex[:12]}"
+        prefix = layout.plan_prefix(job_id, uuid.uuid4().hex[:12])
         return PlanWriter(store, prefix, piece_shards_for(shard_size))
 
     @staticmethod
@@ -543,12 +528,11 @@ class Ledger:
         return True
 
     def _marker(self, shard_id: str) -> str:
-        return f"{self.prefix}/shards/{shard_id}.done"
+        return layout.marker_key(self.job_id, shard_id)
 
-    def _names(self, folder: str) -> Iterator[str]:
-        """The names in ``jobs/<job_id>/<folder>/`` (whose names start with a shard id), listed
-        by blocks of 1,000 shard ids at once where the store pages its listings."""
-        prefix = f"{self.prefix}/{folder}/"
+    def _names(self, prefix: str) -> Iterator[str]:
+        """The names under ``prefix`` (a folder whose names start with a shard id), listed by
+        blocks of 1,000 shard ids at once where the store pages its listings."""
         if not self.store.concurrent_listing or self.total_shards <= LISTING_BLOCK:
             yield from self.store.iter_names(prefix)
             return
@@ -564,7 +548,7 @@ class Ledger:
     def committed(self) -> set[str]:
         """Ids of the committed shards (one listing)."""
         done = set()
-        for key in self._names("shards"):
+        for key in self._names(layout.markers_prefix(self.job_id)):
             name = key.rpartition("/")[2]
             if name.endswith(".done") and self._is_shard(name[: -len(".done")]):
                 done.add(name[: -len(".done")])
@@ -618,12 +602,12 @@ class Ledger:
 
     @property
     def _checkpoint_key(self) -> str:
-        return f"{self.prefix}/progress.json"
+        return layout.progress_key(self.job_id)
 
     def _put_stats(self, generation: int, marker: dict[str, Any]) -> None:
         name = stats_name(marker["shard_id"], marker["videos"], marker["rows"], marker["failed"],
                           marker["counters"])  # fmt: skip
-        self.store.put(f"{self.prefix}/progress/{generation:06d}/{name}", b"")
+        self.store.put(layout.stats_key(self.job_id, generation, name), b"")
 
     def commit_info(self, shard_id: str) -> dict[str, Any] | None:
         """The marker of a committed shard, None if it is pending."""
@@ -637,9 +621,9 @@ class Ledger:
         """The stats records of one generation (None: the flat ``stats/`` folder of earlier
         versions), by shard index."""
         names = (
-            self._names("stats")
+            self._names(layout.legacy_stats_prefix(self.job_id))
             if generation is None
-            else self.store.iter_names(f"{self.prefix}/progress/{generation:06d}/")
+            else self.store.iter_names(layout.stats_prefix(self.job_id, generation))
         )  # a generation holds at most a few thousand: one listing
         found = {}
         for key in names:
@@ -730,7 +714,7 @@ class Ledger:
 
     def _attempts_prefix(self, shard_id: str) -> str:
         self._shard_index(shard_id)
-        return f"{self.prefix}/attempts/{shard_id}/"
+        return layout.attempts_prefix(self.job_id, shard_id)
 
     def record_attempt(self, shard_id: str) -> int:
         """Count one more processing attempt of ``shard_id``; returns its number (1, 2, ...)."""

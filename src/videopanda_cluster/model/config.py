@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ..video.geometry import frame_tokens
 
@@ -36,6 +36,17 @@ _LLAMA_KEYS = set(LLAMA_7B) | {"rope_scaling", "attention_bias", "mlp_bias", "he
 
 
 ABLATIONS = ("no_gstra", "no_lste", "no_fsra", "no_split_tokens", "lsd_avgpool")
+
+# The Llama's attention: "eager" (softmax in fp32, the reference's numerics, the default) or "sdpa".
+AttentionImpl = Literal["eager", "sdpa"]
+ATTENTION_IMPLS: tuple[AttentionImpl, ...] = get_args(AttentionImpl)
+
+
+def check_attention(value: str) -> AttentionImpl:
+    """``value`` if it names an :data:`AttentionImpl`, else ValueError."""
+    if value not in ATTENTION_IMPLS:
+        raise ValueError(f"attention must be eager or sdpa, got {value!r}")
+    return value  # type: ignore[return-value]
 
 
 @dataclass

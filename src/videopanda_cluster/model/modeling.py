@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
-from .config import VideoPandaConfig
+from .config import AttentionImpl, VideoPandaConfig, check_attention
 from .generation import (
     GenerationOptions,
+    PromptTooLong,
     check_context,
     context_limit,
     cut_stop,
@@ -25,6 +27,9 @@ from .generation import (
 from .projector import build_projector
 from .prompt import SYSTEM_PROMPT_EVAL, decode_new_tokens, prompt_ids
 from .stab import STAB
+
+if TYPE_CHECKING:  # transformers is imported only with the LLM
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 
 class VideoPanda(nn.Module):
@@ -39,7 +44,7 @@ class VideoPanda(nn.Module):
         self.video_projector = build_projector(
             config.projector_type, config.stab_width, config.llm_width
         )
-        self.llm = None
+        self.llm: LlamaForCausalLM | None = None
         if with_llm:
             from transformers import LlamaForCausalLM
 
@@ -48,13 +53,11 @@ class VideoPanda(nn.Module):
                 "eager"  # softmax in fp32, as the reference (transformers 4.31)
             )
             self.llm = LlamaForCausalLM(llama)
-        self.tokenizer = None  # set by from_pretrained
+        self.tokenizer: PreTrainedTokenizerBase | None = None  # set by from_pretrained
 
-    def set_attention(self, implementation: str) -> None:
+    def set_attention(self, implementation: AttentionImpl) -> None:
         """The Llama's attention: "eager" (the reference's numerics, the default) or "sdpa"."""
-        if implementation not in ("eager", "sdpa"):
-            raise ValueError(f"attention must be 'eager' or 'sdpa', not {implementation!r}")
-        self.llm.set_attn_implementation(implementation)
+        self.llm.set_attn_implementation(check_attention(implementation))
 
     # aliases of the reference (same objects, not registered twice)
     @property
@@ -118,31 +121,65 @@ class VideoPanda(nn.Module):
         plain text (see :func:`prompt_ids`); one too long for the model's context raises
         :class:`~videopanda_cluster.model.generation.PromptTooLong`.
         """
-        if self.tokenizer is None:
-            raise RuntimeError("no tokenizer: load the model with VideoPanda.from_pretrained")
         options = GenerationOptions(**generation)
         stacked = videos if isinstance(videos, torch.Tensor) else torch.stack(list(videos))
         if len(questions) != stacked.shape[0]:
             raise ValueError(f"{stacked.shape[0]} videos but {len(questions)} question entries")
         nested = [[q] if isinstance(q, str) else list(q) for q in questions]
+        self._language()
         per_video, _ = self.encode_frames(stacked)
-        embed = self.llm.get_input_embeddings()
-        embeds, owners = [], []
-        limit = context_limit(self.llm)
-        for v, qs in enumerate(nested):
-            for q in qs:
-                ids = prompt_ids(q, len(per_video[v]), self.tokenizer, system)
-                check_context(ids, per_video[v], options.max_new_tokens, limit)
-                embeds.append(splice(embed, ids, per_video[v]))
-                owners.append(v)
-        outputs = generate(self.llm, self.tokenizer, embeds, options)
-        texts = [cut_stop(decode_new_tokens(self.tokenizer, ids), options.stop) for ids in outputs]
-        grouped: list[list[str]] = [[] for _ in nested]
-        for v, text in zip(owners, texts, strict=True):
-            grouped[v].append(text)
+        grouped: list[list[str]] = []
+        for answers in self.answer_frames(per_video, nested, options, system):
+            grouped.append([])
+            for answer in answers:
+                if isinstance(answer, PromptTooLong):
+                    raise answer
+                grouped[-1].append(answer)
         if all(isinstance(q, str) for q in questions):
             return [g[0] for g in grouped]
         return grouped
+
+    @torch.no_grad()
+    def answer_frames(
+        self,
+        frames: Sequence[Sequence[torch.Tensor]],
+        questions: Sequence[Sequence[str]],
+        options: GenerationOptions,
+        system: str = SYSTEM_PROMPT_EVAL,
+    ) -> list[list[str | PromptTooLong]]:
+        """The one answer path (prompt → splice → generate → decode), of :meth:`answer` and the
+        pipeline's generate stage: per video, its projected frame tokens and its questions →
+        one answer per question. A prompt too long for the model's context gets its
+        :class:`PromptTooLong` in place of the answer; the others are answered."""
+        llm, tokenizer = self._language()
+        embed = cast(nn.Embedding, llm.get_input_embeddings())
+        limit = context_limit(llm)
+        grouped: list[list[str | PromptTooLong]] = []
+        embeds, places = [], []  # the prompts that fit, and their (video, question) places
+        for v, (video_frames, qs) in enumerate(zip(frames, questions, strict=True)):
+            grouped.append([])
+            for q in qs:
+                ids = prompt_ids(q, len(video_frames), tokenizer, system)
+                try:
+                    check_context(ids, video_frames, options.max_new_tokens, limit)
+                except PromptTooLong as exc:
+                    grouped[v].append(exc)
+                    continue
+                embeds.append(splice(embed, ids, video_frames))
+                places.append((v, len(grouped[v])))
+                grouped[v].append("")
+        outputs = generate(llm, tokenizer, embeds, options) if embeds else []
+        for (v, n), new_ids in zip(places, outputs, strict=True):
+            grouped[v][n] = cut_stop(decode_new_tokens(tokenizer, new_ids), options.stop)
+        return grouped
+
+    def _language(self) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
+        """The Llama and the tokenizer, which answering needs."""
+        if self.llm is None:
+            raise RuntimeError("no language model: the model was loaded with with_llm=False")
+        if self.tokenizer is None:
+            raise RuntimeError("no tokenizer: load the model with VideoPanda.from_pretrained")
+        return self.llm, self.tokenizer
 
     # -- checkpoints -----------------------------------------------------------------------------
     @classmethod

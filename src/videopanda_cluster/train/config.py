@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..model.config import AttentionImpl, check_attention
+
 if TYPE_CHECKING:
     from .warmup import WarmupConfig
 
@@ -37,7 +39,7 @@ class RecipeConfig:
     teacher_store: str | None = None  # store URL of precomputed teacher features
     teacher_prefix: str = "teacher"
     warmup: WarmupConfig | None = None  # scene warm-up of a new model (a synth corpus only)
-    attention: str = "eager"  # the Llama's attention while training: eager or sdpa
+    attention: AttentionImpl = "eager"  # the Llama's attention while training: eager or sdpa
     threads: int | None = None  # torch threads per worker (None: torch's default)
 
     def __post_init__(self) -> None:
@@ -46,5 +48,6 @@ class RecipeConfig:
             raise ValueError(f"hparams must be small or reference, got {self.hparams!r}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        check_attention(self.attention)
         if self.distill_weight > 0 and not self.teacher_store:
             raise ValueError("distill_weight > 0 needs a teacher_store")

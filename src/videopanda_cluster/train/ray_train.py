@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..model.config import AttentionImpl
 from .stages import StageConfig
 
 
@@ -35,7 +36,7 @@ class RayStageJob:
     report_every: int = 10  # steps between ray.train.report calls (a sync point of all workers)
     # The Llama's attention while training: "eager" (the reference's numerics) or "sdpa" (the
     # same maths in one fused kernel; faster, equal in fp32 up to rounding).
-    attention: str = "eager"
+    attention: AttentionImpl = "eager"
 
     def load_model(self, device: torch.device | str = "cpu"):
         """The job's starting model (fp32) on ``device``, with the job's attention."""

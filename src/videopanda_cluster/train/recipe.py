@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import torch
 
-from ..model.config import VideoPandaConfig
+from ..model.config import ABLATIONS, VideoPandaConfig, check_attention
 from ..model.modeling import VideoPanda
 from ..model.prompt import SYSTEM_PROMPT_EVAL, SYSTEM_PROMPT_TRAIN, load_tokenizer
 from ..model.tokenizer_builder import build_sentencepiece_tokenizer
@@ -67,7 +67,6 @@ SMALL_HPARAMS: dict[str, dict[str, Any]] = {
         "focus_layer": 1,
     },
 }
-ABLATIONS = ("no_gstra", "no_lste", "no_fsra", "no_split_tokens", "lsd_avgpool")
 _VOCAB_LIMIT = re.compile(r"value <= (\d+)")
 
 
@@ -342,6 +341,10 @@ def _corpus_seed(corpus: Path) -> int | None:
     return json.loads(summary.read_text())["seed"] if summary.is_file() else None
 
 
+@overload
+def _absolute(url: str) -> str: ...
+@overload
+def _absolute(url: None) -> None: ...
 def _absolute(url: str | None) -> str | None:
     """A local store path made absolute (Ray Train workers run in other directories)."""
     if url is None or "://" in url:
@@ -372,8 +375,7 @@ def run_recipe(
     ``model`` the exported folder.
     """
     options = options or RecipeConfig()
-    if options.attention not in ("eager", "sdpa"):
-        raise ValueError(f"attention must be eager or sdpa, got {options.attention!r}")
+    check_attention(options.attention)
     unknown = [s for s in stages if s not in RECIPE_STAGES]
     if unknown or not stages:
         raise ValueError(f"stages must be among {', '.join(RECIPE_STAGES)}, got {list(stages)}")
