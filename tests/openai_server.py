@@ -222,12 +222,17 @@ class FakeOpenAI:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
-    def _leave(self, seen: Seen) -> None:
+    def _record(self, seen: Seen) -> None:
+        """Count a request once its outcome is known, before its reply is sent: a client that
+        has its reply must find it counted."""
         with self._lock:
-            self.in_flight -= 1
             self.counts["total"] += 1
             self.counts[seen.outcome] += 1
             self.requests.append(seen)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def _sleep(self, seconds: float) -> None:
         self._stopping.wait(seconds)
@@ -254,12 +259,15 @@ class _Handler(BaseHTTPRequestHandler):
         model = azure.group(1) if azure else body.get("model", "")
         seen = Seen(url.path, model, body.get("messages", []), body.get("temperature"), "")
         seen.top_p, seen.max_tokens = body.get("top_p"), body.get("max_tokens")
+        self._seen: Seen | None = seen
         try:
             self._serve(seen, url.query, azure is not None)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout)
         finally:
-            self.fake._leave(seen)
+            if self._seen is not None:  # no reply was sent
+                self.fake._record(seen)
+            self.fake._leave()
 
     def _serve(self, seen: Seen, query: str, azure: bool) -> None:
         known = "api-version" in parse_qs(query) if azure else seen.path == "/v1/chat/completions"
@@ -301,6 +309,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_bytes(
         self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None
     ) -> None:
+        if self._seen is not None:
+            self.fake._record(self._seen)
+            self._seen = None
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
