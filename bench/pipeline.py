@@ -1,30 +1,33 @@
-"""Pipeline throughput vs the slowest stage, and the feature cache's speedup, on embedded Ray.
+"""Pipeline throughput against this machine's physical bound, on embedded Ray.
 
-    python bench/pipeline.py [--dir .cache/bench-pipeline] [--videos 24] [--threads 1]
-                             [--attention eager|sdpa]
+    python bench/pipeline.py [--model bundled|tiny] [--videos 64] [--attention eager|sdpa]
+                             [--dir .cache/bench-pipeline] [--cache] [--out result.json]
 
-One run, one local Ray (loopback), a fresh local store under ``--dir``, the tiny random model.
+One checkpoint for every part (asserted): ``bundled`` is the job default (videopanda-small),
+``tiny`` the tiny random model at 448 px. A fresh local store under ``--dir``; local Ray on
+loopback.
 
-1. Standalone stages: DecodeWorker, EncodeWorker and GenerateWorker used directly in this process
-   (no Ray) over the corpus, after one untimed warm-up call each, with ``--threads`` torch threads
-   (1 = what Ray gives a ``num_cpus=1`` actor). A stage's videos/s is for one instance.
-2. End to end: a QA job (2 questions, feature cache off) through ``run_job`` after a warm-up job
-   (so Ray start-up is excluded; the job's own actor construction is included), and the same
-   job driven shard by shard through ``Pipeline`` once its actors are ready (construction
-   excluded). Both are compared with the slowest standalone stage.
-3. Feature cache: a ``features`` job fills the cache, then the same QA job with the cache on is
-   compared with the cache-off QA job: through ``run_job`` (whole job, actor start-up included)
-   and with ready actors (steady state); also the decode+encode stage seconds the cache replaces,
-   and the bound the standalone stages put on a QA job's speedup: generation is not cached, so
-   cache-on work per video is at least the generate stage's (Amdahl).
+1. **Stages alone.** DecodeWorker, EncodeWorker and GenerateWorker run in this process (no Ray)
+   over the corpus after one untimed warm-up call each, with one torch thread (what Ray gives a
+   ``num_cpus=1`` actor). For each: wall seconds and CPU seconds per video (this process and its
+   children: the decoder's isolated child included).
+2. **The bound.** On a CPU-only machine every stage shares the cores, so the pipeline cannot
+   beat ``cores / Σ stage CPU-seconds per video``; nor can a stage beat ``workers / its CPU
+   seconds per video`` (one single-threaded instance each). The bound is the smaller.
+3. **End to end.** The QA job through ``run_job`` (start-up included: actor construction and
+   model loads; Ray's own start is printed apart) and the same job through a ``Pipeline`` whose
+   actors are ready (steady state; their construction printed apart). Each is compared with the
+   bound (targets: steady ≥ 0.85, with start-up ≥ 0.75). The jobs' answers must equal the
+   standalone stages' answers (same model, settings and data on both sides of the ratio).
+4. ``--cache``: the feature cache's speed-up (a features job fills it, then the QA job again).
 
-The corpus is ``write_corpus`` (15 files) plus renamed copies up to ``--videos``; a copy has the
-same content hash as its original.
+Every figure is printed with the 1-minute load average at the time it was measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -32,14 +35,17 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 
 from videopanda_cluster.cluster.driver import (
     TINY_MODEL_DIR,
     Pipeline,
+    default_checkpoint,
     generation_options,
     plan_job,
     preprocess_options,
@@ -47,31 +53,76 @@ from videopanda_cluster.cluster.driver import (
     start_ray,
     video_key,
 )
+from videopanda_cluster.cluster.results import read_results
 from videopanda_cluster.cluster.stages import DecodeWorker, EncodeWorker, GenerateWorker
 from videopanda_cluster.jobs.config import JobConfig, build_config
-from videopanda_cluster.model.config import ATTENTION_IMPLS
+from videopanda_cluster.model.config import ATTENTION_IMPLS, VideoPandaConfig
 from videopanda_cluster.model.tiny import ensure_tiny_checkpoint
 from videopanda_cluster.storage.open import open_store
-from videopanda_cluster.video.geometry import REFERENCE_SIZE
 from videopanda_cluster.video.samples import write_corpus
 
 # Set before Ray is imported (the package imports it lazily): Ray stays on 127.0.0.1.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
-QUESTIONS = ["What happens in this video?", "Which colours do the moving shapes have?"]
-SETTINGS = {
+# The job every section runs: one spec, shared by the standalone stages and the jobs.
+SPEC: dict[str, Any] = {
     "kind": "qa",
-    "questions": QUESTIONS,
+    "questions": ["What happens in this video?", "Which colours do the moving shapes have?"],
     "use_feature_cache": False,
     "decode_workers": 2,
     "encode_workers": 1,
-    "generate_workers": 1,
+    "generate_workers": 2,
     "shard_size": 4,
-    "max_in_flight": 4,
+    "max_in_flight": 6,
     "max_new_tokens": 8,
     "encode_batch": 4,
     "generate_batch": 8,
 }
+TARGETS = {"steady": 0.85, "with_start_up": 0.75}
+STAGES = ("decode", "encode", "generate")
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """One stage run alone over the corpus, per video."""
+
+    wall_s: float
+    cpu_s: float
+    workers: int
+    load: float
+
+    @property
+    def instance_rate(self) -> float:
+        """videos/s its workers can give at most: each is single-threaded, so one core each
+        (CPU seconds, not wall: the wall time of a stage run alone grows with the machine's load)."""
+        return self.workers / self.cpu_s
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its living children."""
+    me = psutil.Process()
+    total = 0.0
+    for proc in (me, *me.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+class _Meter:
+    """Wall and CPU seconds of a block."""
+
+    def __enter__(self) -> _Meter:
+        self.wall, self.cpu = time.perf_counter(), _cpu_seconds()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = _cpu_seconds() - self.cpu
 
 
 def _corpus(root: Path, count: int) -> Path:
@@ -88,76 +139,111 @@ def _corpus(root: Path, count: int) -> Path:
     return folder
 
 
-def _standalone(cfg: JobConfig, videos: list[Path], checkpoint: str) -> dict[str, dict]:
-    """Seconds and videos/s of each stage run alone in this process (one instance each)."""
-    options = preprocess_options(cfg, REFERENCE_SIZE)
+def _standalone(
+    cfg: JobConfig, videos: list[Path], checkpoint: str, input_size: int
+) -> tuple[dict[str, StageCost], dict[tuple[str, str], str]]:
+    """Each stage alone in this process (one instance, one torch thread): its costs per video,
+    and the answers by (content hash, question)."""
+    options = preprocess_options(cfg, input_size)
+    n = len(videos)
+
+    def cost(meter: _Meter, stage: str) -> StageCost:
+        workers = getattr(cfg, f"{stage}_workers")
+        return StageCost(round(meter.wall / n, 4), round(meter.cpu / n, 4), workers, _load())
+
     decoder = DecodeWorker(options)
     decoder.decode("warm-up", str(videos[0]))
-    start = time.perf_counter()
-    decoded = [decoder.decode(p.name, str(p)) for p in videos]
-    decode_s = time.perf_counter() - start
+    with _Meter() as meter:
+        decoded = [decoder.decode(p.name, str(p)) for p in videos]
+    costs = {"decode": cost(meter, "decode")}
     assert all(meta["ok"] for meta, _ in decoded), [m for m, _ in decoded if not m["ok"]]
+    decoder.runner.close()
 
-    batches = [decoded[i : i + cfg.encode_batch] for i in range(0, len(decoded), cfg.encode_batch)]
+    size = cfg.encode_batch
+    batches = [decoded[i : i + size] for i in range(0, n, size)]
     encoder = EncodeWorker(checkpoint, "cpu", options, None)
 
     def encode(batch: list) -> list:
         return encoder.encode([video_key(m) for m, _ in batch], *[p for _, p in batch])[1]
 
     encode(batches[0])
-    start = time.perf_counter()
-    tokens = [encode(batch) for batch in batches]
-    encode_s = time.perf_counter() - start
+    with _Meter() as meter:
+        tokens = [encode(batch) for batch in batches]
+    costs["encode"] = cost(meter, "encode")
 
     generator = GenerateWorker(checkpoint, "cpu", cfg.attention)
     generation = generation_options(cfg)
+    prompts = [{"question_id": str(q), "question": text} for q, text in enumerate(cfg.questions)]
 
     def generate(batch: list, batch_tokens: list) -> list:
         requests = [
-            {
-                "video_id": meta["video_id"],
-                "index": j,
-                "prompts": [
-                    {"question_id": f"{meta['video_id']}#{q}", "question": text}
-                    for q, text in enumerate(cfg.questions)
-                ],
-            }
+            {"video_id": meta["content_hash"], "index": j, "prompts": prompts}
             for j, (meta, _) in enumerate(batch)
         ]
         return generator.generate(requests, generation, batch_tokens)
 
     generate(batches[0], tokens[0])
-    start = time.perf_counter()
-    rows = [r for batch, toks in zip(batches, tokens, strict=True) for r in generate(batch, toks)]
-    generate_s = time.perf_counter() - start
-    assert len(rows) == len(videos) * len(cfg.questions)
+    with _Meter() as meter:
+        rows = [r for b, t in zip(batches, tokens, strict=True) for r in generate(b, t)]
+    costs["generate"] = cost(meter, "generate")
+    assert len(rows) == n * len(cfg.questions)
+    return costs, {(r["video_id"], r["question"]): r["answer"] for r in rows}
 
-    n = len(videos)
+
+def _bound(costs: dict[str, StageCost]) -> dict[str, float]:
+    """videos/s this machine can give at most: all stages share the cores (CPU-only), and each
+    stage's instances can go no faster than alone."""
+    cores = len(os.sched_getaffinity(0))
+    shared = cores / sum(c.cpu_s for c in costs.values())
+    per_stage = {s: c.instance_rate for s, c in costs.items()}
+    slowest = min(per_stage, key=per_stage.__getitem__)
     return {
-        stage: {"seconds": round(s, 3), "videos_per_s": round(n / s, 3)}
-        for stage, s in (("decode", decode_s), ("encode", encode_s), ("generate", generate_s))
+        "cores": cores,
+        "cores_over_cpu_s": round(shared, 3),
+        f"{slowest}_instances": round(per_stage[slowest], 3),
+        "bound_videos_per_s": round(min(shared, per_stage[slowest]), 3),
     }
 
 
-def _job(cfg: JobConfig) -> dict[str, Any]:
-    """run_job, timed from outside (wall clock, perf_counter)."""
+def _check_like_with_like(
+    store, job_id: str, checkpoint_hash: str, answers: dict[tuple[str, str], str]
+) -> None:
+    """The job ran the standalone stages' model and gave their answers to the same videos."""
+    rows = read_results(store, job_id).to_pylist()
+    assert rows and all(r["status"] == "ok" for r in rows), "the job has failed rows"
+    for row in rows:
+        assert row["model"]["checkpoint_hash"] == checkpoint_hash, row["model"]
+        key = (row["content_hash"], row["question"])
+        assert answers[key] == row["answer"], (key, answers[key], row["answer"])
+
+
+def _busy() -> tuple[float, float]:
+    times = psutil.cpu_times()
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    return sum(times) - idle, idle
+
+
+def _run_job(cfg: JobConfig) -> dict[str, Any]:
+    """run_job timed from outside; start-up (actor construction, model loads) included."""
+    busy0, idle0 = _busy()
     start = time.perf_counter()
     summary = run_job(cfg)
     wall = time.perf_counter() - start
+    busy, idle = (a - b for a, b in zip(_busy(), (busy0, idle0), strict=True))
     this = summary["this_run"]
     assert this["failed_rows"] == 0 and this["videos"] > 0, this
     return {
         "job_id": summary["job_id"],
         "videos": this["videos"],
-        "rows": this["rows"],
-        "seconds": round(wall, 3),
+        "seconds": round(wall, 2),
         "videos_per_s": round(this["videos"] / wall, 3),
-        "stage_seconds": this["stage_seconds"],
+        "cores_busy": round(busy / (busy + idle), 2),
+        "load": _load(),
     }
 
 
 def _steady(cfg: JobConfig) -> dict[str, Any]:
-    """The shards of ``cfg`` through a Pipeline whose actors are already constructed and ready."""
+    """The job's shards through a Pipeline whose actors are already constructed and ready."""
     import ray
 
     store = open_store(cfg.output)
@@ -168,10 +254,12 @@ def _steady(cfg: JobConfig) -> dict[str, Any]:
     ray.get([a.__ray_ready__.remote() for a in actors])
     construct_s = time.perf_counter() - start
     try:
+        busy0, idle0 = _busy()
         start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=cfg.max_in_flight) as pool:
             shards = list(pool.map(pipeline.run_shard, ledger.pending()))
         seconds = time.perf_counter() - start
+        busy, idle = (a - b for a, b in zip(_busy(), (busy0, idle0), strict=True))
     finally:
         pipeline.close()
     videos = sum(s["videos"] for s in shards)
@@ -179,9 +267,11 @@ def _steady(cfg: JobConfig) -> dict[str, Any]:
     return {
         "job_id": plan.job_id,
         "videos": videos,
-        "actor_construction_s": round(construct_s, 3),
-        "seconds": round(seconds, 3),
+        "start_up_s": round(construct_s, 2),
+        "seconds": round(seconds, 2),
         "videos_per_s": round(videos / seconds, 3),
+        "cores_busy": round(busy / (busy + idle), 2),
+        "load": _load(),
     }
 
 
@@ -204,12 +294,20 @@ def _table(title: str, rows: list[dict[str, Any]]) -> None:
         print(" | ".join(str(row.get(c, "")) for c in cols))
 
 
+def _checkpoint(model: str) -> str:
+    if model == "tiny":
+        return str(ensure_tiny_checkpoint(TINY_MODEL_DIR).resolve())
+    return str(default_checkpoint()[0].resolve())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, default=Path(".cache/bench-pipeline"))
-    parser.add_argument("--videos", type=int, default=24)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads, standalone stages")
+    parser.add_argument("--model", choices=("bundled", "tiny"), default="bundled")
+    parser.add_argument("--videos", type=int, default=64)
     parser.add_argument("--attention", choices=ATTENTION_IMPLS, default="eager")
+    parser.add_argument("--dir", type=Path, default=Path(".cache/bench-pipeline"))
+    parser.add_argument("--cache", action="store_true", help="also the feature cache's speed-up")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here too")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     _log("writing the corpus ...")
@@ -219,117 +317,99 @@ def main() -> None:
     warm_corpus.mkdir()
     for p in sorted(corpus.iterdir())[:2]:
         shutil.copyfile(p, warm_corpus / p.name)
-    checkpoint = str(ensure_tiny_checkpoint(TINY_MODEL_DIR))
-    store = tempfile.mkdtemp(prefix="store-", dir=args.dir)
-    base = {**SETTINGS, "inputs": str(corpus), "output": store, "attention": args.attention}
+    checkpoint = _checkpoint(args.model)
+    input_size = VideoPandaConfig.from_pretrained(checkpoint).image_size
+    store_dir = tempfile.mkdtemp(prefix="store-", dir=args.dir)
+    store = open_store(store_dir)
+    base = {**SPEC, "inputs": str(corpus), "output": store_dir, "attention": args.attention}
+    base["checkpoint"] = checkpoint
 
     def config(job_id: str, **changes: Any) -> JobConfig:
         return build_config({}, {**base, "job_id": job_id, **changes})
 
     try:
-        qa = config("qa-nocache")
-        _log(f"standalone stages ({args.threads} torch thread(s)) ...")
-        torch.set_num_threads(args.threads)
-        stages = _standalone(qa, sorted(corpus.iterdir()), checkpoint)
-        slowest = min(stages, key=lambda s: stages[s]["videos_per_s"])
-        slowest_rate = stages[slowest]["videos_per_s"]
+        qa = config("qa")
+        _log("stages alone (1 torch thread) ...")
+        torch.set_num_threads(1)
+        costs, answers = _standalone(qa, sorted(corpus.iterdir()), checkpoint, input_size)
+        bound = _bound(costs)
 
         _log("starting Ray ...")
         start = time.perf_counter()
         start_ray(qa)
-        ray_start_s = time.perf_counter() - start
+        ray_start_s = round(time.perf_counter() - start, 2)
         actor_threads = _actor_threads()
         _log("warm-up job ...")
-        warm = _job(config("warm-up", inputs=str(warm_corpus)))
-        _log("QA job, feature cache off (run_job) ...")
-        nocache = _job(qa)
-        _log("QA job, feature cache off (Pipeline with ready actors) ...")
+        _run_job(config("warm-up", inputs=str(warm_corpus)))
+        _log("QA job through run_job ...")
+        whole = _run_job(qa)
+        plan, _ = plan_job(qa, store)
+        assert Path(plan.checkpoint).resolve() == Path(checkpoint), plan.checkpoint
+        assert plan.input_size == input_size
+        ckpt_hash = plan.job["model"]["checkpoint_hash"]
+        _check_like_with_like(store, whole["job_id"], ckpt_hash, answers)
+        _log("QA job with ready actors ...")
         steady = _steady(config("qa-steady"))
-        _log("features job ...")
-        features = _job(config("features", kind="features", use_feature_cache=True))
-        _log("QA job, feature cache on (run_job) ...")
-        cached = _job(config("qa-cache", use_feature_cache=True))
-        _log("QA job, feature cache on (Pipeline with ready actors) ...")
-        cached_steady = _steady(config("qa-cache-steady", use_feature_cache=True))
+        _check_like_with_like(store, steady["job_id"], ckpt_hash, answers)
+        cache: dict[str, Any] = {}
+        if args.cache:
+            _log("features job, then the QA job with the cache on ...")
+            _run_job(config("features", kind="features", use_feature_cache=True))
+            cached = _run_job(config("qa-cache", use_feature_cache=True))
+            _check_like_with_like(store, cached["job_id"], ckpt_hash, answers)
+            cache = {
+                "qa_cache_on": cached,
+                "speedup": round(whole["seconds"] / cached["seconds"], 2),
+                "load": _load(),
+            }
     finally:
-        shutil.rmtree(store, ignore_errors=True)
+        shutil.rmtree(store_dir, ignore_errors=True)
 
-    def ratio(a: float, b: float) -> float | None:
-        return round(a / b, 2) if b else None
-
-    e2e = {
-        "run_job_videos_per_s": nocache["videos_per_s"],
-        "run_job_over_slowest": ratio(nocache["videos_per_s"], slowest_rate),
-        "ready_actors_videos_per_s": steady["videos_per_s"],
-        "ready_actors_over_slowest": ratio(steady["videos_per_s"], slowest_rate),
-    }
-
-    def visual(job: dict[str, Any]) -> float:
-        return job["stage_seconds"].get("decode_s", 0) + job["stage_seconds"].get("encode_s", 0)
-
-    per_video = {s: v["seconds"] / args.videos for s, v in stages.items()}
-    cache = {
-        "job_speedup": ratio(nocache["seconds"], cached["seconds"]),
-        "ready_actors_speedup": ratio(steady["seconds"], cached_steady["seconds"]),
-        "decode_encode_speedup": ratio(visual(nocache), visual(cached)),
-        "qa_speedup_bound": ratio(sum(per_video.values()), per_video["generate"]),
+    limit = bound["bound_videos_per_s"]
+    ratios = {
+        "steady": round(steady["videos_per_s"] / limit, 2),
+        "with_start_up": round(whole["videos_per_s"] / limit, 2),
     }
     _table(
-        f"Standalone stages, in-process, {args.threads} torch thread(s), {args.videos} videos"
-        f" (Ray actors get {actor_threads})",
+        f"Stages alone, in-process, 1 torch thread, {args.videos} videos, model {args.model} "
+        f"({input_size} px), attention {args.attention} (Ray actors get {actor_threads} thread(s))",
         [
-            {"stage": s, **v, "workers_in_pipeline": qa.model_dump()[f"{s}_workers"]}
-            for s, v in stages.items()
+            {"stage": s, **asdict(c), "instance_rate": round(c.instance_rate, 3)}
+            for s, c in costs.items()
         ],
     )
-    print(f"slowest stage: {slowest} ({slowest_rate} videos/s)")
+    print(f"bound: {bound} (load {_load()})")
     _table(
-        f"Embedded Ray jobs (Ray start-up {ray_start_s:.2f} s, before the warm-up job)",
+        f"Embedded Ray, {args.videos} videos (Ray start-up {ray_start_s} s, apart)",
         [
-            {"run": name, **{k: v for k, v in r.items() if k != "job_id"}}
-            for name, r in (
-                ("warm-up qa (2 videos, actors built)", warm),
-                ("qa, cache off, run_job (actors built)", nocache),
-                ("qa, cache off, ready actors", steady),
-                ("features, cache on (fills it)", features),
-                ("qa, cache on (after features)", cached),
-                ("qa, cache on, ready actors", cached_steady),
-            )
+            {"run": "run_job (start-up included)", **whole},
+            {"run": "ready actors (steady state)", **steady},
         ],
     )
-    print(
-        f"\nend to end / slowest stage: run_job {e2e['run_job_over_slowest']}, "
-        f"ready actors {e2e['ready_actors_over_slowest']} (target >= 0.8)"
-    )
-    print(
-        f"feature cache, qa cache-on vs cache-off: run_job {cache['job_speedup']}x, "
-        f"ready actors {cache['ready_actors_speedup']}x (target >= 5x); decode+encode stages "
-        f"{cache['decode_encode_speedup']}x; bound from the standalone stages, "
-        f"(decode+encode+generate)/generate: {cache['qa_speedup_bound']}x"
-    )
+    for name, ratio in ratios.items():
+        print(f"{name} / bound: {ratio} (target >= {TARGETS[name]})")
+    if cache:
+        print(f"feature cache, qa cache-on vs cache-off run_job: {cache['speedup']}x")
     result = {
+        "model": args.model,
+        "checkpoint_hash": ckpt_hash,
+        "input_size": input_size,
         "videos": args.videos,
-        "questions_per_video": len(QUESTIONS),
         "attention": args.attention,
-        "settings": {k: v for k, v in SETTINGS.items() if k not in ("kind", "questions")},
-        "cpu_count": os.cpu_count(),
-        "standalone_torch_threads": args.threads,
+        "spec": {k: v for k, v in SPEC.items() if k != "kind"},
         "actor_torch_threads": actor_threads,
-        "standalone": stages,
-        "slowest_stage": slowest,
-        "ray_start_s": round(ray_start_s, 3),
-        "jobs": {
-            "warm_up": warm,
-            "qa_nocache": nocache,
-            "qa_ready_actors": steady,
-            "features": features,
-            "qa_cache": cached,
-            "qa_cache_ready_actors": cached_steady,
-        },
-        "end_to_end": e2e,
+        "stages": {s: asdict(c) for s, c in costs.items()},
+        "bound": bound,
+        "ray_start_s": ray_start_s,
+        "run_job": whole,
+        "steady": steady,
+        "over_bound": ratios,
+        "targets": TARGETS,
         "feature_cache": cache,
     }
     print(json.dumps(result))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
