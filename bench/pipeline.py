@@ -94,7 +94,7 @@ class StageCost:
     @property
     def instance_rate(self) -> float:
         """videos/s its workers can give at most: each is single-threaded, so one core each
-        (CPU seconds, not wall: the wall time of a stage run alone grows with the machine's load)."""
+        (CPU seconds, not wall: a stage's wall time alone grows with the machine's load)."""
         return self.workers / self.cpu_s
 
 
