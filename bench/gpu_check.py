@@ -26,7 +26,6 @@ or sentencepiece imported. A cell that runs out of GPU memory is reported as suc
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -52,6 +51,7 @@ from videopanda_cluster.model.prompt import SYSTEM_PROMPT_EVAL, prompt_ids
 # Greedy check: max |logit(fp32 device) − logit(fp32 CPU)| ≤ LOGITS_RTOL × max |logit(fp32 CPU)|.
 LOGITS_RTOL = 1e-3
 FORBIDDEN_MODULES = ("ray", "av", "sentencepiece")
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 QUESTIONS = (
     "What happens in the video?",
     "Describe the colours and the shapes you can see in every frame of this clip.",
@@ -135,7 +135,7 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def out_of_memory(run: Callable[[], T], device: torch.device) -> T | None:
+def unless_out_of_memory(run: Callable[[], T], device: torch.device) -> T | None:
     """``run()``, or None when the GPU runs out of memory (its cache then emptied)."""
     try:
         return run()
@@ -249,7 +249,7 @@ def stab_section(model: VideoPanda, plan: Plan, device: torch.device) -> list[di
             timed()  # warm-up
             return [timed() for _ in range(plan.repeats)]
 
-        seconds = out_of_memory(run, device)
+        seconds = unless_out_of_memory(run, device)
         row: dict[str, Any] = {"batch": batch, "loadavg": load()}
         if seconds is None:
             row["error"] = "out of memory"
@@ -323,7 +323,7 @@ def _generation_cell(
         sync(device)
         return time.perf_counter() - start, answers
 
-    result = out_of_memory(run, device)
+    result = unless_out_of_memory(run, device)
     row: dict[str, Any] = {"prompts": prompts, "loadavg": load(), "peak_bytes": peak_bytes(device)}
     if result is None:
         return row | {"error": "out of memory"}
@@ -338,7 +338,7 @@ def _generation_cell(
 def _prefill_logits(
     model: VideoPanda, pixels: torch.Tensor, questions: list[list[str]]
 ) -> list[torch.Tensor]:
-    """fp32 CPU logits at every position of each video's first prompt."""
+    """Logits at every position of each video's first prompt (as fp32 on CPU)."""
     llm, tokenizer = model.llm, model.tokenizer
     assert llm is not None and tokenizer is not None
     embed = llm.get_input_embeddings()
@@ -376,7 +376,8 @@ def greedy_section(plan: Plan, device: torch.device, failures: list[str]) -> dic
     result: dict[str, Any] = {"logits_rtol": LOGITS_RTOL, "new_tokens": plan.check_new_tokens}
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     for dtype in (torch.float32, plan.dtype):
-        model = copy.deepcopy(reference).to(device=device, dtype=dtype)
+        model = build(plan.check_model, device, dtype)  # fp32 rotary frequencies, as loaded
+        model.load_state_dict(reference.state_dict())
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         try:
             got = _answers(model, pixels, questions, opts)
@@ -399,16 +400,16 @@ def greedy_section(plan: Plan, device: torch.device, failures: list[str]) -> dic
             "loadavg": load(),
         }
         result[name] = entry
-        verdict = ""
+        verdict = "not checked"
         if dtype == torch.float32:
             ok = entry["identical_answers"] == 1.0 and diff <= LOGITS_RTOL * scale
-            verdict = "ok" if ok else "FAILED"
+            verdict = f"tolerance {LOGITS_RTOL:g} × {scale:.2f}: {'ok' if ok else 'FAILED'}"
             if not ok:
                 failures.append(f"fp32 on {device} differs from fp32 CPU")
         print(
             f"greedy {name:>8} on {device} vs fp32 CPU: {entry['identical_answers']:.0%} answers "
             f"identical, common prefix {entry['common_prefix']:.0%}, max |Δlogit| {diff:.2e} "
-            f"(tolerance {LOGITS_RTOL:g} × {scale:.2f}) {verdict}  (load {entry['loadavg']})"
+            f"({verdict}; load {entry['loadavg']})"
         )
     return result
 
@@ -418,8 +419,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="tiny shapes, runs on CPU")
     parser.add_argument("--device", help="default: cuda, or cpu with --small")
     parser.add_argument("--out", help="write the figures as JSON to this file")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="bfloat16",
+        help="of the benchmarked model (float16: the loader's default on GPU)",
+    )
     args = parser.parse_args(argv)
-    plan = SMALL if args.small else FULL
+    plan = replace(SMALL if args.small else FULL, dtype=DTYPES[args.dtype])
+    began = time.perf_counter()
     device = torch.device(args.device or ("cpu" if args.small else "cuda"))
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(
@@ -458,12 +466,14 @@ def main(argv: list[str] | None = None) -> int:
     if loaded:
         failures.append(f"imported {', '.join(loaded)}")
     report["failures"] = failures
+    report["total_seconds"] = time.perf_counter() - began
     print(
         "imports: none of " + ", ".join(FORBIDDEN_MODULES) if not loaded else f"imported {loaded}"
     )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)
+    print(f"total {report['total_seconds']:.0f} s")
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0
