@@ -81,6 +81,7 @@ def test_stalled_blob_read_is_stopped_by_the_watchdog(tmp_path, corpus, monkeypa
         assert again["ok"] and worker.runner.pid not in (None, first)
 
 
+@pytest.mark.slow
 def test_store_outage_raises_instead_of_giving_a_row(tmp_path, corpus, monkeypatch):
     """A fault of the environment is not data: the video must stay uncommitted."""
     with AzuriteServer(tmp_path / "azurite") as server:

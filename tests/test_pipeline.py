@@ -180,6 +180,7 @@ def test_short_storage_outage_mid_job_loses_nothing(ray_local, inputs_dir, azuri
     assert result["summary"]["progress"]["committed_videos"] == 16
 
 
+@pytest.mark.slow
 def test_long_storage_outage_fails_clearly_and_resumes(ray_local, inputs_dir, azurite):
     import threading
 
@@ -414,6 +415,7 @@ FLIP_VIDEOS = [
 ]
 
 
+@pytest.mark.slow
 def test_reference_flip_draws_one_seeded_coin_per_video(ray_local, inputs_dir, tmp_path):
     """flip: reference mirrors the RGB (not the mask) of about half the videos, each by its own
     coin from the seed and the video's content hash; reruns and the feature cache agree."""

@@ -46,6 +46,7 @@ def test_stats_names_round_trip_and_refuse_what_they_cannot_spell():
 @pytest.mark.parametrize(
     ("block", "fold_every"), [(1_000, 2_000), (100, 150)], ids=["one-listing", "folds-and-blocks"]
 )
+@pytest.mark.slow
 def test_progress_lists_instead_of_reading_every_marker(counted, monkeypatch, block, fold_every):
     monkeypatch.setattr(ledger_module, "LISTING_BLOCK", block)
     monkeypatch.setattr(ledger_module, "FOLD_EVERY", fold_every)

@@ -37,6 +37,7 @@ def videos(inputs_dir) -> dict[str, Path]:
     return {f"v{i}": path for i, path in enumerate(good[:5])}
 
 
+@pytest.mark.slow
 def test_an_edited_manifest_is_refused_then_updated(videos, tmp_path):
     manifest = write_manifest(tmp_path / "daily.jsonl", {v: videos[v] for v in ("v0", "v1", "v2")})
     out = tmp_path / "out"
@@ -90,6 +91,7 @@ def test_a_video_removed_before_it_ran_is_reported_not_processed(videos, tmp_pat
     assert sorted(r["video_id"] for r in read_rows(out, summary["job_id"])) == ["v0", "v2"]
 
 
+@pytest.mark.slow
 def test_a_second_driver_of_a_running_job_is_refused(videos, tmp_path):
     manifest = write_manifest(tmp_path / "m.jsonl", videos)
     out = tmp_path / "out"
@@ -118,6 +120,7 @@ def test_a_second_driver_of_a_running_job_is_refused(videos, tmp_path):
     assert len(read_rows(out, "shared")) == 5
 
 
+@pytest.mark.slow
 def test_a_crashed_drivers_lease_is_taken_over(videos, tmp_path):
     from tests.test_lease import crashed_lease, held
 
@@ -130,6 +133,7 @@ def test_a_crashed_drivers_lease_is_taken_over(videos, tmp_path):
     assert held(store, "resumed").released_at is not None
 
 
+@pytest.mark.slow
 def test_the_command_refuses_changed_inputs_and_takes_update(videos, tmp_path):
     from tests.test_cli import _cli
 

@@ -104,6 +104,7 @@ def test_letterboxed_corpus_leaves_padding_cells_empty(corpus):
         assert empty.tolist() == outside, size
 
 
+@pytest.mark.slow
 def test_written_features_are_read_by_the_stored_teacher_and_the_cli(corpus, tmp_path):
     store = LocalStore(tmp_path / "store")
     count = write_scene_teacher(corpus, store, "scene", OPTIONS)

@@ -619,6 +619,7 @@ def private_azurite(tmp_path_factory):
         yield server
 
 
+@pytest.mark.slow
 def test_long_outage_raises_store_unavailable_then_recovers(private_azurite):
     server = private_azurite
     server.start()

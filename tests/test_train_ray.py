@@ -52,6 +52,7 @@ def _weights(store: LocalStore, prefix: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
+@pytest.mark.slow
 def test_two_workers_follow_one_worker(ray_cpu, tmp_path):
     _, tokenizer, data = build(tmp_path)
     model = tiny_model(tokenizer)

@@ -110,6 +110,7 @@ def test_exported_model_loads_and_answers(trained, corpus):
     assert isinstance(answer, str)
 
 
+@pytest.mark.slow
 def test_ray_train_worker_matches_in_process(trained, corpus, tmp_path):
     """One Ray Train worker (DDP, gloo) trains prealign with the in-process run's losses."""
     import ray
@@ -129,6 +130,7 @@ def test_ray_train_worker_matches_in_process(trained, corpus, tmp_path):
     assert (tmp_path / "store" / "model" / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_cli_help_and_run(corpus, tmp_path):
     runner = CliRunner()
     shown = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
@@ -297,6 +299,7 @@ def _train_cli(*args: str) -> list[str]:
             "--llm-layers", "1", *args]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_relative_paths_reach_ray_workers_resolved(corpus, tmp_path):
     """`--corpus`, `--output` and `--teacher-store` relative to the driver's directory: the Ray
     Train workers (which run elsewhere) find them all."""
@@ -329,6 +332,7 @@ def test_relative_paths_reach_ray_workers_resolved(corpus, tmp_path):
     assert saved["stages"][0]["config"]["distill_weight"] == 1.0
 
 
+@pytest.mark.slow
 def test_a_recipe_needing_focus_words_is_refused_before_training(corpus, tmp_path):
     """--hparams small trains finetune with the question-focus loss: a corpus without `focus`
     keys is refused in one line before any stage starts."""
@@ -351,6 +355,7 @@ def test_a_recipe_needing_focus_words_is_refused_before_training(corpus, tmp_pat
     assert not (tmp_path / "s" / "stages").exists()
 
 
+@pytest.mark.slow
 def test_a_resumed_run_reports_the_time_of_the_run_that_trained_a_stage(corpus, tmp_path):
     """Rerunning a finished stage does not train it again, and training.json keeps the seconds
     of the run that trained it (not this run's start-up)."""

@@ -113,6 +113,7 @@ def test_labels_follow_the_scene_and_the_token_grid(corpus, init):
         assert motions <= {video.shapes[0].motion, "still"}
 
 
+@pytest.mark.slow
 def test_warm_up_fits_the_visual_path_only_and_is_deterministic(corpus, init):
     cfg = WarmupConfig(steps=40, batch=4, seed=3, groups=(*GROUPS, "pairs"))  # every head
     first, second = _model(init), _model(init)
@@ -132,6 +133,7 @@ def test_warm_up_fits_the_visual_path_only_and_is_deterministic(corpus, init):
     assert summary["videos"] == len([1 for _, s in load_metadata(corpus) if s == "train"])
 
 
+@pytest.mark.slow
 def test_the_recipe_warms_up_once_and_resumes_from_it(corpus, tmp_path, monkeypatch):
     run = dict(max_steps=1, image_size=112, global_batch=2, micro_batch=1, threads=1)
     run.update(llm_layers=1, hparams="reference", workers=0)
@@ -164,6 +166,7 @@ def test_the_recipe_warms_up_once_and_resumes_from_it(corpus, tmp_path, monkeypa
     assert not LocalStore(tmp_path / "plain").exists("warmup/warmup.json")
 
 
+@pytest.mark.slow
 def test_the_cli_takes_warmup_steps(corpus, tmp_path):
     cli = [sys.executable, "-m", "videopanda_cluster.cli", "train", "--corpus", str(corpus)]
     args = ["--workers", "0", "--stage", "prealign", "--max-steps", "1", "--llm-layers", "1"]
