@@ -3,8 +3,9 @@
 Shards are the unit of work and of commit. Up to ``max_in_flight`` shards are in the pipeline at
 once (bounded memory); within a shard, videos are decoded in parallel, encoded as they are
 decoded in batches of up to ``encode_batch`` and answered in batches of ``generate_batch``
-prompts. Each video is encoded once for all its questions. A shard whose actors die is retried (actors restart, possibly on another
-node); a committed shard is never written again, so every row exists exactly once.
+prompts. Each video is encoded once for all its questions. A shard whose actors die is retried
+(actors restart, possibly on another node); a committed shard is never written again, so every
+row exists exactly once.
 """
 
 from __future__ import annotations
