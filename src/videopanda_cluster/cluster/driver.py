@@ -271,11 +271,10 @@ class Pipeline:
         batches: list[tuple[list[int], Any, Any]] = []
         while decoding or batcher.waiting:
             if decoding:
-                refs = list(decoding)
                 timeout = batcher.wait_for(time.monotonic())
-                ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
-                if ready:  # with every other decode done by now
-                    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                ready, rest = ray.wait(list(decoding), num_returns=1, timeout=timeout)
+                if ready and rest:  # with every other decode done by now
+                    ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
                 arrived = [decoding.pop(ref) for ref in ready]
                 metas.update(zip(arrived, _input_get(ready), strict=True))
                 batcher.add([i for i in arrived if metas[i]["ok"]], time.monotonic())
