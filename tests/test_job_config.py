@@ -207,6 +207,7 @@ def test_config_hash_is_stable():
         {"output": "az://elsewhere"},
         {"job_id": "named"},
         {"results_jsonl": True},  # a second copy of the same rows
+        {"encode_batch_wait_s": 3.0},  # when a batch leaves, not what it computes
     ],
 )
 def test_operational_settings_do_not_change_the_hash(change):

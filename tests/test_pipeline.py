@@ -473,3 +473,102 @@ def test_reference_flip_draws_one_seeded_coin_per_video(ray_local, inputs_dir, t
         assert all(
             torch.equal(t, twin[k]) for k, t in load_file(tmp_path / "a" / r["feature_key"]).items()
         )
+
+
+def _task_spans(name: str, since: float) -> list[tuple[float, float]]:
+    """(start, end) in epoch seconds of the Ray tasks ``name`` (``Class.method``) that started
+    after ``since``, from Ray's task timeline."""
+    import logging
+
+    import ray
+
+    state_log = logging.getLogger("ray._private.state")  # its notice of a future API change
+    level = state_log.level
+    state_log.setLevel(logging.ERROR)
+    try:
+        events = ray.timeline()
+    finally:
+        state_log.setLevel(level)
+    return [
+        (e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6)
+        for e in events
+        if e.get("cat") == f"task::{name}" and e["ts"] / 1e6 >= since
+    ]
+
+
+@pytest.mark.slow  # one decode runs into its 30 s deadline
+def test_decoded_videos_are_encoded_while_a_slow_one_decodes(ray_local, inputs_dir, tmp_path):
+    """Streaming within a shard: the last video of the shard (64 GB of holes to hash) takes
+    its whole decode deadline; the shard's other videos are encoded meanwhile (and answered as
+    soon as a generator is up: its start-up, seconds under load, is not measured here)."""
+    import time
+
+    timeout = 30.0  # longer than the encoder's start-up under load
+    subset = tmp_path / "videos"
+    subset.mkdir()
+    fast = sorted(n for n in os.listdir(inputs_dir) if not n.startswith("corrupt"))[:3]
+    for name in fast:
+        (subset / name).write_bytes((inputs_dir / name).read_bytes())
+    with open(subset / "zz_slow.mp4", "wb") as fh:
+        fh.truncate(64 << 30)
+    started = time.time()
+    _, summary = job(
+        "caption", subset, tmp_path / "out", decode_timeout=timeout, use_feature_cache=False
+    )
+    rows = read_rows(tmp_path / "out", summary["job_id"])
+    assert [r["video_id"] for r in rows] == ["zz_slow", *(Path(n).stem for n in fast)]
+    assert rows[0]["error"] == "timeout" and all(r["status"] == "ok" for r in rows[1:])
+    # The slow video's decoder decoded a fast one first, so the slow decode started after the
+    # first decode started, and ended `timeout` later (Ray reports task events every second).
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        decodes = _task_spans("DecodeWorker.decode", started)
+        encodes = _task_spans("EncodeWorker.encode", started)
+        if len(decodes) >= len(fast) and encodes:
+            break
+        time.sleep(1)
+    slow_done = min(start for start, _ in decodes) + timeout
+    first_encode = min(start for start, _ in encodes)
+    assert first_encode < slow_done, (started, decodes, encodes)
+
+
+@pytest.mark.slow  # two jobs
+def test_streamed_batches_give_the_rows_of_whole_shard_batches(ray_local, inputs_dir, tmp_path):
+    """A shard encoded in the batches its decodes arrive in (no wait) has the rows, in the same
+    order, of one encoded as one batch after all its decodes (a wait no decode outlasts)."""
+    subset = tmp_path / "videos"
+    subset.mkdir()
+    names = sorted(n for n in os.listdir(inputs_dir) if not n.startswith("corrupt"))[:7]
+    for name in [*names, "corrupt_truncated.mp4"]:
+        (subset / name).write_bytes((inputs_dir / name).read_bytes())
+    runs = {}
+    for wait in (0.0, 3600.0):
+        out = tmp_path / f"wait-{wait}"
+        _, summary = job(
+            "qa",
+            subset,
+            out,
+            questions=QUESTIONS,
+            encode_batch=4,
+            encode_batch_wait_s=wait,
+            use_feature_cache=False,
+        )
+        rows = read_rows(out, summary["job_id"])
+        for r in rows:
+            del r["timings"], r["workers"]
+        runs[wait] = rows
+    streamed, whole = runs[0.0], runs[3600.0]
+    assert streamed == whole
+    assert len(streamed) == 8 * len(QUESTIONS)
+    # per shard: failed decodes first, then the others in plan order, questions in order
+    from videopanda_cluster.jobs.ledger import Ledger
+    from videopanda_cluster.storage.local import LocalStore
+
+    ledger = Ledger.load(LocalStore(tmp_path / "wait-0.0", create=False), summary["job_id"])
+    expected = []
+    for shard in sorted(ledger.shard_ids(), key=int):
+        planned = [v.video_id for v in ledger.shard_plan(shard)]
+        failed = [v for v in planned if v == "corrupt_truncated"]
+        for video in [*failed, *(v for v in planned if v not in failed)]:
+            expected += [(video, q) for q in QUESTIONS]
+    assert [(r["video_id"], r["question"]) for r in streamed] == expected

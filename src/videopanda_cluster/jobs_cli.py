@@ -46,6 +46,10 @@ def _job_command(kind: str):
         encode_workers: Annotated[int | None, Opt(help="STAB actors.")] = None,
         generate_workers: Annotated[int | None, Opt(help="LLM actors.")] = None,
         encode_batch: Annotated[int | None, Opt(help="Videos per STAB call.")] = None,
+        encode_batch_wait_s: Annotated[
+            float | None,
+            Opt(help="Seconds a decoded video waits for others to fill its STAB batch."),
+        ] = None,
         generate_batch: Annotated[int | None, Opt(help="Prompts per generate call.")] = None,
         shard_size: Annotated[int | None, Opt(help="Videos per result shard.")] = None,
         max_in_flight: Annotated[int | None, Opt(help="Shards in the pipeline at once.")] = None,
@@ -94,6 +98,7 @@ def _job_command(kind: str):
             "encode_workers": encode_workers,
             "generate_workers": generate_workers,
             "encode_batch": encode_batch,
+            "encode_batch_wait_s": encode_batch_wait_s,
             "generate_batch": generate_batch,
             "shard_size": shard_size,
             "max_in_flight": max_in_flight,

@@ -1,10 +1,11 @@
 """The job driver: inputs → shards → ledger → stage actors on Ray → committed result shards.
 
 Shards are the unit of work and of commit. Up to ``max_in_flight`` shards are in the pipeline at
-once (bounded memory); within a shard, videos are decoded in parallel, encoded in batches of
-``encode_batch`` and answered in batches of ``generate_batch`` prompts. Each video is encoded once
-for all its questions. A shard whose actors die is retried (actors restart, possibly on another
-node); a committed shard is never written again, so every row exists exactly once.
+once (bounded memory); within a shard, videos are decoded in parallel, encoded as they are
+decoded in batches of up to ``encode_batch`` and answered in batches of ``generate_batch``
+prompts. Each video is encoded once for all its questions. A shard whose actors die is retried
+(actors restart, possibly on another node); a committed shard is never written again, so every
+row exists exactly once.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ..jobs.failures import (
 )
 from ..jobs.layout import results_prefix, summary_key
 from ..video.extract import PreprocessOptions
+from .batching import ArrivalBatcher
 from .features import VideoKey
 from .rows import answer_row, error_rows, feature_row, no_question_row
 
@@ -132,6 +134,19 @@ def video_key(decoded: dict[str, Any]) -> VideoKey:
     return VideoKey(decoded["content_hash"], decoded["provenance"]["flipped"])
 
 
+def _input_get(refs: list) -> list[dict[str, Any]]:
+    """The decode metadata behind ``refs``; a fault of the input store stops the shard."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except Exception as exc:  # the input store failed, not the result store
+        fault = environment_fault(exc, "input store")
+        if fault is None:
+            raise
+        raise fault from None
+
+
 class Pipeline:
     """The stage actors of one job and the per-shard flow through them."""
 
@@ -226,6 +241,15 @@ class Pipeline:
         return None
 
     def _process(self, shard_id: str) -> tuple[list[dict], int, Counter]:
+        """Decode, encode and answer the videos of one shard → its rows, its video count and
+        the seconds per stage.
+
+        Every decode is submitted at once. A decoded video goes to an encoder as soon as
+        ``encode_batch`` decoded videos wait, or the first of them has waited
+        ``encode_batch_wait_s`` (:class:`~.batching.ArrivalBatcher`); each encode batch's
+        generate call takes the encoder's tokens from the object store. Rows come in plan
+        order: videos without a question, then failed decodes, then the others.
+        """
         import ray
 
         videos = self.ledger.shard_plan(shard_id)
@@ -241,55 +265,72 @@ class Pipeline:
             .remote(vid, uri[vid], self.cache_identity)
             for i, vid in enumerate(v for v in uri if v not in unasked)
         ]
-        try:
-            metas = ray.get([meta for meta, _ in calls])
-        except Exception as exc:  # the input store failed, not the result store
-            fault = environment_fault(exc, "input store")
-            if fault is None:
-                raise
-            raise fault from None
-        stage_s = Counter(decode_s=sum(m["decode_s"] for m in metas))
-        ok = []
-        for i, meta in enumerate(metas):
-            if meta["ok"]:
-                ok.append(i)
-            else:
-                rows += error_rows(self.plan.job, meta, prompts[meta["video_id"]])
-        batch = self.cfg.encode_batch
-        pending = []
-        for n, start in enumerate(range(0, len(ok), batch)):
-            members = ok[start : start + batch]
-            encoder = self.encoders[(offset + n) % len(self.encoders)]
-            enc_meta, enc_tokens = encoder.encode.options(num_returns=2).remote(
-                [video_key(metas[i]) for i in members], *[calls[i][1] for i in members]
-            )
-            gen = None
-            if self.generators:
-                requests = [
-                    {
-                        "video_id": metas[i]["video_id"],
-                        "index": j,
-                        "prompts": prompts[metas[i]["video_id"]],
-                    }
-                    for j, i in enumerate(members)
-                ]
-                generator = self.generators[(offset + n) % len(self.generators)]
-                gen = generator.generate.remote(requests, self.generation, enc_tokens)
-            pending.append((members, enc_meta, gen))
-        for members, enc_meta, gen in pending:
-            encoded = ray.get(enc_meta)
-            stage_s["encode_s"] += sum(e["encode_s"] for e in encoded)
-            by_video = {
-                metas[i]["video_id"]: (metas[i], e) for i, e in zip(members, encoded, strict=True)
-            }
+        metas: dict[int, dict[str, Any]] = {}  # decode metadata by position in ``calls``
+        decoding = {meta: i for i, (meta, _) in enumerate(calls)}
+        batcher = ArrivalBatcher(self.cfg.encode_batch, self.cfg.encode_batch_wait_s)
+        batches: list[tuple[list[int], Any, Any]] = []
+        while decoding or batcher.waiting:
+            if decoding:
+                timeout = batcher.wait_for(time.monotonic())
+                ready, rest = ray.wait(list(decoding), num_returns=1, timeout=timeout)
+                if ready and rest:  # with every other decode done by now
+                    ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+                arrived = [decoding.pop(ref) for ref in ready]
+                metas.update(zip(arrived, _input_get(ready), strict=True))
+                batcher.add([i for i in arrived if metas[i]["ok"]], time.monotonic())
+            for members in batcher.take(time.monotonic(), closed=not decoding):
+                batches.append(self._submit(len(batches), offset, members, metas, calls, prompts))
+        stage_s = Counter(decode_s=sum(m["decode_s"] for m in metas.values()))
+        for i in sorted(metas):
+            if not metas[i]["ok"]:
+                rows += error_rows(self.plan.job, metas[i], prompts[metas[i]["video_id"]])
+        done: dict[int, list[dict]] = {}  # the rows of each encoded video, by position
+        for members, enc_meta, gen in batches:
+            encoded = dict(zip(members, ray.get(enc_meta), strict=True))
+            stage_s["encode_s"] += sum(e["encode_s"] for e in encoded.values())
             if gen is None:
-                rows += [feature_row(self.plan.job, d, e) for d, e in by_video.values()]
+                done.update(
+                    {i: [feature_row(self.plan.job, metas[i], encoded[i])] for i in members}
+                )
                 continue
+            at = {metas[i]["video_id"]: i for i in members}
             for answer in ray.get(gen):
-                decoded, enc = by_video[answer["video_id"]]
+                i = at[answer["video_id"]]
                 stage_s["generate_s"] += answer["generate_s"]
-                rows.append(answer_row(self.plan.job, decoded, enc, answer))
+                done.setdefault(i, []).append(
+                    answer_row(self.plan.job, metas[i], encoded[i], answer)
+                )
+        rows += [row for i in sorted(done) for row in done[i]]
         return rows, len(videos), stage_s
+
+    def _submit(
+        self,
+        n: int,
+        offset: int,
+        members: list[int],
+        metas: dict[int, dict[str, Any]],
+        calls: list,
+        prompts: dict[str, list[dict]],
+    ) -> tuple[list[int], Any, Any]:
+        """Submit the ``n``-th encode batch of a shard and its generate call (round-robin over
+        the actors from the shard's offset) → (members, encode metadata ref, answers ref)."""
+        encoder = self.encoders[(offset + n) % len(self.encoders)]
+        enc_meta, enc_tokens = encoder.encode.options(num_returns=2).remote(
+            [video_key(metas[i]) for i in members], *[calls[i][1] for i in members]
+        )
+        gen = None
+        if self.generators:
+            requests = [
+                {
+                    "video_id": metas[i]["video_id"],
+                    "index": j,
+                    "prompts": prompts[metas[i]["video_id"]],
+                }
+                for j, i in enumerate(members)
+            ]
+            generator = self.generators[(offset + n) % len(self.generators)]
+            gen = generator.generate.remote(requests, self.generation, enc_tokens)
+        return members, enc_meta, gen
 
     def close(self) -> None:
         import ray

@@ -2,10 +2,11 @@
 
 The configuration hash covers :data:`RESULT_FIELDS`: every field except the
 :data:`OPERATIONAL_FIELDS`, which only change where and how fast a job runs (``address``, the
-``*_workers`` counts, ``max_in_flight``, ``num_gpus_*``, ``device``, ``lease_seconds``), how
-it reacts to faults (``store_retry_window``, ``stop_grace``), name it (``output``, ``job_id``),
-say how a rerun treats changed inputs (``update``) or add a second copy of the results
-(``results_jsonl``: the rows are the same; hashing it would also rename every existing job).
+``*_workers`` counts, ``max_in_flight``, ``encode_batch_wait_s``, ``num_gpus_*``, ``device``,
+``lease_seconds``), how it reacts to faults (``store_retry_window``, ``stop_grace``), name it
+(``output``, ``job_id``), say how a rerun treats changed inputs (``update``) or add a second
+copy of the results (``results_jsonl``: the rows are the same; hashing it would also rename
+every existing job).
 So a job resumes with other workers or GPUs, while a change of kind, inputs, checkpoint,
 prompts, questions, generation, preprocessing, batch sizes, shard size or feature
 cache use makes a new job.
@@ -88,6 +89,9 @@ class JobConfig(BaseModel):
     encode_workers: Positive = 1
     generate_workers: Positive = 1
     encode_batch: Positive = 4  # videos per STAB call
+    # s the first decoded video of a shard waits for others to fill its encode batch; a video
+    # goes to encoding as soon as it is decoded and its batch is full or this time has passed
+    encode_batch_wait_s: float = Field(0.5, ge=0)
     generate_batch: Positive = 8  # prompts per generate call
     num_gpus_encode: float = Field(0.0, ge=0)
     num_gpus_generate: float = Field(0.0, ge=0)
@@ -115,7 +119,8 @@ class JobConfig(BaseModel):
 OPERATIONAL_FIELDS = frozenset(
     {"address", "decode_workers", "encode_workers", "generate_workers", "max_in_flight",
      "num_gpus_encode", "num_gpus_generate", "device", "output", "job_id", "update",
-     "lease_seconds", "store_retry_window", "stop_grace", "results_jsonl"}
+     "lease_seconds", "store_retry_window", "stop_grace", "results_jsonl",
+     "encode_batch_wait_s"}
 )  # fmt: skip
 # Everything else, new fields included, is hashed.
 RESULT_FIELDS = frozenset(JobConfig.model_fields) - OPERATIONAL_FIELDS
