@@ -48,6 +48,10 @@ AUX_FILES = (
     "README.md",
 )
 
+# Stated bound: loading grows host memory by at most this multiple of the loaded model's bytes
+# (safetensors shards, any dtype conversion; tests/test_load_memory.py).
+LOAD_PEAK_RATIO = 1.25
+
 
 class CheckpointError(Exception):
     """A checkpoint folder that cannot be loaded; the message names the file and key."""
