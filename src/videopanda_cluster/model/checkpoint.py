@@ -1,4 +1,4 @@
-"""HF-layout checkpoints: shard discovery, key mapping (spec §3), loading without double copies.
+"""HF-layout checkpoints: shard discovery, key mapping (spec §3), loading without a second copy.
 
 Checkpoint keys → our module names:
     model.video_tower.*       → video_tower.*       (alias model.vision_tower.*: fallback only)
@@ -13,6 +13,7 @@ Prefixes are matched with their trailing dot: ``model.video_tower_compressor.`` 
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections.abc import Container, Iterator
@@ -117,28 +118,154 @@ def checkpoint_files(folder: str | Path) -> list[Path]:
     return files
 
 
+# safetensors header dtypes (little-endian on disk, as torch on every platform we run on)
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_READ_CHUNK_BYTES = 64 * 2**20  # staging buffer of a converting or device-moving read
+
+
+@dataclass(frozen=True)
+class _Entry:
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int  # from the start of the file
+    nbytes: int
+
+
+class WeightFile:
+    """One weight file: keys and shapes up front, each tensor read when asked for.
+
+    safetensors are read with plain file reads, never memory-mapped: a mapped shard's touched pages
+    count in the process's resident set for as long as any tensor viewing it lives, so a cast
+    model would sit beside a second copy of the file. A tensor is read straight into its
+    destination, or through one 64 MB staging buffer when it is cast or moved. ``.bin`` files are
+    opened with ``torch.load(mmap=True)``; their mapping lives until :meth:`close`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._entries: dict[str, _Entry] = {}  # safetensors
+        self._state: dict[str, torch.Tensor] = {}  # .bin
+        self._file: io.FileIO | None = None
+        try:
+            if path.suffix == ".safetensors":
+                self._file = io.FileIO(path, "r")
+                self._entries = self._read_header()
+            else:
+                state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+                if not isinstance(state, dict):
+                    kind = type(state).__name__
+                    raise CheckpointError(f"{path}: expected a state dict, got {kind}")
+                self._state = state
+        except Exception as exc:
+            self.close()
+            if isinstance(exc, CheckpointError):
+                raise
+            # truncated or corrupt files surface as various library errors
+            raise CheckpointError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+
+    def _read_header(self) -> dict[str, _Entry]:
+        size = self.path.stat().st_size
+        length = int.from_bytes(self._exact(8), "little") if size >= 8 else -1
+        if not 0 < length <= size - 8:
+            raise CheckpointError(f"cannot read {self.path}: not a safetensors file")
+        header = json.loads(self._exact(length))
+        entries = {}
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            if info["dtype"] not in _SAFETENSORS_DTYPES:
+                raise CheckpointError(
+                    f"{key} in {self.path.name}: unsupported dtype {info['dtype']}"
+                )
+            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+            shape = tuple(int(n) for n in info["shape"])
+            start, end = (8 + length + int(n) for n in info["data_offsets"])
+            nbytes = dtype.itemsize * torch.Size(shape).numel()
+            if end - start != nbytes or end > size:
+                raise CheckpointError(f"{key} in {self.path.name}: data out of bounds (truncated?)")
+            entries[key] = _Entry(dtype, shape, start, nbytes)
+        return entries
+
+    def _exact(self, n: int, into: memoryview | None = None) -> bytes:
+        """The next ``n`` bytes of the file (read into ``into`` when given)."""
+        assert self._file is not None
+        view = into if into is not None else memoryview(bytearray(n))
+        done = 0
+        while done < n:
+            got = self._file.readinto(view[done:])
+            if not got:
+                raise CheckpointError(f"cannot read {self.path}: file ends early (truncated?)")
+            done += got
+        return b"" if into is not None else view.tobytes()
+
+    def keys(self) -> list[str]:
+        return list(self._entries if self._file else self._state)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._entries[key].shape if self._file else tuple(self._state[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._entries[key].dtype if self._file else self._state[key].dtype
+
+    def read_into(self, key: str, out: torch.Tensor) -> None:
+        """Fill ``out`` (contiguous, the stored shape, any dtype and device) with tensor ``key``."""
+        if self._file is None:
+            out.copy_(self._state[key])
+            return
+        entry = self._entries[key]
+        self._file.seek(entry.offset)
+        if out.dtype == entry.dtype and out.device.type == "cpu":
+            self._exact(entry.nbytes, out.view(-1).view(torch.uint8).numpy().data)
+            return
+        flat = out.view(-1)
+        per = max(1, _READ_CHUNK_BYTES // entry.dtype.itemsize)
+        stage = torch.empty(min(per, flat.numel()) * entry.dtype.itemsize, dtype=torch.uint8)
+        for first in range(0, flat.numel(), per):
+            count = min(per, flat.numel() - first)
+            chunk = stage[: count * entry.dtype.itemsize]
+            self._exact(chunk.numel(), chunk.numpy().data)
+            flat[first : first + count].copy_(chunk.view(entry.dtype))
+
+    def read(self, key: str) -> torch.Tensor:
+        """Tensor ``key`` as stored (own memory for safetensors, an mmap view for ``.bin``)."""
+        if self._file is None:
+            return self._state[key]
+        out = torch.empty(self.shape(key), dtype=self.dtype(key))
+        self.read_into(key, out)
+        return out
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._state = {}
+
+    def __enter__(self) -> WeightFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def iter_tensors(
     path: Path, only: Container[str] | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(key, tensor) pairs of one weight file (the keys in ``only`` when given), read lazily
-    (mmap for .bin); tensors not asked for are never read."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                    if only is None or key in only:
-                        yield key, handle.get_tensor(key)
-        else:
-            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-            if not isinstance(state, dict):
-                raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
-            yield from ((k, t) for k, t in state.items() if only is None or k in only)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # truncated or corrupt files surface as various library errors
-        raise CheckpointError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    """(key, tensor) pairs of one weight file (the keys in ``only`` when given), read lazily;
+    tensors not asked for are never read."""
+    with WeightFile(path) as weights:
+        for key in weights.keys():  # noqa: SIM118 (not a mapping)
+            if only is None or key in only:
+                yield key, weights.read(key)
 
 
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
@@ -163,7 +290,10 @@ def load_pretrained(
 ):
     """Build the model on the meta device and fill it tensor by tensor from the shards.
 
-    Each tensor is cast and moved as it is read, so peak memory is the model plus one tensor.
+    Each tensor is read into its own memory in the target dtype and device (see
+    :class:`WeightFile`), so host memory grows by the model plus a 64 MB staging buffer
+    (:data:`LOAD_PEAK_RATIO` is the tested bound for safetensors; a ``.bin`` shard's mapping
+    stays resident until its tensors are copied).
     fp32 on CPU and fp16 on GPU by default (the reference's inference dtype). ``with_llm=False``
     builds and loads only STAB and the projector (no LLM, no tokenizer), for workers that only
     encode video.
@@ -183,41 +313,45 @@ def load_pretrained(
     done: set[str] = set()
     aliased: dict[str, tuple[Path, str]] = {}
 
-    def put(name: str, key: str, file: Path, tensor: torch.Tensor) -> None:
-        if tuple(tensor.shape) != tuple(expected[name]):
+    def put(name: str, key: str, weights: WeightFile) -> None:
+        shape = weights.shape(key)
+        if shape != tuple(expected[name]):
             raise CheckpointError(
-                f"{key} in {file.name}: shape {tuple(tensor.shape)}, "
-                f"expected {tuple(expected[name])}"
+                f"{key} in {weights.path.name}: shape {shape}, expected {tuple(expected[name])}"
             )
-        target = dtype if tensor.is_floating_point() else tensor.dtype
-        _assign(model, name, tensor.to(device=device, dtype=target))
+        stored = weights.dtype(key)
+        out = torch.empty(shape, device=device, dtype=dtype if stored.is_floating_point else stored)
+        weights.read_into(key, out)
+        _assign(model, name, out)
         done.add(name)
 
     for file in files:
-        for key, tensor in iter_tensors(file):
-            if key.endswith(".rotary_emb.inv_freq"):
-                report.ignored += 1
-            elif key.startswith(SKIPPED_PREFIXES):
-                report.skipped += 1
-            elif (name := internal_name(key)) is None:
-                report.unmatched.append(key)
-            elif name not in expected:
-                if with_llm or not name.startswith("llm."):
+        with WeightFile(file) as weights:
+            for key in weights.keys():  # noqa: SIM118 (not a mapping)
+                if key.endswith(".rotary_emb.inv_freq"):
+                    report.ignored += 1
+                elif key.startswith(SKIPPED_PREFIXES):
+                    report.skipped += 1
+                elif (name := internal_name(key)) is None:
                     report.unmatched.append(key)
-            elif key.startswith(tuple(ALIASES)):
-                aliased.setdefault(name, (file, key))
-            else:
-                put(name, key, file, tensor)
-                report.loaded += 1
+                elif name not in expected:
+                    if with_llm or not name.startswith("llm."):
+                        report.unmatched.append(key)
+                elif key.startswith(tuple(ALIASES)):
+                    aliased.setdefault(name, (file, key))
+                else:
+                    put(name, key, weights)
+                    report.loaded += 1
     fallback: dict[Path, dict[str, str]] = {}  # aliases only fill what the primary keys lacked
     for name, (file, key) in aliased.items():
         if name not in done:
             fallback.setdefault(file, {})[key] = name
     for file, names in fallback.items():  # one pass per file, reading only the alias tensors
-        for key, tensor in iter_tensors(file, names):
-            put(names[key], key, file, tensor)
-            report.from_alias.append(key)
-            report.loaded += 1
+        with WeightFile(file) as weights:
+            for key, name in names.items():
+                put(name, key, weights)
+                report.from_alias.append(key)
+                report.loaded += 1
     missing = sorted(set(expected) - done)
     if missing and strict:
         shown = ", ".join(checkpoint_name(n) for n in missing[:10])
