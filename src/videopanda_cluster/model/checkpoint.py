@@ -192,7 +192,7 @@ class WeightFile:
             shape = tuple(int(n) for n in info["shape"])
             start, end = (8 + length + int(n) for n in info["data_offsets"])
             nbytes = dtype.itemsize * torch.Size(shape).numel()
-            if end - start != nbytes or end > size:
+            if start < 8 + length or end - start != nbytes or end > size:
                 raise CheckpointError(f"{key} in {self.path.name}: data out of bounds (truncated?)")
             entries[key] = _Entry(dtype, shape, start, nbytes)
         return entries
@@ -210,13 +210,15 @@ class WeightFile:
         return b"" if into is not None else view.tobytes()
 
     def keys(self) -> list[str]:
-        return list(self._entries if self._file else self._state)
+        return list(self._entries if self._file is not None else self._state)
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return self._entries[key].shape if self._file else tuple(self._state[key].shape)
+        if self._file is None:
+            return tuple(self._state[key].shape)
+        return self._entries[key].shape
 
     def dtype(self, key: str) -> torch.dtype:
-        return self._entries[key].dtype if self._file else self._state[key].dtype
+        return self._entries[key].dtype if self._file is not None else self._state[key].dtype
 
     def read_into(self, key: str, out: torch.Tensor) -> None:
         """Fill ``out`` (contiguous, the stored shape, any dtype and device) with tensor ``key``."""
