@@ -13,7 +13,6 @@ Prefixes are matched with their trailing dot: ``model.video_tower_compressor.`` 
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from collections.abc import Container, Iterator
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from .config import VideoPandaConfig
@@ -118,7 +118,7 @@ def checkpoint_files(folder: str | Path) -> list[Path]:
     return files
 
 
-# safetensors header dtypes (little-endian on disk, as torch on every platform we run on)
+# safetensors header dtypes
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -131,36 +131,34 @@ _SAFETENSORS_DTYPES = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
-_READ_CHUNK_BYTES = 64 * 2**20  # staging buffer of a converting or device-moving read
-
-
-@dataclass(frozen=True)
-class _Entry:
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    offset: int  # from the start of the file
-    nbytes: int
 
 
 class WeightFile:
-    """One weight file: keys and shapes up front, each tensor read when asked for.
+    """One weight file: keys, shapes and dtypes up front, each tensor read when asked for.
 
-    safetensors are read with plain file reads, never memory-mapped: a mapped shard's touched pages
-    count in the process's resident set for as long as any tensor viewing it lives, so a cast
-    model would sit beside a second copy of the file. A tensor is read straight into its
-    destination, or through one 64 MB staging buffer when it is cast or moved. ``.bin`` files are
-    opened with ``torch.load(mmap=True)``; their mapping lives until :meth:`close`.
+    A safetensors tensor is read through its own short-lived ``safe_open`` (the safetensors
+    library memory-maps the file; the mapping and the pages it touched leave the process when the
+    last view of it dies). So at most one stored tensor is mapped at a time, beside the model being
+    filled: a cast model never sits beside a second copy of the shard. ``.bin`` files are opened
+    with ``torch.load(mmap=True)``; their mapping lives until :meth:`close`.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._entries: dict[str, _Entry] = {}  # safetensors
+        self._meta: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}  # safetensors
         self._state: dict[str, torch.Tensor] = {}  # .bin
-        self._file: io.FileIO | None = None
+        self._safetensors = path.suffix == ".safetensors"
         try:
-            if path.suffix == ".safetensors":
-                self._file = io.FileIO(path, "r")
-                self._entries = self._read_header()
+            if self._safetensors:
+                with safe_open(str(path), framework="pt") as f:
+                    for key in f.keys():  # noqa: SIM118 (not a mapping)
+                        sliced = f.get_slice(key)
+                        dtype = _SAFETENSORS_DTYPES.get(sliced.get_dtype())
+                        if dtype is None:
+                            raise CheckpointError(
+                                f"{key} in {path.name}: unsupported dtype {sliced.get_dtype()}"
+                            )
+                        self._meta[key] = (tuple(sliced.get_shape()), dtype)
             else:
                 state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
                 if not isinstance(state, dict):
@@ -174,82 +172,37 @@ class WeightFile:
             # truncated or corrupt files surface as various library errors
             raise CheckpointError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
 
-    def _read_header(self) -> dict[str, _Entry]:
-        size = self.path.stat().st_size
-        length = int.from_bytes(self._exact(8), "little") if size >= 8 else -1
-        if not 0 < length <= size - 8:
-            raise CheckpointError(f"cannot read {self.path}: not a safetensors file")
-        header = json.loads(self._exact(length))
-        entries = {}
-        for key, info in header.items():
-            if key == "__metadata__":
-                continue
-            if info["dtype"] not in _SAFETENSORS_DTYPES:
-                raise CheckpointError(
-                    f"{key} in {self.path.name}: unsupported dtype {info['dtype']}"
-                )
-            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-            shape = tuple(int(n) for n in info["shape"])
-            start, end = (8 + length + int(n) for n in info["data_offsets"])
-            nbytes = dtype.itemsize * torch.Size(shape).numel()
-            if start < 8 + length or end - start != nbytes or end > size:
-                raise CheckpointError(f"{key} in {self.path.name}: data out of bounds (truncated?)")
-            entries[key] = _Entry(dtype, shape, start, nbytes)
-        return entries
-
-    def _exact(self, n: int, into: memoryview | None = None) -> bytes:
-        """The next ``n`` bytes of the file (read into ``into`` when given)."""
-        assert self._file is not None
-        view = into if into is not None else memoryview(bytearray(n))
-        done = 0
-        while done < n:
-            got = self._file.readinto(view[done:])
-            if not got:
-                raise CheckpointError(f"cannot read {self.path}: file ends early (truncated?)")
-            done += got
-        return b"" if into is not None else view.tobytes()
-
     def keys(self) -> list[str]:
-        return list(self._entries if self._file is not None else self._state)
+        return list(self._meta if self._safetensors else self._state)
 
     def shape(self, key: str) -> tuple[int, ...]:
-        if self._file is None:
-            return tuple(self._state[key].shape)
-        return self._entries[key].shape
+        return self._meta[key][0] if self._safetensors else tuple(self._state[key].shape)
 
     def dtype(self, key: str) -> torch.dtype:
-        return self._entries[key].dtype if self._file is not None else self._state[key].dtype
+        return self._meta[key][1] if self._safetensors else self._state[key].dtype
 
     def read_into(self, key: str, out: torch.Tensor) -> None:
-        """Fill ``out`` (contiguous, the stored shape, any dtype and device) with tensor ``key``."""
-        if self._file is None:
+        """Fill ``out`` (the stored shape, any dtype and device) with tensor ``key``."""
+        if not self._safetensors:
             out.copy_(self._state[key])
             return
-        entry = self._entries[key]
-        self._file.seek(entry.offset)
-        if out.dtype == entry.dtype and out.device.type == "cpu":
-            self._exact(entry.nbytes, out.view(-1).view(torch.uint8).numpy().data)
-            return
-        flat = out.view(-1)
-        per = max(1, _READ_CHUNK_BYTES // entry.dtype.itemsize)
-        stage = torch.empty(min(per, flat.numel()) * entry.dtype.itemsize, dtype=torch.uint8)
-        for first in range(0, flat.numel(), per):
-            count = min(per, flat.numel() - first)
-            chunk = stage[: count * entry.dtype.itemsize]
-            self._exact(chunk.numel(), chunk.numpy().data)
-            flat[first : first + count].copy_(chunk.view(entry.dtype))
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                out.copy_(f.get_tensor(key))
+        except Exception as exc:  # a file truncated or changed since it was opened
+            raise CheckpointError(
+                f"cannot read {key} from {self.path}: {type(exc).__name__}: {exc}"
+            ) from None
 
     def read(self, key: str) -> torch.Tensor:
-        """Tensor ``key`` as stored (own memory for safetensors, an mmap view for ``.bin``)."""
-        if self._file is None:
+        """Tensor ``key`` as stored, in its own memory (an mmap view for ``.bin``)."""
+        if not self._safetensors:
             return self._state[key]
         out = torch.empty(self.shape(key), dtype=self.dtype(key))
         self.read_into(key, out)
         return out
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
         self._state = {}
 
     def __enter__(self) -> WeightFile:
@@ -293,7 +246,7 @@ def load_pretrained(
     """Build the model on the meta device and fill it tensor by tensor from the shards.
 
     Each tensor is read into its own memory in the target dtype and device (see
-    :class:`WeightFile`), so host memory grows by the model plus a 64 MB staging buffer
+    :class:`WeightFile`), so host memory grows by the model plus one stored tensor
     (:data:`LOAD_PEAK_RATIO` is the tested bound for safetensors; a ``.bin`` shard's mapping
     stays resident until its tensors are copied).
     fp32 on CPU and fp16 on GPU by default (the reference's inference dtype). ``with_llm=False``
