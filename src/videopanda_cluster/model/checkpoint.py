@@ -1,4 +1,4 @@
-"""HF-layout checkpoints: shard discovery, key mapping (spec §3), loading without double copies.
+"""HF-layout checkpoints: shard discovery, key mapping (spec §3), loading without a second copy.
 
 Checkpoint keys → our module names:
     model.video_tower.*       → video_tower.*       (alias model.vision_tower.*: fallback only)
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from .config import VideoPandaConfig
@@ -47,6 +48,10 @@ AUX_FILES = (
     "added_tokens.json",
     "README.md",
 )
+
+# Stated bound: loading grows host memory by at most this multiple of the loaded model's bytes
+# (safetensors shards, any dtype conversion; tests/test_load_memory.py).
+LOAD_PEAK_RATIO = 1.25
 
 
 class CheckpointError(Exception):
@@ -113,28 +118,109 @@ def checkpoint_files(folder: str | Path) -> list[Path]:
     return files
 
 
+# safetensors header dtypes
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class WeightFile:
+    """One weight file: keys, shapes and dtypes up front, each tensor read when asked for.
+
+    A safetensors tensor is read through its own short-lived ``safe_open`` (the safetensors
+    library memory-maps the file; the mapping and the pages it touched leave the process when the
+    last view of it dies). So at most one stored tensor is mapped at a time, beside the model being
+    filled: a cast model never sits beside a second copy of the shard. ``.bin`` files are opened
+    with ``torch.load(mmap=True)``; their mapping lives until :meth:`close`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._meta: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}  # safetensors
+        self._state: dict[str, torch.Tensor] = {}  # .bin
+        self._safetensors = path.suffix == ".safetensors"
+        try:
+            if self._safetensors:
+                with safe_open(str(path), framework="pt") as f:
+                    for key in f.keys():  # noqa: SIM118 (not a mapping)
+                        sliced = f.get_slice(key)
+                        dtype = _SAFETENSORS_DTYPES.get(sliced.get_dtype())
+                        if dtype is None:
+                            raise CheckpointError(
+                                f"{key} in {path.name}: unsupported dtype {sliced.get_dtype()}"
+                            )
+                        self._meta[key] = (tuple(sliced.get_shape()), dtype)
+            else:
+                state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+                if not isinstance(state, dict):
+                    kind = type(state).__name__
+                    raise CheckpointError(f"{path}: expected a state dict, got {kind}")
+                self._state = state
+        except Exception as exc:
+            self.close()
+            if isinstance(exc, CheckpointError):
+                raise
+            # truncated or corrupt files surface as various library errors
+            raise CheckpointError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+
+    def keys(self) -> list[str]:
+        return list(self._meta if self._safetensors else self._state)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._meta[key][0] if self._safetensors else tuple(self._state[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._meta[key][1] if self._safetensors else self._state[key].dtype
+
+    def read_into(self, key: str, out: torch.Tensor) -> None:
+        """Fill ``out`` (the stored shape, any dtype and device) with tensor ``key``."""
+        if not self._safetensors:
+            out.copy_(self._state[key])
+            return
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                out.copy_(f.get_tensor(key))
+        except Exception as exc:  # a file truncated or changed since it was opened
+            raise CheckpointError(
+                f"cannot read {key} from {self.path}: {type(exc).__name__}: {exc}"
+            ) from None
+
+    def read(self, key: str) -> torch.Tensor:
+        """Tensor ``key`` as stored, in its own memory (an mmap view for ``.bin``)."""
+        if not self._safetensors:
+            return self._state[key]
+        out = torch.empty(self.shape(key), dtype=self.dtype(key))
+        self.read_into(key, out)
+        return out
+
+    def close(self) -> None:
+        self._state = {}
+
+    def __enter__(self) -> WeightFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def iter_tensors(
     path: Path, only: Container[str] | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(key, tensor) pairs of one weight file (the keys in ``only`` when given), read lazily
-    (mmap for .bin); tensors not asked for are never read."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                    if only is None or key in only:
-                        yield key, handle.get_tensor(key)
-        else:
-            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-            if not isinstance(state, dict):
-                raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
-            yield from ((k, t) for k, t in state.items() if only is None or k in only)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # truncated or corrupt files surface as various library errors
-        raise CheckpointError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    """(key, tensor) pairs of one weight file (the keys in ``only`` when given), read lazily;
+    tensors not asked for are never read."""
+    with WeightFile(path) as weights:
+        for key in weights.keys():  # noqa: SIM118 (not a mapping)
+            if only is None or key in only:
+                yield key, weights.read(key)
 
 
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
@@ -159,7 +245,10 @@ def load_pretrained(
 ):
     """Build the model on the meta device and fill it tensor by tensor from the shards.
 
-    Each tensor is cast and moved as it is read, so peak memory is the model plus one tensor.
+    Each tensor is read into its own memory in the target dtype and device (see
+    :class:`WeightFile`), so host memory grows by the model plus one stored tensor
+    (:data:`LOAD_PEAK_RATIO` is the tested bound for safetensors; a ``.bin`` shard's mapping
+    stays resident until its tensors are copied).
     fp32 on CPU and fp16 on GPU by default (the reference's inference dtype). ``with_llm=False``
     builds and loads only STAB and the projector (no LLM, no tokenizer), for workers that only
     encode video.
@@ -179,41 +268,45 @@ def load_pretrained(
     done: set[str] = set()
     aliased: dict[str, tuple[Path, str]] = {}
 
-    def put(name: str, key: str, file: Path, tensor: torch.Tensor) -> None:
-        if tuple(tensor.shape) != tuple(expected[name]):
+    def put(name: str, key: str, weights: WeightFile) -> None:
+        shape = weights.shape(key)
+        if shape != tuple(expected[name]):
             raise CheckpointError(
-                f"{key} in {file.name}: shape {tuple(tensor.shape)}, "
-                f"expected {tuple(expected[name])}"
+                f"{key} in {weights.path.name}: shape {shape}, expected {tuple(expected[name])}"
             )
-        target = dtype if tensor.is_floating_point() else tensor.dtype
-        _assign(model, name, tensor.to(device=device, dtype=target))
+        stored = weights.dtype(key)
+        out = torch.empty(shape, device=device, dtype=dtype if stored.is_floating_point else stored)
+        weights.read_into(key, out)
+        _assign(model, name, out)
         done.add(name)
 
     for file in files:
-        for key, tensor in iter_tensors(file):
-            if key.endswith(".rotary_emb.inv_freq"):
-                report.ignored += 1
-            elif key.startswith(SKIPPED_PREFIXES):
-                report.skipped += 1
-            elif (name := internal_name(key)) is None:
-                report.unmatched.append(key)
-            elif name not in expected:
-                if with_llm or not name.startswith("llm."):
+        with WeightFile(file) as weights:
+            for key in weights.keys():  # noqa: SIM118 (not a mapping)
+                if key.endswith(".rotary_emb.inv_freq"):
+                    report.ignored += 1
+                elif key.startswith(SKIPPED_PREFIXES):
+                    report.skipped += 1
+                elif (name := internal_name(key)) is None:
                     report.unmatched.append(key)
-            elif key.startswith(tuple(ALIASES)):
-                aliased.setdefault(name, (file, key))
-            else:
-                put(name, key, file, tensor)
-                report.loaded += 1
+                elif name not in expected:
+                    if with_llm or not name.startswith("llm."):
+                        report.unmatched.append(key)
+                elif key.startswith(tuple(ALIASES)):
+                    aliased.setdefault(name, (file, key))
+                else:
+                    put(name, key, weights)
+                    report.loaded += 1
     fallback: dict[Path, dict[str, str]] = {}  # aliases only fill what the primary keys lacked
     for name, (file, key) in aliased.items():
         if name not in done:
             fallback.setdefault(file, {})[key] = name
     for file, names in fallback.items():  # one pass per file, reading only the alias tensors
-        for key, tensor in iter_tensors(file, names):
-            put(names[key], key, file, tensor)
-            report.from_alias.append(key)
-            report.loaded += 1
+        with WeightFile(file) as weights:
+            for key, name in names.items():
+                put(name, key, weights)
+                report.from_alias.append(key)
+                report.loaded += 1
     missing = sorted(set(expected) - done)
     if missing and strict:
         shown = ", ".join(checkpoint_name(n) for n in missing[:10])
