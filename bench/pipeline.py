@@ -217,6 +217,35 @@ def _check_like_with_like(
         assert answers[key] == row["answer"], (key, answers[key], row["answer"])
 
 
+def _cpu_by_process() -> dict[tuple[int, float], tuple[str, float]]:
+    """CPU seconds of this process and its descendants (the local Ray cluster's processes
+    included), by (pid, create time) → (kind, seconds)."""
+    me = psutil.Process()
+    out = {}
+    for proc in (me, *me.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            cmd = " ".join(proc.cmdline())
+            kind = proc.name()
+            if cmd.startswith("ray::"):
+                kind = cmd.split()[0].split(".")[0]  # ray::DecodeWorker, ray::IDLE, ...
+            elif "videopanda_cluster.video.isolation" in cmd:
+                kind = "decode child"
+            elif proc.pid == me.pid:
+                kind = "driver"
+            times = proc.cpu_times()
+            out[(proc.pid, proc.create_time())] = (kind, times.user + times.system)
+    return out
+
+
+def _cpu_spent(before: dict, after: dict, videos: int) -> dict[str, float]:
+    """CPU seconds per video by process kind between two :func:`_cpu_by_process` snapshots."""
+    spent: dict[str, float] = {}
+    for key, (kind, seconds) in after.items():
+        spent[kind] = spent.get(kind, 0.0) + seconds - before.get(key, (kind, 0.0))[1]
+    top = sorted(spent.items(), key=lambda kv: -kv[1])
+    return {kind: round(s / videos, 4) for kind, s in top if s / videos >= 0.001}
+
+
 def _busy() -> tuple[float, float]:
     times = psutil.cpu_times()
     idle = times.idle + getattr(times, "iowait", 0.0)
@@ -255,11 +284,13 @@ def _steady(cfg: JobConfig) -> dict[str, Any]:
     construct_s = time.perf_counter() - start
     try:
         busy0, idle0 = _busy()
+        procs = _cpu_by_process()
         start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=cfg.max_in_flight) as pool:
             shards = list(pool.map(pipeline.run_shard, ledger.pending()))
         seconds = time.perf_counter() - start
         busy, idle = (a - b for a, b in zip(_busy(), (busy0, idle0), strict=True))
+        procs_after = _cpu_by_process()
     finally:
         pipeline.close()
     videos = sum(s["videos"] for s in shards)
@@ -272,6 +303,7 @@ def _steady(cfg: JobConfig) -> dict[str, Any]:
         "videos_per_s": round(videos / seconds, 3),
         "cores_busy": round(busy / (busy + idle), 2),
         "load": _load(),
+        "cpu_s_per_video_by_process": _cpu_spent(procs, procs_after, videos),
     }
 
 
@@ -386,6 +418,7 @@ def main() -> None:
             {"run": "ready actors (steady state)", **steady},
         ],
     )
+    print(f"steady state, CPU seconds per video by process: {steady['cpu_s_per_video_by_process']}")
     for name, ratio in ratios.items():
         print(f"{name} / bound: {ratio} (target >= {TARGETS[name]})")
     if cache:
