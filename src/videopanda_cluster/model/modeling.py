@@ -17,12 +17,14 @@ from torch import nn
 from .config import AttentionImpl, VideoPandaConfig, check_attention
 from .generation import (
     GenerationOptions,
+    Prompt,
     PromptTooLong,
     check_context,
     context_limit,
     cut_stop,
     generate,
     splice,
+    split_point,
 )
 from .projector import build_projector
 from .prompt import SYSTEM_PROMPT_EVAL, decode_new_tokens, prompt_ids
@@ -150,14 +152,18 @@ class VideoPanda(nn.Module):
         """The one answer path (prompt → splice → generate → decode), of :meth:`answer` and the
         pipeline's generate stage: per video, its projected frame tokens and its questions →
         one answer per question. A prompt too long for the model's context gets its
-        :class:`PromptTooLong` in place of the answer; the others are answered."""
+        :class:`PromptTooLong` in place of the answer; the others are answered. A video's prefix
+        (system prompt + frames) is spliced once and, with ``options.share_prefix``, prefilled
+        once for all its questions."""
         llm, tokenizer = self._language()
         embed = cast(nn.Embedding, llm.get_input_embeddings())
         limit = context_limit(llm)
         grouped: list[list[str | PromptTooLong]] = []
-        embeds, places = [], []  # the prompts that fit, and their (video, question) places
+        prefixes: list[torch.Tensor] = []  # (P_v, D) per video with a question that fits
+        prompts, places = [], []  # the prompts that fit, and their (video, question) places
         for v, (video_frames, qs) in enumerate(zip(frames, questions, strict=True)):
             grouped.append([])
+            prefix_ids: list[int] | None = None
             for q in qs:
                 ids = prompt_ids(q, len(video_frames), tokenizer, system)
                 try:
@@ -165,10 +171,16 @@ class VideoPanda(nn.Module):
                 except PromptTooLong as exc:
                     grouped[v].append(exc)
                     continue
-                embeds.append(splice(embed, ids, video_frames))
+                k = split_point(ids)
+                if prefix_ids is None:
+                    prefix_ids = ids[:k]
+                    prefixes.append(splice(embed, prefix_ids, video_frames))
+                elif ids[:k] != prefix_ids:  # prompt_ids tokenises the question on its own
+                    raise AssertionError("the questions of a video have different prefixes")
+                prompts.append(Prompt(len(prefixes) - 1, splice(embed, ids[k:], [])))
                 places.append((v, len(grouped[v])))
                 grouped[v].append("")
-        outputs = generate(llm, tokenizer, embeds, options) if embeds else []
+        outputs = generate(llm, tokenizer, prefixes, prompts, options) if prompts else []
         for (v, n), new_ids in zip(places, outputs, strict=True):
             grouped[v][n] = cut_stop(decode_new_tokens(tokenizer, new_ids), options.stop)
         return grouped
