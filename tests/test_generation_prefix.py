@@ -14,7 +14,6 @@ from videopanda_cluster.model.generation import (
     Prompt,
     PromptTooLong,
     generate,
-    splice,
     split_point,
 )
 from videopanda_cluster.model.prompt import load_tokenizer, prompt_ids
@@ -79,14 +78,9 @@ def _model(name: str, tiny: VideoPanda, small: VideoPanda) -> VideoPanda:
 
 def _prompts(model: VideoPanda, per_video, questions) -> tuple[list[torch.Tensor], list[Prompt]]:
     """What answer_frames hands to generate: a prefix per video, a suffix per question."""
-    embed = model.llm.get_input_embeddings()
-    prefixes, prompts = [], []
-    for v, qs in enumerate(questions):
-        ids = [prompt_ids(q, 8, model.tokenizer) for q in qs]
-        k = split_point(ids[0])
-        prefixes.append(splice(embed, ids[0][:k], per_video[v]))
-        prompts += [Prompt(v, splice(embed, i[k:], [])) for i in ids]
-    return prefixes, prompts
+    batch = model.build_prompts(per_video, questions, max_new_tokens=32)
+    assert [len(p) for p in batch.places] == [len(qs) for qs in questions]
+    return batch.prefixes, batch.prompts
 
 
 def _ids(model, prefixes, prompts, **options) -> list[list[int]]:

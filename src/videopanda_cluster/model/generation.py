@@ -2,7 +2,7 @@
 
 Two paths, chosen by :attr:`GenerationOptions.share_prefix` in :func:`generate`:
 
-- shared (default, :func:`generate_shared`): a prompt is its video's *prefix* (system prompt +
+- shared (default, :mod:`.shared_prefix`): a prompt is its video's *prefix* (system prompt +
   ``USER:`` + the frames' tokens, the same for every question of the video) and its own *suffix*
   (question + ``ASSISTANT:``). Each prefix is prefilled once (batch 1, no padding), each suffix on
   top of a view of it; the prompts of a batch (sorted by length, so pads stay few) are then
@@ -13,17 +13,12 @@ Two paths, chosen by :attr:`GenerationOptions.share_prefix` in :func:`generate`:
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from .prompt import IMAGE_TOKEN_INDEX
-
-if TYPE_CHECKING:  # transformers is imported only with the LLM
-    from transformers import DynamicCache
 
 
 @dataclass(frozen=True)
@@ -105,6 +100,17 @@ class Prompt:
     suffix: torch.Tensor  # (S, D), S ≥ 1
 
 
+@dataclass
+class Prompts:
+    """The prompts of one answer call: a prefix per video that has a prompt, one
+    :class:`Prompt` per question that fits, and per video per question the index of its
+    prompt or its :class:`PromptTooLong`."""
+
+    prefixes: list[torch.Tensor] = field(default_factory=list)  # (P_v, D)
+    prompts: list[Prompt] = field(default_factory=list)
+    places: list[list[int | PromptTooLong]] = field(default_factory=list)
+
+
 def split_point(ids: Sequence[int]) -> int:
     """Where a prompt's ids split into the prefix its video's questions share and its own suffix:
     the index of the first id after the last placeholder. :func:`~.prompt.prompt_ids` tokenises
@@ -140,7 +146,11 @@ def generate(
 ) -> list[list[int]]:
     """New token ids (EOS cut) per prompt. ``prefixes``: (P_v, D) embeddings per video (system
     prompt + frames); each prompt names its prefix. ``options.share_prefix`` picks the path."""
+    if not prompts:
+        return []
     if options.share_prefix:
+        from .shared_prefix import generate_shared
+
         return generate_shared(llm, tokenizer, prefixes, prompts, options)
     embeds = [torch.cat([prefixes[p.prefix], p.suffix]) for p in prompts]
     return generate_padded(llm, tokenizer, embeds, options)
@@ -180,177 +190,6 @@ def generate_padded(
             if eos in row:
                 row = row[: row.index(eos)]
             results.append(row)
-    return results
-
-
-@torch.no_grad()
-def generate_shared(
-    llm,
-    tokenizer,
-    prefixes: Sequence[torch.Tensor],
-    prompts: Sequence[Prompt],
-    options: GenerationOptions,
-) -> list[list[int]]:
-    """:func:`generate` with each prefix prefilled once (see the module docstring).
-
-    Prompts are sorted by length (stable) and cut into batches of ``batch_size``; a prefix's
-    cache lives until its last prompt is prefilled. Greedy ids equal :func:`generate_padded`'s
-    (the same positions, masks and arithmetic up to float summation order); sampling with a
-    ``seed`` is reproducible but draws its own random stream (other batches, other order).
-    """
-    if options.seed is not None:
-        torch.manual_seed(options.seed)
-    step = _Step(tokenizer, options)
-    lengths = [prefixes[p.prefix].shape[0] + p.suffix.shape[0] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], prompts[i].prefix))
-    left = Counter(p.prefix for p in prompts)  # prompts still to prefill, per prefix
-    caches: dict[int, DynamicCache] = {}
-    results: list[list[int]] = [[] for _ in prompts]
-    for start in range(0, len(order), options.batch_size):
-        batch = order[start : start + options.batch_size]
-        stack = _Stack([lengths[i] for i in batch])
-        for row, i in enumerate(batch):
-            v = prompts[i].prefix
-            if v not in caches:
-                caches[v], _ = _prefill(llm, prefixes[v], None)
-            cache, logits = _prefill(llm, prompts[i].suffix, caches[v])
-            stack.put(row, cache, logits)
-            left[v] -= 1
-            if not left[v]:
-                del caches[v]
-        for i, ids in zip(batch, _decode(llm, stack, step, options.max_new_tokens), strict=True):
-            results[i] = ids
-    return results
-
-
-def _cache_of(
-    llm, layers: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None
-) -> DynamicCache:
-    """A ``DynamicCache`` (empty, or over these per-layer (B, H, L, d) keys and values, not
-    copied: its ``update`` concatenates into new tensors (transformers 4.57), so they are never
-    written)."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=llm.config)
-    for layer, (keys, values) in zip(cache.layers, layers or [], strict=layers is not None):
-        layer.lazy_initialization(keys)
-        layer.keys, layer.values = keys, values
-    return cache
-
-
-def _prefill(
-    llm, embeds: torch.Tensor, past: DynamicCache | None
-) -> tuple[DynamicCache, torch.Tensor]:
-    """Run (L, D) ``embeds`` as one unpadded sequence after ``past`` (its keys and values are
-    read, not changed) → the cache of past + embeds, and the last position's logits (V,) in fp32.
-    Without ``past`` the attention is plain causal (sdpa's ``is_causal`` path)."""
-    cache = _cache_of(llm, None if past is None else [(la.keys, la.values) for la in past.layers])
-    start = cache.get_seq_length()
-    positions = torch.arange(start, start + embeds.shape[0], device=embeds.device)
-    out = llm(
-        inputs_embeds=embeds[None],
-        position_ids=positions[None],
-        cache_position=positions,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    return out.past_key_values, out.logits[0, -1].float()
-
-
-class _Stack:
-    """The caches of one batch's prompts, left-padded into (B, H, L_max, d) per layer (zeros on
-    the pads) as they are prefilled, with their last logits (B, V)."""
-
-    def __init__(self, lengths: Sequence[int]) -> None:
-        self.lengths = list(lengths)
-        self.width = max(self.lengths)
-        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.logits: list[torch.Tensor] = []
-
-    def put(self, row: int, cache: DynamicCache, logits: torch.Tensor) -> None:
-        if not self.layers:
-            for layer in cache.layers:  # (1, H, L, d) → (B, H, L_max, d)
-                shape = (len(self.lengths), layer.keys.shape[1], self.width, layer.keys.shape[3])
-                self.layers.append((layer.keys.new_zeros(shape), layer.values.new_zeros(shape)))
-        pad = self.width - self.lengths[row]
-        for (keys, values), layer in zip(self.layers, cache.layers, strict=True):
-            keys[row, :, pad:] = layer.keys[0]
-            values[row, :, pad:] = layer.values[0]
-        self.logits.append(logits)
-
-
-class _Step:
-    """Choosing the next token as ``llm.generate`` does: fp32 logits → temperature, top-k, top-p
-    warpers (sampling only) → argmax or a multinomial draw; a row ends at EOS or a stop string."""
-
-    def __init__(self, tokenizer, options: GenerationOptions) -> None:
-        from transformers import (
-            LogitsProcessorList,
-            StopStringCriteria,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
-
-        self.sample = options.do_sample
-        self.warpers = LogitsProcessorList()
-        if options.do_sample and options.temperature != 1.0:
-            self.warpers.append(TemperatureLogitsWarper(options.temperature))
-        if options.do_sample and options.top_k != 0:
-            self.warpers.append(TopKLogitsWarper(options.top_k))
-        if options.do_sample and options.top_p < 1.0:
-            self.warpers.append(TopPLogitsWarper(options.top_p))
-        self.stop = StopStringCriteria(tokenizer, list(options.stop)) if options.stop else None
-        self.eos = tokenizer.eos_token_id
-
-    def next(self, generated: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """(B, t) ids so far, (B, V) fp32 logits → (B,) next ids."""
-        scores = self.warpers(generated, logits)
-        if self.sample:
-            return torch.multinomial(scores.softmax(dim=-1), num_samples=1).squeeze(1)
-        return scores.argmax(dim=-1)
-
-    def ended(self, generated: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """(B,) bool: the row's last id is EOS or its text ends with a stop string."""
-        ended = generated[:, -1] == self.eos
-        if self.stop is not None:
-            ended |= self.stop(generated, logits)
-        return ended
-
-
-def _decode(llm, stack: _Stack, step: _Step, max_new_tokens: int) -> list[list[int]]:
-    """Decode a prefilled batch step by step → new ids per row, each cut before its EOS."""
-    rows, width = len(stack.lengths), stack.width
-    cache = _cache_of(llm, stack.layers)
-    logits = torch.stack(stack.logits)  # (B, V)
-    device = logits.device
-    mask = torch.zeros(rows, width, dtype=torch.long, device=device)  # (B, L_max + t)
-    for row, length in enumerate(stack.lengths):
-        mask[row, width - length :] = 1
-    positions = torch.tensor(stack.lengths, device=device)  # (B,) true position of the next id
-    generated = torch.zeros(rows, 0, dtype=torch.long, device=device)  # (B, t)
-    running = torch.ones(rows, dtype=torch.bool, device=device)
-    for t in range(max_new_tokens):
-        ids = torch.where(running, step.next(generated, logits), step.eos)  # ended rows: EOS
-        generated = torch.cat([generated, ids[:, None]], dim=1)
-        running &= ~step.ended(generated, logits)
-        if t + 1 == max_new_tokens or not running.any():
-            break
-        mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
-        out = llm(
-            input_ids=ids[:, None],
-            attention_mask=mask,
-            position_ids=positions[:, None],
-            cache_position=torch.tensor([width + t], device=device),
-            past_key_values=cache,
-            use_cache=True,
-        )
-        cache, logits = out.past_key_values, out.logits[:, -1].float()
-        positions = positions + 1
-    results = []
-    for row in generated.tolist():
-        results.append(row[: row.index(step.eos)] if step.eos in row else row)
     return results
 
 
