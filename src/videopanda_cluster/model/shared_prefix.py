@@ -42,8 +42,10 @@ def generate_shared(
 ) -> list[list[int]]:
     """:func:`~.generation.generate` with each prefix prefilled once (module docstring).
 
-    Prompts are sorted by length (stable) and cut into batches of ``batch_size``; a prefix's
-    cache lives until its last prompt is prefilled. Greedy ids equal those of
+    Prompts are sorted by prefix length, then video, then suffix length, and cut into batches
+    of ``batch_size``: similar lengths share a batch (few pads) and a video's prompts are
+    consecutive, so one prefix cache at most is alive (it is dropped after its video's last
+    prompt is prefilled). Greedy ids equal those of
     :func:`~.generation.generate_padded` (the same positions, masks and arithmetic up to float
     summation order); sampling with a ``seed`` is reproducible but draws its own random stream
     (other batches, other order).
@@ -52,7 +54,12 @@ def generate_shared(
         torch.manual_seed(options.seed)
     step = _Step(tokenizer, options)
     lengths = [prefixes[p.prefix].shape[0] + p.suffix.shape[0] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (lengths[i], prompts[i].prefix))
+
+    def key(i: int) -> tuple[int, int, int]:
+        v = prompts[i].prefix
+        return prefixes[v].shape[0], v, lengths[i]
+
+    order = sorted(range(len(prompts)), key=key)
     left = Counter(p.prefix for p in prompts)  # prompts still to prefill, per prefix
     caches: dict[int, DynamicCache] = {}
     results: list[list[int]] = [[] for _ in prompts]
