@@ -216,11 +216,9 @@ def _decode(llm, stack: _Stack, step: _Step, max_new_tokens: int) -> list[list[i
     cache.layers = [_Appending(keys, values, width) for keys, values in stack.layers]
     logits = torch.stack(stack.logits)  # (B, V)
     device = logits.device
-    mask = torch.zeros(rows, width, dtype=torch.long, device=device)  # (B, L_max)
-    for row, length in enumerate(stack.lengths):
-        mask[row, width - length :] = 1
-    mask = _additive(mask.bool(), stack.layers[0][0].dtype)[:, None, None]  # (B, 1, 1, L_max + t)
     positions = torch.tensor(stack.lengths, device=device)  # (B,) true position of the next id
+    real = torch.arange(width, device=device)[None, :] >= (width - positions)[:, None]
+    mask = _additive(real, stack.layers[0][0].dtype)[:, None, None]  # (B, 1, 1, L_max + t)
     generated = torch.zeros(rows, 0, dtype=torch.long, device=device)  # (B, t)
     running = torch.ones(rows, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
