@@ -3,10 +3,10 @@
 A prompt is its video's prefix (system prompt + ``USER:`` + frame tokens) and its own suffix
 (question + ``ASSISTANT:``). Per batch of prompts (sorted by length):
 
-1. prefill: each prefix once, unpadded at batch 1 (sdpa's causal fast path); each suffix
-   after a view of its prefix's cache (the prefix stays as it is for the next question);
-2. stack: the prompts' caches left-padded into one (B, H, L_max + max_new_tokens, d) buffer per
-   layer, zeros on the pads;
+1. prefill: each prefix once, unpadded at batch 1 (sdpa's causal fast path);
+2. stack: one (B, H, L_max + max_new_tokens, d) key and value buffer per layer, the prompts
+   left-padded in it (zeros on the pads): a prompt's row gets a copy of its prefix's cache,
+   then its suffix is prefilled after it, unpadded, written in place;
 3. decode: all rows together, one token per step: attention mask 0 on the pads, each row at its
    true position (as ``llm.generate`` does for left-padded batches), tokens chosen as
    ``llm.generate`` chooses them, new keys and values written in place.
@@ -69,28 +69,15 @@ def generate_shared(
         for row, i in enumerate(batch):
             v = prompts[i].prefix
             if v not in caches:
-                caches[v], _ = _prefill(llm, prefixes[v], None)
-            cache, logits = _prefill(llm, prompts[i].suffix, caches[v])
-            stack.put(row, cache, logits)
+                caches[v] = DynamicCache(config=llm.config)
+                _prefill(llm, prefixes[v], caches[v])
+            stack.prefill(llm, row, caches[v], prompts[i].suffix)
             left[v] -= 1
             if not left[v]:
                 del caches[v]
         for i, ids in zip(batch, _decode(llm, stack, step, options.max_new_tokens), strict=True):
             results[i] = ids
     return results
-
-
-def _cache_of(
-    llm, layers: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None
-) -> DynamicCache:
-    """A ``DynamicCache`` (empty, or over these per-layer (B, H, L, d) keys and values, not
-    copied: its ``update`` concatenates into new tensors (transformers 4.57), so they are never
-    written)."""
-    cache = DynamicCache(config=llm.config)
-    for layer, (keys, values) in zip(cache.layers, layers or [], strict=layers is not None):
-        layer.lazy_initialization(keys)
-        layer.keys, layer.values = keys, values
-    return cache
 
 
 def _tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -101,17 +88,14 @@ def _tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return cast(list[tuple[torch.Tensor, torch.Tensor]], layers)
 
 
-def _prefill(
-    llm, embeds: torch.Tensor, past: DynamicCache | None
-) -> tuple[DynamicCache, torch.Tensor]:
-    """Run (L, D) ``embeds`` as one unpadded sequence after ``past`` (its keys and values are
-    read, not changed) → the cache of past + embeds, and the last position's logits (V,) in fp32.
-    Without ``past`` the attention is plain causal (sdpa's ``is_causal`` path)."""
-    cache = _cache_of(llm, None if past is None else _tensors(past))
+def _prefill(llm, embeds: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    """Run (L, D) ``embeds`` as one unpadded sequence after what ``cache`` holds (appended to
+    it) → the last position's logits (V,) in fp32. On an empty cache the attention is plain
+    causal (sdpa's ``is_causal`` path)."""
     start = cache.get_seq_length()
     positions = torch.arange(start, start + embeds.shape[0], device=embeds.device)
     mask = None  # causal
-    if past is not None:  # query i sees keys 0 … start + i: (1, 1, L, start + L)
+    if start:  # query i sees keys 0 … start + i: (1, 1, L, start + L)
         keys = torch.arange(start + embeds.shape[0], device=embeds.device)
         mask = _additive(keys[None, :] <= positions[:, None], embeds.dtype)[None, None]
     out = llm(
@@ -123,13 +107,13 @@ def _prefill(
         use_cache=True,
         logits_to_keep=1,
     )
-    return out.past_key_values, out.logits[0, -1].float()
+    return out.logits[0, -1].float()
 
 
 class _Stack:
-    """The caches of one batch's prompts, left-padded into (B, H, L_max + room, d) buffers per
-    layer (zeros on the pads) as they are prefilled, with their last logits (B, V). ``room``:
-    the positions decoding appends in place."""
+    """One batch's prompts prefilled into (B, H, L_max + room, d) key and value buffers per
+    layer, left-padded (zeros on the pads), with their last logits (B, V). ``room``: the
+    positions decoding appends in place."""
 
     def __init__(self, lengths: Sequence[int], room: int) -> None:
         self.lengths = list(lengths)
@@ -137,17 +121,20 @@ class _Stack:
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.logits: list[torch.Tensor] = []
 
-    def put(self, row: int, cache: DynamicCache, logits: torch.Tensor) -> None:
-        prompt = _tensors(cache)  # (1, H, L, d) per layer
-        if not self.layers:  # (B, H, L_max + room, d) per layer
-            _, heads, _, dim = prompt[0][0].shape
+    def prefill(self, llm, row: int, prefix: DynamicCache, suffix: torch.Tensor) -> None:
+        """Copy the (1, H, P, d) ``prefix`` cache into ``row``, then prefill the (S, D)
+        ``suffix`` after it, its keys and values written in place."""
+        shared = _tensors(prefix)
+        if not self.layers:
+            _, heads, _, dim = shared[0][0].shape
             shape = (len(self.lengths), heads, self.width + self.room, dim)
-            self.layers = [(k.new_zeros(shape), v.new_zeros(shape)) for k, v in prompt]
-        pad = self.width - self.lengths[row]
-        for (keys, values), (k, v) in zip(self.layers, prompt, strict=True):
-            keys[row, :, pad : self.width] = k[0]
-            values[row, :, pad : self.width] = v[0]
-        self.logits.append(logits)
+            self.layers = [(k.new_zeros(shape), v.new_zeros(shape)) for k, v in shared]
+        pad, length = self.width - self.lengths[row], shared[0][0].shape[2]
+        for (keys, values), (k, v) in zip(self.layers, shared, strict=True):
+            keys[row, :, pad : pad + length] = k[0]
+            values[row, :, pad : pad + length] = v[0]
+        views = [(k[row : row + 1, :, pad:], v[row : row + 1, :, pad:]) for k, v in self.layers]
+        self.logits.append(_prefill(llm, suffix, _appending(llm, views, length)))
 
 
 class _Step:
@@ -181,6 +168,16 @@ class _Step:
         return ended
 
 
+def _appending(
+    llm, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], length: int
+) -> DynamicCache:
+    """A cache over per-layer (B, H, capacity, d) buffers whose first ``length`` positions are
+    filled; new keys and values are written in place after them."""
+    cache = DynamicCache(config=llm.config)
+    cache.layers = [_Appending(keys, values, length) for keys, values in layers]
+    return cache
+
+
 class _Appending(DynamicLayer):
     """A cache layer over preallocated (B, H, capacity, d) buffers, the first ``length``
     positions filled: ``update`` writes the new positions in place and returns views of the
@@ -212,8 +209,7 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _decode(llm, stack: _Stack, step: _Step, max_new_tokens: int) -> list[list[int]]:
     """Decode a prefilled batch step by step → new ids per row, each cut before its EOS."""
     rows, width = len(stack.lengths), stack.width
-    cache = _cache_of(llm)
-    cache.layers = [_Appending(keys, values, width) for keys, values in stack.layers]
+    cache = _appending(llm, stack.layers, width)
     logits = torch.stack(stack.logits)  # (B, V)
     device = logits.device
     positions = torch.tensor(stack.lengths, device=device)  # (B,) true position of the next id
@@ -236,7 +232,7 @@ def _decode(llm, stack: _Stack, step: _Step, max_new_tokens: int) -> list[list[i
             past_key_values=cache,
             use_cache=True,
         )
-        cache, logits = out.past_key_values, out.logits[:, -1].float()
+        logits = out.logits[:, -1].float()
         positions = positions + 1
     results = []
     for row in generated.tolist():
