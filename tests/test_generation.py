@@ -7,7 +7,12 @@ import torch
 
 from tests.model_helpers import box_for, masked_clip, randomize_
 from videopanda_cluster import VideoPanda, VideoPandaConfig
-from videopanda_cluster.model.generation import GenerationOptions, generate, left_pad, splice
+from videopanda_cluster.model.generation import (
+    GenerationOptions,
+    generate_padded,
+    left_pad,
+    splice,
+)
 from videopanda_cluster.model.prompt import (
     IMAGE_TOKEN_INDEX,
     build_prompt,
@@ -85,8 +90,8 @@ def test_batched_greedy_equals_one_at_a_time(model, videos):
         for q in qs
     ]
     opts = GenerationOptions(max_new_tokens=10, batch_size=12)
-    together = generate(model.llm, model.tokenizer, embeds, opts)
-    alone = [generate(model.llm, model.tokenizer, [e], opts)[0] for e in embeds]
+    together = generate_padded(model.llm, model.tokenizer, embeds, opts)
+    alone = [generate_padded(model.llm, model.tokenizer, [e], opts)[0] for e in embeds]
     assert together == alone
 
 
@@ -102,7 +107,7 @@ def test_each_video_is_encoded_once_for_all_its_questions(model, videos):
 
 
 def test_max_new_tokens_and_stop_strings(model, videos):
-    ids = generate(
+    ids = generate_padded(
         model.llm,
         model.tokenizer,
         [

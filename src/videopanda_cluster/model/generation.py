@@ -1,4 +1,15 @@
-"""Splice visual tokens into prompts and generate, batched with left padding (spec §1.3, §5.3)."""
+"""Splice visual tokens into prompts and generate with a KV cache (spec §1.3, §5.3).
+
+Two paths, chosen by :attr:`GenerationOptions.share_prefix` in :func:`generate`:
+
+- shared (default, :mod:`.shared_prefix`): a prompt is its video's *prefix* (system prompt +
+  ``USER:`` + the frames' tokens, the same for every question of the video) and its own *suffix*
+  (question + ``ASSISTANT:``). Each prefix is prefilled once (batch 1, no padding), each suffix on
+  top of a view of it; the prompts of a batch (sorted by length, so pads stay few) are then
+  decoded together from their caches, stacked with left padding.
+- padded (:func:`generate_padded`): every prompt's whole embedding, left-padded per batch, through
+  ``llm.generate`` (prefill of each question repeats its video's prefix).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +33,8 @@ class GenerationOptions:
     top_k: int = 0
     stop: tuple[str, ...] = field(default_factory=tuple)  # extra stop strings besides EOS
     seed: int | None = None  # for sampling
-    batch_size: int = 8  # (video, question) pairs per generate call
+    batch_size: int = 8  # (video, question) pairs decoded together
+    share_prefix: bool = True  # prefill a video's prefix once for all its questions
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -79,6 +91,39 @@ def splice(
     return torch.cat(pieces)
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt to generate from: its video's prefix (an index into the call's prefixes) and
+    the embeddings of its own suffix, question + ``ASSISTANT:``."""
+
+    prefix: int
+    suffix: torch.Tensor  # (S, D), S ≥ 1
+
+
+@dataclass
+class Prompts:
+    """The prompts of one answer call: a prefix per video that has a prompt, one
+    :class:`Prompt` per question that fits, and per video per question the index of its
+    prompt or its :class:`PromptTooLong`."""
+
+    prefixes: list[torch.Tensor] = field(default_factory=list)  # (P_v, D)
+    prompts: list[Prompt] = field(default_factory=list)
+    places: list[list[int | PromptTooLong]] = field(default_factory=list)
+
+
+def split_point(ids: Sequence[int]) -> int:
+    """Where a prompt's ids split into the prefix its video's questions share and its own suffix:
+    the index of the first id after the last placeholder. :func:`~.prompt.prompt_ids` tokenises
+    the text after the frames on its own, so ``ids[:k]`` never depends on the question."""
+    ids = list(ids)
+    if IMAGE_TOKEN_INDEX not in ids:
+        raise ValueError("the prompt has no image placeholder")
+    k = len(ids) - ids[::-1].index(IMAGE_TOKEN_INDEX)
+    if k == len(ids):
+        raise ValueError("the prompt ends with an image placeholder: no question after it")
+    return k
+
+
 def left_pad(sequences: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack (L_i, D) sequences into (B, L, D) padded on the left, plus the (B, L) mask."""
     length = max(s.shape[0] for s in sequences)
@@ -93,9 +138,30 @@ def left_pad(sequences: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
 
 @torch.no_grad()
 def generate(
+    llm,
+    tokenizer,
+    prefixes: Sequence[torch.Tensor],
+    prompts: Sequence[Prompt],
+    options: GenerationOptions,
+) -> list[list[int]]:
+    """New token ids (EOS cut) per prompt. ``prefixes``: (P_v, D) embeddings per video (system
+    prompt + frames); each prompt names its prefix. ``options.share_prefix`` picks the path."""
+    if not prompts:
+        return []
+    if options.share_prefix:
+        from .shared_prefix import generate_shared
+
+        return generate_shared(llm, tokenizer, prefixes, prompts, options)
+    embeds = [torch.cat([prefixes[p.prefix], p.suffix]) for p in prompts]
+    return generate_padded(llm, tokenizer, embeds, options)
+
+
+@torch.no_grad()
+def generate_padded(
     llm, tokenizer, embeds: Sequence[torch.Tensor], options: GenerationOptions
 ) -> list[list[int]]:
-    """Generate new token ids for each spliced prompt embedding (KV cache, batched)."""
+    """New token ids for each whole prompt embedding (L_i, D): batches of ``batch_size`` in the
+    given order, left-padded, through ``llm.generate``."""
     results: list[list[int]] = []
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     pad = eos if pad is None else pad

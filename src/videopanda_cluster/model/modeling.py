@@ -17,12 +17,15 @@ from torch import nn
 from .config import AttentionImpl, VideoPandaConfig, check_attention
 from .generation import (
     GenerationOptions,
+    Prompt,
+    Prompts,
     PromptTooLong,
     check_context,
     context_limit,
     cut_stop,
     generate,
     splice,
+    split_point,
 )
 from .projector import build_projector
 from .prompt import SYSTEM_PROMPT_EVAL, decode_new_tokens, prompt_ids
@@ -150,28 +153,53 @@ class VideoPanda(nn.Module):
         """The one answer path (prompt → splice → generate → decode), of :meth:`answer` and the
         pipeline's generate stage: per video, its projected frame tokens and its questions →
         one answer per question. A prompt too long for the model's context gets its
-        :class:`PromptTooLong` in place of the answer; the others are answered."""
+        :class:`PromptTooLong` in place of the answer; the others are answered. With
+        ``options.share_prefix`` a video's prefix is prefilled once for all its questions."""
+        llm, tokenizer = self._language()
+        batch = self.build_prompts(frames, questions, options.max_new_tokens, system)
+        outputs = generate(llm, tokenizer, batch.prefixes, batch.prompts, options)
+        return [
+            [
+                place
+                if isinstance(place, PromptTooLong)
+                else cut_stop(decode_new_tokens(tokenizer, outputs[place]), options.stop)
+                for place in places
+            ]
+            for places in batch.places
+        ]
+
+    def build_prompts(
+        self,
+        frames: Sequence[Sequence[torch.Tensor]],
+        questions: Sequence[Sequence[str]],
+        max_new_tokens: int,
+        system: str = SYSTEM_PROMPT_EVAL,
+    ) -> Prompts:
+        """The prompts of :meth:`answer_frames`: per video its prefix (system prompt + frames,
+        spliced once), per question that fits the context its suffix."""
         llm, tokenizer = self._language()
         embed = cast(nn.Embedding, llm.get_input_embeddings())
         limit = context_limit(llm)
-        grouped: list[list[str | PromptTooLong]] = []
-        embeds, places = [], []  # the prompts that fit, and their (video, question) places
-        for v, (video_frames, qs) in enumerate(zip(frames, questions, strict=True)):
-            grouped.append([])
+        batch = Prompts()
+        for video_frames, qs in zip(frames, questions, strict=True):
+            batch.places.append([])
+            prefix_ids: list[int] | None = None
             for q in qs:
                 ids = prompt_ids(q, len(video_frames), tokenizer, system)
                 try:
-                    check_context(ids, video_frames, options.max_new_tokens, limit)
+                    check_context(ids, video_frames, max_new_tokens, limit)
                 except PromptTooLong as exc:
-                    grouped[v].append(exc)
+                    batch.places[-1].append(exc)
                     continue
-                embeds.append(splice(embed, ids, video_frames))
-                places.append((v, len(grouped[v])))
-                grouped[v].append("")
-        outputs = generate(llm, tokenizer, embeds, options) if embeds else []
-        for (v, n), new_ids in zip(places, outputs, strict=True):
-            grouped[v][n] = cut_stop(decode_new_tokens(tokenizer, new_ids), options.stop)
-        return grouped
+                k = split_point(ids)
+                if prefix_ids is None:
+                    prefix_ids = ids[:k]
+                    batch.prefixes.append(splice(embed, prefix_ids, video_frames))
+                elif ids[:k] != prefix_ids:  # prompt_ids tokenises the question on its own
+                    raise AssertionError("the questions of a video have different prefixes")
+                batch.places[-1].append(len(batch.prompts))
+                batch.prompts.append(Prompt(len(batch.prefixes) - 1, splice(embed, ids[k:], [])))
+        return batch
 
     def _language(self) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
         """The Llama and the tokenizer, which answering needs."""
