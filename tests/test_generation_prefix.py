@@ -204,3 +204,16 @@ def test_sampling_with_a_seed_is_reproducible(tiny, frames):
     assert first != _ids(tiny, prefixes, prompts, seed=4, top_p=0.95, **options)
     greedy = _ids(tiny, prefixes, prompts, max_new_tokens=8)
     assert first != greedy and all(len(i) == 8 for i in first)
+
+
+def test_a_seeded_sampled_answer_does_not_depend_on_its_batch(tiny, frames):
+    """A job's batches depend on decode timing (streaming): a prompt's sampled answer must not."""
+    options = GenerationOptions(
+        max_new_tokens=8, do_sample=True, temperature=0.9, top_k=50, seed=3, batch_size=8
+    )
+    together = tiny.answer_frames(frames["tiny"], QUESTIONS, options)
+    for v in range(len(QUESTIONS)):
+        alone = tiny.answer_frames(frames["tiny"][v : v + 1], QUESTIONS[v : v + 1], options)
+        assert alone[0] == together[v]
+    one_by_one = GenerationOptions(**{**options.__dict__, "batch_size": 1})
+    assert tiny.answer_frames(frames["tiny"], QUESTIONS, one_by_one) == together

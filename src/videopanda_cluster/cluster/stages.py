@@ -34,9 +34,11 @@ class DecodeWorker:
 
     def __init__(self, options: PreprocessOptions) -> None:
         from ..video.isolation import IsolatedRunner
+        from . import sources  # noqa: F401  (imported as the actor starts, not at its first video)
 
         self.options = options
         self.runner = IsolatedRunner(options.timeout)
+        self.runner.start()  # the child's start-up is the actor's, not its first video's
         self.stores: dict = {}  # for the store check after a timeout
 
     def decode(
@@ -235,6 +237,7 @@ class WriterWorker:
 
     def __init__(self, store_url: str, jsonl: bool = False) -> None:
         from ..storage.open import open_store
+        from . import results  # noqa: F401  (pyarrow imported while the actor starts)
 
         self.store = open_store(store_url)
         self.jsonl = jsonl

@@ -14,6 +14,7 @@ A prompt is its video's prefix (system prompt + ``USER:`` + frame tokens) and it
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from typing import cast
@@ -47,11 +48,13 @@ def generate_shared(
     consecutive, so one prefix cache at most is alive (it is dropped after its video's last
     prompt is prefilled). Greedy ids equal those of
     :func:`~.generation.generate_padded` (the same positions, masks and arithmetic up to float
-    summation order); sampling with a ``seed`` is reproducible but draws its own random stream
-    (other batches, other order).
+    summation order). Sampling with a ``seed`` draws each prompt's tokens from its own generator,
+    seeded by the seed and the prompt's content (:func:`_row_seeds`): a sampled answer is the
+    same whatever prompts share its batch, but not the stream ``llm.generate`` would draw.
     """
-    if options.seed is not None:
-        torch.manual_seed(options.seed)
+    seeds = None
+    if options.do_sample and options.seed is not None:
+        seeds = _row_seeds(prefixes, prompts, options.seed)
     step = _Step(tokenizer, options)
     lengths = [prefixes[p.prefix].shape[0] + p.suffix.shape[0] for p in prompts]
 
@@ -75,9 +78,32 @@ def generate_shared(
             left[v] -= 1
             if not left[v]:
                 del caches[v]
-        for i, ids in zip(batch, _decode(llm, stack, step, options.max_new_tokens), strict=True):
+        rngs = None
+        if seeds is not None:
+            device = prefixes[0].device
+            rngs = [torch.Generator(device=device).manual_seed(seeds[i]) for i in batch]
+        decoded = _decode(llm, stack, step, options.max_new_tokens, rngs)
+        for i, ids in zip(batch, decoded, strict=True):
             results[i] = ids
     return results
+
+
+def _row_seeds(prefixes: Sequence[torch.Tensor], prompts: Sequence[Prompt], seed: int) -> list[int]:
+    """A sampling seed per prompt from ``seed`` and the prompt's content (its video's prefix
+    and its suffix embeddings)."""
+    digests: dict[int, str] = {}
+    seeds = []
+    for prompt in prompts:
+        if prompt.prefix not in digests:
+            digests[prompt.prefix] = _digest(prefixes[prompt.prefix])
+        key = f"{seed}|{digests[prompt.prefix]}|{_digest(prompt.suffix)}".encode()
+        seeds.append(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1)
+    return seeds
+
+
+def _digest(tensor: torch.Tensor) -> str:
+    data = tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()
 
 
 def _tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -153,12 +179,22 @@ class _Step:
         self.stop = StopStringCriteria(tokenizer, list(options.stop)) if options.stop else None
         self.eos = tokenizer.eos_token_id
 
-    def next(self, generated: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """(B, t) ids so far, (B, V) fp32 logits → (B,) next ids."""
+    def next(
+        self,
+        generated: torch.Tensor,
+        logits: torch.Tensor,
+        rngs: Sequence[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        """(B, t) ids so far, (B, V) fp32 logits → (B,) next ids; a sampled row draws from its
+        generator in ``rngs`` when given (else from torch's global one)."""
         scores = self.warpers(cast(torch.LongTensor, generated), cast(torch.FloatTensor, logits))
-        if self.sample:
-            return torch.multinomial(scores.softmax(dim=-1), num_samples=1).squeeze(1)
-        return scores.argmax(dim=-1)
+        if not self.sample:
+            return scores.argmax(dim=-1)
+        probs = scores.softmax(dim=-1)
+        if rngs is None:
+            return torch.multinomial(probs, num_samples=1).squeeze(1)
+        rows = [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, rngs, strict=True)]
+        return torch.cat(rows)
 
     def ended(self, generated: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """(B,) bool: the row's last id is EOS or its text ends with a stop string."""
@@ -206,8 +242,15 @@ def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
-def _decode(llm, stack: _Stack, step: _Step, max_new_tokens: int) -> list[list[int]]:
-    """Decode a prefilled batch step by step → new ids per row, each cut before its EOS."""
+def _decode(
+    llm,
+    stack: _Stack,
+    step: _Step,
+    max_new_tokens: int,
+    rngs: Sequence[torch.Generator] | None = None,
+) -> list[list[int]]:
+    """Decode a prefilled batch step by step → new ids per row, each cut before its EOS
+    (sampled rows draw from their ``rngs``)."""
     rows, width = len(stack.lengths), stack.width
     cache = _appending(llm, stack.layers, width)
     logits = torch.stack(stack.logits)  # (B, V)
@@ -218,7 +261,7 @@ def _decode(llm, stack: _Stack, step: _Step, max_new_tokens: int) -> list[list[i
     generated = torch.zeros(rows, 0, dtype=torch.long, device=device)  # (B, t)
     running = torch.ones(rows, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
-        ids = torch.where(running, step.next(generated, logits), step.eos)  # ended rows: EOS
+        ids = torch.where(running, step.next(generated, logits, rngs), step.eos)  # ended rows: EOS
         generated = torch.cat([generated, ids[:, None]], dim=1)
         running &= ~step.ended(generated, logits)
         if t + 1 == max_new_tokens or not running.any():

@@ -64,6 +64,11 @@ class IsolatedRunner:
         alive = self._proc is not None and self._proc.poll() is None
         return self._proc.pid if alive else None
 
+    def start(self) -> None:
+        """Start the worker process now (else the first call starts it)."""
+        with self._lock:
+            self._start()
+
     def _start(self) -> tuple[Connection, Connection]:
         if self._proc is None or self._proc.poll() is not None:
             self._kill()
