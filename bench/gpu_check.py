@@ -35,7 +35,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
 import torch
@@ -59,7 +59,6 @@ QUESTIONS = (
     "How many objects are there at the start and how many at the end, and do any of them leave?",
 )
 # The field another change adds to GenerationOptions; until then the shared prefix is not measured.
-SHARE_PREFIX = "share_prefix" in {f.name for f in fields(GenerationOptions)}
 T = TypeVar("T")
 
 
@@ -205,9 +204,8 @@ def random_pixels(
 
 
 def options(batch: int, share: bool, max_new_tokens: int) -> GenerationOptions:
-    """Greedy options; ``share`` sets ``share_prefix`` where GenerationOptions has it."""
-    extra: dict[str, Any] = {"share_prefix": share} if SHARE_PREFIX else {}
-    return GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch, **extra)
+    """Greedy options, with or without the shared video prefix."""
+    return GenerationOptions(max_new_tokens=max_new_tokens, batch_size=batch, share_prefix=share)
 
 
 # -- sections ----------------------------------------------------------------------------------
@@ -222,7 +220,6 @@ def header(device: torch.device, plan: Plan) -> dict[str, Any]:
         "python": platform.python_version(),
         "cpu_threads": torch.get_num_threads(),
         "dtype": str(plan.dtype).removeprefix("torch."),
-        "shared_prefix_available": SHARE_PREFIX,
         "loadavg": load(),
     }
     for key, value in info.items():
@@ -277,9 +274,7 @@ def generation_section(
     pixels = random_pixels(videos, plan.model, device, mixed=True)
     frames, _ = model.encode_frames(pixels)
     del pixels
-    shares = (False, True) if SHARE_PREFIX else (False,)
-    if not SHARE_PREFIX:
-        print("shared prefix: not available (GenerationOptions has no share_prefix)")
+    shares = (False, True)
     rows = []
     for attention in ATTENTION_IMPLS:
         model.set_attention(attention)

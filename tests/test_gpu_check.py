@@ -56,7 +56,7 @@ def test_small_run_reports_every_section(small_run):
     assert [row["batch"] for row in report["stab"]] == list(plan["stab_batches"])
     assert all(row["videos_per_s"] > 0 and len(row["loadavg"]) == 3 for row in report["stab"])
     cells = {(r["attention"], r["batch"], r["shared_prefix"]) for r in report["generation"]}
-    shares = {False, True} if report["header"]["shared_prefix_available"] else {False}
+    shares = {False, True}
     want = {(a, b, s) for a in ("eager", "sdpa") for b in plan["generate_batches"] for s in shares}
     assert cells == want
     for row in report["generation"]:
