@@ -8,7 +8,9 @@ bundled videopanda-small at 112 px) and attention, fp32 on CPU, greedy:
 
 1. Batches: one question for each of ``throughput_videos`` videos of mixed aspect ratios (so
    their prompts differ in length), tokens/s of ``generate`` at each batch size with and without
-   the shared prefix, and the ratio of the largest batch to batch 1.
+   the shared prefix, and the ratio of the largest batch to batch 1, for answers of each of
+   ``answer_lengths`` tokens (prefill is per prompt at any batch size, so batching pays off
+   with the share of decoding in the call).
 2. Shared prefix: ``qa_videos`` videos with 1, 2, 5 and 10 questions each; the prefill FLOPs the
    shared prefix saves (``FlopCounterMode`` over ``generate`` with ``max_new_tokens=1``, the
    unshared side at batch 1 so padding is not counted as saved) and the measured speed-up of
@@ -48,6 +50,8 @@ class Spec:
     # source sizes cycled over the videos: different aspect ratios, different token counts
     sources: tuple[tuple[int, int], ...] = ((640, 480), (500, 500), (720, 1280), (1280, 720))
     max_new_tokens: int = 32  # a short QA answer; the tiny model never ends on its own
+    # section 1's answer lengths: a QA answer, and a detailed caption (decoding dominates)
+    answer_lengths: tuple[int, ...] = (32, 256)
     throughput_videos: int = 8
     batches: tuple[int, ...] = (1, 8)
     qa_videos: int = 4
@@ -160,21 +164,21 @@ def bench(name: str, model: VideoPanda, attention: str) -> dict:
     questions = [[QUESTIONS[n % len(QUESTIONS)]] for n in range(len(frames))]
     out["video_tokens"] = sorted({sum(f.shape[0] for f in video) for video in frames})
     largest, smallest = max(SPEC.batches), min(SPEC.batches)
-    for shared in (True, False):
-        runs = {
-            b: timed(
-                name, model, frames, questions, replace(greedy, batch_size=b, share_prefix=shared)
+    for length in SPEC.answer_lengths:
+        for shared in (True, False):
+            settings = replace(greedy, max_new_tokens=length, share_prefix=shared)
+            runs = {
+                b: timed(name, model, frames, questions, replace(settings, batch_size=b))
+                for b in SPEC.batches
+            }
+            key = f"{'shared' if shared else 'unshared'}_n{length}"
+            for b, run in runs.items():
+                out[f"{key}_b{b}_tokens_per_s"] = round(run.tokens / run.seconds, 1)
+                out[f"{key}_b{b}_load"] = round(run.load, 2)
+            top, bottom = runs[largest], runs[smallest]
+            out[f"{key}_b{largest}_over_b{smallest}"] = round(
+                ratio(top, bottom, "batch_size", bottom.seconds, top.seconds), 2
             )
-            for b in SPEC.batches
-        }
-        key = "shared" if shared else "unshared"
-        for b, run in runs.items():
-            out[f"{key}_b{b}_tokens_per_s"] = round(run.tokens / run.seconds, 1)
-            out[f"{key}_b{b}_load"] = round(run.load, 2)
-        top, bottom = runs[largest], runs[smallest]
-        out[f"{key}_b{largest}_over_b{smallest}"] = round(
-            ratio(top, bottom, "batch_size", bottom.seconds, top.seconds), 2
-        )
 
     frames = videos(model, SPEC.qa_videos)
     for q in SPEC.questions_per_video:
@@ -228,11 +232,12 @@ def report(r: dict) -> None:
     largest, smallest = max(SPEC.batches), min(SPEC.batches)
     print(f"\n{r['model']}, {r['attention']}: video tokens per video {r['video_tokens']}")
     print(
-        "path | "
+        "path, new tokens | "
         + " | ".join(f"b{b} tokens/s (load)" for b in SPEC.batches)
         + f" | b{largest}÷b{smallest}"
     )
-    for key in ("shared", "unshared"):
+    keys = [f"{p}_n{n}" for n in SPEC.answer_lengths for p in ("shared", "unshared")]
+    for key in keys:
         cells = [f"{r[f'{key}_b{b}_tokens_per_s']} ({r[f'{key}_b{b}_load']})" for b in SPEC.batches]
         print(f"{key} | " + " | ".join(cells) + f" | {r[f'{key}_b{largest}_over_b{smallest}']}")
     print(
