@@ -9,8 +9,9 @@ loopback.
 
 1. **Stages alone.** DecodeWorker, EncodeWorker and GenerateWorker run in this process (no Ray)
    over the corpus after one untimed warm-up call each, with one torch thread (what Ray gives a
-   ``num_cpus=1`` actor). For each: wall seconds and CPU seconds per video (this process and its
-   children: the decoder's isolated child included).
+   ``num_cpus=1`` actor), twice: the pass of fewer CPU seconds is kept. For each: wall seconds
+   and CPU seconds per video (this process and its children: the decoder's isolated child
+   included).
 2. **The bound.** On a CPU-only machine every stage shares the cores, so the pipeline cannot
    beat ``cores / Σ stage CPU-seconds per video``; nor can a stage beat ``workers / its CPU
    seconds per video`` (one single-threaded instance each). The bound is the smaller.
@@ -34,6 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -122,6 +124,19 @@ class _Meter:
         self.cpu = _cpu_seconds() - self.cpu
 
 
+def _best(run: Callable[[], list], passes: int = 2) -> tuple[list, _Meter]:
+    """``run``'s result and the meter of its least CPU-costly of ``passes`` passes (the least
+    disturbed by the machine's other work: the bound it gives is the higher)."""
+    best = None
+    for _ in range(passes):
+        with _Meter() as meter:
+            result = run()
+        if best is None or meter.cpu < best[1].cpu:
+            best = (result, meter)
+    assert best is not None
+    return best
+
+
 def _corpus(root: Path, count: int) -> Path:
     """``count`` videos: the sample corpus, then renamed copies of it, in a fresh folder."""
     write_corpus(root / "corpus")
@@ -150,8 +165,7 @@ def _standalone(
 
     decoder = DecodeWorker(options)
     decoder.decode("warm-up", str(videos[0]))
-    with _Meter() as meter:
-        decoded = [decoder.decode(p.name, str(p)) for p in videos]
+    decoded, meter = _best(lambda: [decoder.decode(p.name, str(p)) for p in videos])
     costs = {"decode": cost(meter, "decode")}
     assert all(meta["ok"] for meta, _ in decoded), [m for m, _ in decoded if not m["ok"]]
     decoder.runner.close()
@@ -164,8 +178,7 @@ def _standalone(
         return encoder.encode([video_key(m) for m, _ in batch], *[p for _, p in batch])[1]
 
     encode(batches[0])
-    with _Meter() as meter:
-        tokens = [encode(batch) for batch in batches]
+    tokens, meter = _best(lambda: [encode(batch) for batch in batches])
     costs["encode"] = cost(meter, "encode")
 
     generator = GenerateWorker(checkpoint, "cpu", cfg.attention)
@@ -180,8 +193,9 @@ def _standalone(
         return generator.generate(requests, generation, batch_tokens)
 
     generate(batches[0], tokens[0])
-    with _Meter() as meter:
-        rows = [r for b, t in zip(batches, tokens, strict=True) for r in generate(b, t)]
+    rows, meter = _best(
+        lambda: [r for b, t in zip(batches, tokens, strict=True) for r in generate(b, t)]
+    )
     costs["generate"] = cost(meter, "generate")
     assert len(rows) == n * len(cfg.questions)
     return costs, {(r["video_id"], r["question"]): r["answer"] for r in rows}
