@@ -16,7 +16,7 @@ from videopanda_cluster.train.data import SampleError, parse_records
 from videopanda_cluster.train.forward import FocusHead, answer_positions
 from videopanda_cluster.train.loop import train_stage
 from videopanda_cluster.train.stages import stage_config
-from videopanda_cluster.train.synth import SynthOptions, load_metadata, write_synth
+from videopanda_cluster.train.synth import CAPTION_PROMPTS, SynthOptions, load_metadata, write_synth
 
 
 def _row(*turns: dict) -> dict:
@@ -113,14 +113,20 @@ def test_synth_marks_the_word_each_question_is_about(tmp_path):
     for row in json.loads((tmp_path / "train" / "finetune.json").read_text()):
         video = videos[row["id"]]
         kinds, colours = {s.kind for s in video.shapes}, {s.colour for s in video.shapes}
-        for turn in row["conversations"][::2]:
+        turns = row["conversations"]
+        for turn, reply in zip(turns[::2], turns[1::2], strict=True):
             focus, question = turn.get("focus"), turn["value"].replace("<video>\n", "")
-            if len(video.shapes) == 1 or "How many" in question or "first" in question:
+            if reply["value"].startswith("there is no "):  # about a kind or colour not shown
+                assert focus not in kinds | colours and f" {focus} " in f" {question[:-1]} "
+                seen.add("absent")
+            elif len(video.shapes) == 1 or question in CAPTION_PROMPTS or "How" in question:
+                assert focus is None  # "How many", a caption, or a lone shape
+            elif "first" in question:
                 assert focus is None
             else:
                 assert focus in kinds | colours and f" {focus} " in f" {question[:-1]} "
                 seen.add(question.split()[1])
-    assert seen == {"colour", "shape", "way"}
+    assert seen == {"colour", "shape", "way", "absent"}
     # the eval lists stay in the reference format
     answers = json.loads((tmp_path / "eval/test/MSVD_Zero_Shot_QA/test_a.json").read_text())
     assert all(set(a) == {"answer", "type", "question_id"} for a in answers)

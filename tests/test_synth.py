@@ -13,11 +13,15 @@ from typer.testing import CliRunner
 
 from videopanda_cluster.cli import app
 from videopanda_cluster.eval.benchmarks import load_benchmark
+from videopanda_cluster.jobs.config import JobConfig
 from videopanda_cluster.train.synth import (
+    CAPTION_PROMPTS,
     SPLITS,
     VIDEO_TOKEN,
+    Shape,
     SynthOptions,
     SynthVideo,
+    caption,
     load_metadata,
     question_types,
     vocabularies,
@@ -156,6 +160,19 @@ def test_answers_agree_with_metadata(videos):
             first = min(named, key=lambda s: s.appear)
             assert kinds["first"]["answer"] == first.kind
             assert len({s.appear for s in named}) == 2
+        absent = kinds["absent"]  # names a kind or colour no shape of the clip has
+        words = set(absent["question"].rstrip("?").split())
+        assert not words & {w for s in video.shapes for w in (s.kind, s.colour)}
+        named = words & set(vocab["colour"] + vocab["shape"])
+        assert len(named) == 1 and absent["answer"].startswith("there is no ")
+        assert absent["focus"] in named and absent["focus"] in absent["answer"]
+
+
+def test_absent_questions_cover_kinds_and_colours(videos):
+    questions = [qa["question"] for v, _ in videos for qa in v.questions if qa["type"] == "absent"]
+    assert len(questions) == len(videos)
+    assert any(q.startswith("What colour is the") for q in questions)
+    assert any(q.startswith("What shape is the") for q in questions)
 
 
 def test_colour_answers_match_decoded_pixels(corpora, videos):
@@ -205,11 +222,19 @@ def test_eval_layout_is_read_by_the_benchmark_loader(corpora, videos):
     test_videos = [v for v, split in videos if split == "test"]
     bench = load_benchmark("msvd-qa", corpora["a"] / "eval" / "test")
     assert bench.missing == []
-    assert len(bench.items) == sum(len(v.questions) for v in test_videos)
+    assert len(bench.items) == sum(len(v.questions) + 1 for v in test_videos)
     expected = {
         f"{v.name}_{qa['type']}": (qa["question"], qa["answer"], qa["type"])
         for v in test_videos
         for qa in v.questions
+    }
+    expected |= {  # one caption item per clip, with the caption jobs' default prompt
+        f"{v.name}_caption": (
+            JobConfig.model_fields["caption_prompt"].default,
+            v.caption,
+            "caption",
+        )
+        for v in test_videos
     }
     got = {i.id: (i.question, i.answer, i.question_type) for i in bench.items}
     assert got == expected
@@ -252,6 +277,8 @@ def test_finetune_asks_every_binding_of_a_multi_shape_clip_without_giving_answer
     for name, conversations in per_video.items():
         video = by_name[name]
         assert conversations[0] == {(qa["question"], qa["answer"]) for qa in video.questions}
+        ((prompt, text),) = conversations.pop()  # the last one captions the clip
+        assert prompt in CAPTION_PROMPTS and text == video.caption
         if len(video.shapes) == 1:
             assert len(conversations) == 1
             continue
@@ -268,12 +295,52 @@ def test_finetune_asks_every_binding_of_a_multi_shape_clip_without_giving_answer
         assert len(set(asked)) == 4
 
 
-def test_captions_describe_the_scene(videos):
+def test_captions_name_each_shape_in_order_of_appearance(videos):
     for video, _ in videos:
         main = video.shapes[0]
-        assert video.caption.startswith(f"A {main.colour} {main.kind} moves {main.motion}")
-        for shape in video.shapes[1:]:
-            assert f"{shape.colour} {shape.kind}" in video.caption
+        text = video.caption
+        assert text.startswith(f"A {main.colour} {main.kind} moves {main.motion}")
+        assert text.endswith(".") and text.count(".") == 1
+        early = [s for s in video.shapes if s.appear == 0]
+        late = [s for s in video.shapes if s.appear > 0]
+        for shape in early[1:]:
+            assert f" and a {shape.colour} {shape.kind} stays still" in text
+        for shape in late:
+            assert f", then a {shape.colour} {shape.kind} appears and stays still" in text
+        positions = [text.index(f"{s.colour} {s.kind}") for s in early + late]
+        assert positions == sorted(positions)
+    assert any(len(v.shapes) == 3 for v, _ in videos)  # the fixture has three-shape clips
+
+
+def test_caption_of_a_three_shape_clip_reads_as_the_grammar_says():
+    shapes = (
+        Shape("circle", "red", 10, (20, 30), (60, 30), "right"),
+        Shape("square", "green", 10, (90, 80), (90, 80), "still"),
+        Shape("triangle", "blue", 10, (30, 80), (30, 80), "still", appear=5),
+    )
+    video = SynthVideo("x", OPTIONS, (0, 0, 0), shapes)
+    assert caption(video) == (
+        "A red circle moves right and a green square stays still, "
+        "then a blue triangle appears and stays still."
+    )
+
+
+def test_a_size_range_draws_each_videos_size(tmp_path):
+    options = SynthOptions(frames=4, size_range=(96, 640))
+    sizes = [options.for_video(3, i) for i in range(60)]
+    assert sizes == [options.for_video(3, i) for i in range(60)]  # deterministic
+    dims = [(o.width, o.height) for o in sizes]
+    assert all(o.size_range is None for o in sizes)
+    assert all(96 <= max(d) <= 640 and min(d) >= 64 and d[0] % 2 == d[1] % 2 == 0 for d in dims)
+    assert {"landscape", "portrait", "square"} == {
+        "square" if w == h else "landscape" if w > h else "portrait" for w, h in dims
+    }
+    assert max(max(d) for d in dims) > 500 and min(max(d) for d in dims) < 200
+    write_synth(tmp_path / "c", 3, 4, options)
+    for video, _ in load_metadata(tmp_path / "c"):
+        frames = _decode(tmp_path / "c" / "videos" / f"{video.name}.mp4")
+        assert frames[0].shape == (video.options.height, video.options.width, 3)
+        assert video.options == sizes[int(video.name.split("_")[1])]
 
 
 # --- errors and CLI ------------------------------------------------------------------------------
@@ -300,6 +367,7 @@ def test_cli_writes_the_corpus_and_prints_counts(tmp_path):
         "fps": 8,
         "radius": [0.15, 0.2],
         "travel": [0.5, 0.9],
+        "size_range": None,
     }
     shapes = [s for v in json.loads((root / "metadata.json").read_text()) for s in v["shapes"]]
     assert all(int(64 * 0.15) <= s["radius"] <= int(64 * 0.2) for s in shapes)
@@ -308,6 +376,12 @@ def test_cli_writes_the_corpus_and_prints_counts(tmp_path):
     assert _decode(root / "videos" / "synth_00004.mp4")[0].shape == (64, 96, 3)
     bad = CliRunner().invoke(app, ["synth", str(tmp_path / "bad"), "--size", "96"])
     assert bad.exit_code != 0
+    ranged = tmp_path / "ranged"
+    args = ["synth", str(ranged), "--videos", "3", "--frames", "4", "--size-range", "96,200"]
+    result = CliRunner().invoke(app, [*args, "--fps", "24"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((ranged / "synth.json").read_text())
+    assert summary["options"]["size_range"] == [96, 200] and summary["options"]["fps"] == 24
 
 
 @pytest.mark.parametrize(

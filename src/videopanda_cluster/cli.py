@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import eval_cli, jobs_cli, train_cli
+from .train.synth import SynthOptions
 from .video.errors import VideoDecodeError
 from .video.extract import PreprocessOptions, extract_video
 
@@ -43,6 +44,14 @@ def synth(
     videos: Annotated[int, typer.Option(help="Number of videos.", min=3)] = 1000,
     frames: Annotated[int, typer.Option(help="Frames per video.", min=4)] = 16,
     size: Annotated[str, typer.Option(help="Frame size WxH (even, at least 64x64).")] = "160x120",
+    size_range: Annotated[
+        str | None,
+        typer.Option(
+            help="Draw each video's size instead: longer side LO,HI px; landscape, portrait or "
+            "square (overrides --size)."
+        ),
+    ] = None,
+    fps: Annotated[int, typer.Option(help="Frames per second.", min=1)] = SynthOptions.fps,
     radius: Annotated[
         str, typer.Option(help="Shape radius range LO,HI as fractions of the shorter side.")
     ] = "0.09,0.13",
@@ -51,21 +60,28 @@ def synth(
     ] = "0.35,0.6",
 ) -> None:
     """Write a deterministic synthetic video-QA corpus: videos, training JSON, eval layouts."""
-    from .train.synth import SynthOptions, write_synth
+    from .train.synth import write_synth
 
     try:
         width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise typer.BadParameter(f"--size must look like 160x120, got {size!r}") from None
-    ranges = {}
-    for name, text in (("radius", radius), ("travel", travel)):
+    ranges: dict = {}
+    for name, text, cast in (
+        ("radius", radius, float),
+        ("travel", travel, float),
+        ("size_range", size_range, int),
+    ):
+        if text is None:
+            continue
         try:
-            lo, hi = (float(v) for v in text.split(","))
+            lo, hi = (cast(v) for v in text.split(","))
         except ValueError:
-            raise typer.BadParameter(f"--{name} must look like LO,HI, got {text!r}") from None
+            flag = name.replace("_", "-")
+            raise typer.BadParameter(f"--{flag} must look like LO,HI, got {text!r}") from None
         ranges[name] = (lo, hi)
     try:
-        options = SynthOptions(frames, width, height, **ranges)
+        options = SynthOptions(frames, width, height, fps, **ranges)
         summary = write_synth(directory, seed, videos, options)
     except (ValueError, FileExistsError) as exc:
         raise typer.BadParameter(str(exc)) from None

@@ -2,19 +2,29 @@
 
 Each clip shows one to three shapes (distinct kinds, distinct colours) on a plain background. The
 first ("main") shape moves in a straight line left, right, up or down over the clip; the others
-stay still, and one of them may appear partway through. Every answer is one word from a small
-closed vocabulary (:data:`VOCABULARIES`), so exact match scores it.
+stay still, and one of them may appear partway through. Every answer comes from a small closed
+vocabulary (:data:`VOCABULARIES`): one word, or for a question about a shape or colour that is
+not in the clip, the fixed answer "there is no square" / "there is no red object" (type
+``absent``), so exact match scores it. The caption (:func:`caption`) names every shape's colour,
+kind and motion in order of appearance; ``eval.caption_facts`` parses it back into facts.
+
+Frame sizes are fixed (``width`` x ``height``) or drawn per video (``size_range``: the longer
+side in a range, landscape, portrait or square), so one corpus can cover the range of sizes a
+model must hold up on.
 
 Layout written by :func:`write_synth` under ``DIR``:
 
 - ``videos/<name>.mp4``: every clip (H.264, encoded by :func:`~..video.samples.encode_video`);
 - ``metadata.json``: per video, its split, geometry, shapes, caption and questions;
 - ``train/prealign.json``, ``train/finetune.json``: training records in the reference format
-  (spec §7.2), caption and multi-turn QA conversations of the train split (with a second QA
-  conversation per clip with several shapes, :func:`swapped_questions`). Their ``video`` paths
-  are **relative to DIR** (``videos/<name>.mp4``);
+  (spec §7.2), caption conversations, and for finetune multi-turn QA conversations of the train
+  split (with a second QA conversation per clip with several shapes, :func:`swapped_questions`)
+  plus a caption conversation per clip. Their ``video`` paths are **relative to DIR**
+  (``videos/<name>.mp4``);
 - ``eval/{val,test}/MSVD_Zero_Shot_QA/``: ``test_q.json``, ``test_a.json`` (aligned by index,
-  ``type`` in test_a) and ``videos/`` (copies), the reference MSVD-QA layout (spec §6.1);
+  ``type`` in test_a; every clip's questions and one caption item of type ``caption`` whose
+  answer is the reference caption) and ``videos/`` (copies), the reference MSVD-QA layout
+  (spec §6.1);
 - ``synth.json``: seed, options, counts per split and per question type, vocabularies.
 
 The same seed and options give the same files byte for byte. Video ``i`` depends only on the seed,
@@ -35,21 +45,37 @@ import numpy as np
 
 from ..video.samples import BACKGROUNDS, COLOURS, SHAPES, SampleSpec, draw_shape, encode_video
 
-QUESTION_TYPES = ("colour", "shape", "direction", "count", "first")
+QUESTION_TYPES = ("colour", "shape", "direction", "count", "first", "absent")
+CAPTION_TYPE = "caption"  # the eval splits' caption items (scored by eval.caption_facts)
 SYNTH_COLOURS = ("red", "green", "blue", "yellow")
 DIRECTIONS = ("left", "right", "up", "down")
 COUNTS = ("one", "two", "three")
+
+
+def absent_kind(kind: str) -> str:
+    """The answer to a colour question about a kind the clip does not show."""
+    return f"there is no {kind}"
+
+
+def absent_colour(colour: str) -> str:
+    """The answer to a shape question about a colour the clip does not show."""
+    return f"there is no {colour} object"
+
+
 VOCABULARIES: dict[str, tuple[str, ...]] = {
     "colour": SYNTH_COLOURS,
     "shape": SHAPES,
     "direction": DIRECTIONS,
     "count": COUNTS,
     "first": SHAPES,
+    "absent": tuple(absent_kind(k) for k in SHAPES)
+    + tuple(absent_colour(c) for c in SYNTH_COLOURS),
 }
 SPLITS = ("train", "val", "test")
 EVAL_SPLITS = ("val", "test")
 EVAL_FOLDER = "MSVD_Zero_Shot_QA"  # the msvd-qa layout of eval.benchmarks
-CAPTION_PROMPTS = (
+CAPTION_PROMPTS = (  # the first is the caption jobs' default prompt and the eval splits'
+    "Describe this video in detail.",
     "Describe the video briefly.",
     "What happens in this video?",
     "Give a short caption for this video.",
@@ -59,7 +85,9 @@ VIDEO_TOKEN = "<video>"
 _STEPS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 _MARGIN = 3  # pixels kept free between a shape and the frame edge or another shape
 _PLACEMENT_TRIES = 50
-_SCENE, _QUESTIONS, _SPLIT, _TRAIN = 0, 1, 2, 3  # independent random streams
+_SCENE, _QUESTIONS, _SPLIT, _TRAIN, _SIZE = 0, 1, 2, 3, 4  # independent random streams
+_ASPECT = (1.25, 2.4)  # longer ÷ shorter side of a drawn landscape or portrait frame
+_MIN_SIDE = 64
 
 
 def question_types() -> tuple[str, ...]:
@@ -75,7 +103,10 @@ def vocabularies() -> dict[str, list[str]]:
 @dataclass(frozen=True)
 class SynthOptions:
     """Clip geometry and length; shape radii as fractions of the shorter frame side; the moving
-    shape's travel as a fraction of the span free along its direction."""
+    shape's travel as a fraction of the span free along its direction. With ``size_range``
+    (LO, HI), each video's frame size is drawn instead of ``width`` x ``height``: the longer
+    side in [LO, HI], a third each landscape, portrait and square, the aspect of the first two
+    in [1.25, 2.4] (the shorter side at least 64); the video's own options record its size."""
 
     frames: int = 16
     width: int = 160
@@ -83,12 +114,20 @@ class SynthOptions:
     fps: int = 8
     radius: tuple[float, float] = (0.09, 0.13)
     travel: tuple[float, float] = (0.35, 0.6)
+    size_range: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.frames < 4:
             raise ValueError(f"need at least 4 frames per video, got {self.frames}")
-        if min(self.width, self.height) < 64 or self.width % 2 or self.height % 2:
+        if self.fps < 1:
+            raise ValueError(f"fps must be at least 1, got {self.fps}")
+        if min(self.width, self.height) < _MIN_SIDE or self.width % 2 or self.height % 2:
             raise ValueError(f"frame size must be even and at least 64x64, got {self.size}")
+        if self.size_range is not None:
+            lo, hi = (int(v) for v in self.size_range)
+            if not 96 <= lo <= hi <= 4096:
+                raise ValueError(f"size range must be within [96, 4096], got {self.size_range}")
+            object.__setattr__(self, "size_range", (lo, hi))
         object.__setattr__(self, "radius", tuple(float(v) for v in self.radius))
         object.__setattr__(self, "travel", tuple(float(v) for v in self.travel))
         lo, hi = self.radius
@@ -100,7 +139,21 @@ class SynthOptions:
 
     @property
     def size(self) -> str:
+        if self.size_range is not None:
+            return f"{self.size_range[0]}-{self.size_range[1]}"
         return f"{self.width}x{self.height}"
+
+    def for_video(self, seed: int, index: int) -> SynthOptions:
+        """Video ``index``'s own options: its drawn frame size when ``size_range`` is set."""
+        if self.size_range is None:
+            return self
+        rng = _rng(seed, _SIZE, index)
+        shape = str(rng.choice(("landscape", "portrait", "square")))
+        longer = int(rng.integers(self.size_range[0], self.size_range[1] + 1))
+        aspect = 1.0 if shape == "square" else float(rng.uniform(*_ASPECT))
+        longer, shorter = (max(_MIN_SIDE, 2 * round(v / 2)) for v in (longer, longer / aspect))
+        width, height = (shorter, longer) if shape == "portrait" else (longer, shorter)
+        return replace(self, width=width, height=height, size_range=None)
 
 
 @dataclass(frozen=True)
@@ -220,6 +273,7 @@ def _still_shape(
 
 def make_video(name: str, seed: int, index: int, options: SynthOptions) -> SynthVideo:
     """Video ``index`` of the corpus seeded by ``seed``, with its caption and questions."""
+    options = options.for_video(seed, index)
     rng = _rng(seed, _SCENE, index)
     count = int(rng.integers(1, 4))
     kinds = [str(k) for k in rng.choice(SHAPES, size=count, replace=False)]
@@ -241,22 +295,23 @@ def make_video(name: str, seed: int, index: int, options: SynthOptions) -> Synth
 # --- text ----------------------------------------------------------------------------------------
 
 
-def _join(names: list[str]) -> str:
-    return " and ".join(f"a {n}" for n in names)
+def _phrase(shape: Shape) -> str:
+    """ "a red circle moves left" / "a green square stays still" / "... appears and stays still"."""
+    if shape.appear > 0:
+        return f"a {shape.name} appears and stays still"
+    return f"a {shape.name} " + (
+        "stays still" if shape.motion == "still" else f"moves {shape.motion}"
+    )
 
 
 def caption(video: SynthVideo) -> str:
-    """One templated sentence (two if a shape appears late) describing the clip."""
-    main, others = video.shapes[0], video.shapes[1:]
-    text = f"A {main.name} moves {main.motion}"
-    still = [s.name for s in others if s.appear == 0]
-    if still:
-        text += f" while {_join(still)} {'stays' if len(still) == 1 else 'stay'} still"
-    text += "."
-    late = [s.name for s in others if s.appear > 0]
-    if late:
-        text += f" {_join(late).capitalize()} appears partway through."
-    return text
+    """One sentence naming every shape's colour, kind and motion in order of appearance, e.g.
+    "A red circle moves left and a green triangle stays still, then a blue square appears and
+    stays still." (the grammar ``eval.caption_facts`` parses)."""
+    early = [_phrase(s) for s in video.shapes if s.appear == 0]
+    late = [_phrase(s) for s in sorted(video.shapes, key=lambda s: s.appear) if s.appear > 0]
+    text = ", then ".join([" and ".join(early), *late])
+    return text[0].upper() + text[1:] + "."
 
 
 QA = tuple[str, str, str, str | None]  # type, question, answer, focus (the word asked about)
@@ -276,6 +331,18 @@ def _shape_question(shape: Shape, alone: bool = False) -> QA:
     return ("shape", f"What shape is the {shape.colour} object?", shape.kind, shape.colour)
 
 
+def _absent_question(video: SynthVideo, rng: np.random.Generator) -> QA:
+    """Asks the colour of a kind the clip lacks, or the kind of a colour it lacks (a coin
+    decides); the answer is the fixed "there is no ..." phrase."""
+    kinds = [k for k in SHAPES if k not in {s.kind for s in video.shapes}]
+    colours = [c for c in SYNTH_COLOURS if c not in {s.colour for s in video.shapes}]
+    if rng.random() < 0.5:
+        kind = kinds[int(rng.integers(len(kinds)))]
+        return ("absent", f"What colour is the {kind}?", absent_kind(kind), kind)
+    colour = colours[int(rng.integers(len(colours)))]
+    return ("absent", f"What shape is the {colour} object?", absent_colour(colour), colour)
+
+
 def _as_dicts(qa: list[QA]) -> tuple[dict[str, str], ...]:
     """Question records; ``focus`` only where the question names a shape by one attribute."""
     rows = ({"type": t, "question": q, "answer": a, "focus": f} for t, q, a, f in qa)
@@ -283,7 +350,8 @@ def _as_dicts(qa: list[QA]) -> tuple[dict[str, str], ...]:
 
 
 def make_questions(video: SynthVideo, rng: np.random.Generator) -> tuple[dict[str, str], ...]:
-    """One question per applicable type (``first`` needs a late shape), in QUESTION_TYPES order.
+    """One question per applicable type (``first`` needs a late shape), in QUESTION_TYPES order;
+    the ``absent`` question names a kind or colour the clip lacks (at most three of four shown).
 
     No question gives away another's answer, so a multi-turn conversation can't be answered from
     its own text: shapes are named by kind only, the shape question asks about a different shape
@@ -310,6 +378,7 @@ def make_questions(video: SynthVideo, rng: np.random.Generator) -> tuple[dict[st
         pair = [early[int(rng.integers(len(early)))], late[0]]
         a, b = (pair[i].kind for i in rng.permutation(2))
         qa.append(("first", f"Which shape appears first, the {a} or the {b}?", pair[0].kind, None))
+    qa.append(_absent_question(video, rng))
     return _as_dicts(qa)
 
 
@@ -366,7 +435,8 @@ def swapped_questions(video: SynthVideo) -> tuple[dict[str, str], ...]:
 def training_records(videos: list[SynthVideo], seed: int) -> dict[str, list[dict[str, Any]]]:
     """``prealign`` (caption) and ``finetune`` records: per clip its questions as one multi-turn
     conversation, and for a clip with several shapes a second one, the swapped colour and shape
-    questions (:func:`swapped_questions`), turns shuffled."""
+    questions (:func:`swapped_questions`), turns shuffled; then a caption conversation with
+    another prompt, so the QA stage keeps the model captioning."""
     prealign, finetune = [], []
     for index, video in enumerate(videos):
         rng = _rng(seed, _TRAIN, index)
@@ -377,14 +447,22 @@ def training_records(videos: list[SynthVideo], seed: int) -> dict[str, list[dict
                 qa = [questions[i] for i in rng.permutation(len(questions))]
                 turns = [(q["question"], q["answer"]) for q in qa]
                 finetune.append(_conversation(video, turns, [q.get("focus") for q in qa]))
+        prompt = CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))]
+        finetune.append(_conversation(video, [(prompt, video.caption)]))
     return {"prealign": prealign, "finetune": finetune}
 
 
 def eval_lists(videos: list[SynthVideo]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """``test_q.json`` and ``test_a.json`` contents, aligned by index."""
+    """``test_q.json`` and ``test_a.json`` contents, aligned by index: every question, then one
+    caption item per clip (the caption jobs' prompt; its answer is the reference caption)."""
     questions, answers = [], []
     for video in videos:
-        for qa in video.questions:
+        caption_item = {
+            "type": CAPTION_TYPE,
+            "question": CAPTION_PROMPTS[0],
+            "answer": video.caption,
+        }
+        for qa in (*video.questions, caption_item):
             qid = f"{video.name}_{qa['type']}"
             questions.append(
                 {"video_name": video.name, "question": qa["question"], "question_id": qid}
