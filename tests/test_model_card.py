@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from videopanda_cluster.train.model_card import per_type_exact_match, write_card
+from videopanda_cluster.train.synth import SynthOptions, load_metadata, write_synth
 
 
 def _report(values: dict[str, float]) -> dict:
@@ -69,8 +70,12 @@ def test_card_reports_every_type_of_both_models(tmp_path):
     assert {k: v["exact_match"] for k, v in results["exact_match"].items()} == full
     assert results["ablation"]["switches"] == ["no_gstra", "no_lste"]
     card = (dest / "README.md").read_text()
-    assert "| full | 95.0 [90.0, 100.0] | 91.5 [86.5, 96.5] | 82.0 [77.0, 87.0] | 70.0" in card
-    assert "| no GSTRA, no LSTE | 93.0 [88.0, 98.0] | 90.0 [85.0, 95.0] | 41.0" in card
+    # below its target (colour 95, shape 90, direction 90, count 90) a value is bold
+    assert (
+        "| full (test) | 95.0 [90.0, 100.0] | 91.5 [86.5, 96.5] | **82.0** [77.0, 87.0] | **70.0**"
+        in card
+    )
+    assert "| no GSTRA, no LSTE | **93.0** [88.0, 98.0] | 90.0 [85.0, 95.0] | **41.0**" in card
     assert "Direction needs the temporal blocks." in card
     assert "scripts/train-small-model.sh" in card and "| first |" not in card.split("\n")[-1]
     assert (dest / "model.safetensors").read_bytes() == b"model.safetensors"
@@ -156,3 +161,66 @@ def test_a_stage_without_a_recorded_time_shows_a_dash(tmp_path):
     write_card(model, tmp_path / "r.json", tmp_path / "out", "cmd")
     card = (tmp_path / "out" / "README.md").read_text()
     assert "| finetune | train/finetune.json | 8 | 2 | 3.000 | 1.500 | - |" in card
+
+
+def _caption_report(values: dict[str, float], precision: float, recall: float) -> dict:
+    report = _report(values)
+    report["question_types"]["test"]["caption"] = {
+        "counts": {"items": 10, "answered": 10},
+        "offline": {"exact_match": 0.0, "exact_match_ci": [0.0, 0.0]},
+        "caption_facts": {
+            "fact_precision": precision,
+            "fact_precision_ci": [precision - 2, precision + 2],
+            "fact_recall": recall,
+            "fact_recall_ci": [recall - 3, recall + 3],
+        },
+    }
+    return report
+
+
+def test_card_has_validation_robustness_and_shape_counts(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"):
+        (model / name).write_bytes(b"x")
+    (model / "training.json").write_text(json.dumps(_training([])))
+    corpus, test = tmp_path / "corpus", tmp_path / "test"
+    write_synth(corpus, 0, 3, SynthOptions(frames=4, width=64, height=64))
+    write_synth(test, 7, 6, SynthOptions(frames=4, width=64, height=64))
+    videos = load_metadata(test)
+    run = tmp_path / "eval" / "full"
+    (run / "predictions").mkdir(parents=True)
+    lines = []
+    for video, _ in videos:  # colour right on clips of one shape only; shape always right
+        for qa in video.questions:
+            pred = qa["answer"] if qa["type"] != "colour" or len(video.shapes) == 1 else "nope"
+            lines.append({"id": f"{video.name}_{qa['type']}", "answer": qa["answer"], "pred": pred})
+    (run / "predictions" / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    (run / "report.json").write_text(json.dumps(_caption_report({"colour": 96.0}, 93.0, 80.0)))
+    (tmp_path / "val.json").write_text(json.dumps(_report({"colour": 99.0})))
+    (tmp_path / "wide.json").write_text(json.dumps(_caption_report({"shape": 61.0}, 91.0, 86.0)))
+    results = write_card(
+        model,
+        run / "report.json",
+        tmp_path / "out",
+        "cmd",
+        corpus=corpus,
+        val_report=tmp_path / "val.json",
+        test_corpus=test,
+        robustness=[("640x272", tmp_path / "wide.json")],
+    )
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "validation split of the training corpus (seed 0)" in card and "seed 7" in card
+    assert "| full (test) | 96.0 [91.0, 101.0] | n/a |" in card
+    assert "| 93.0 [91.0, 95.0] | **80.0** [77.0, 83.0] |" in card  # caption P / R, R < 85
+    assert "| full (validation, chose the recipe) | 99.0 [94.0, 104.0] |" in card
+    assert "| 640x272 | n/a | **61.0** | n/a | n/a | n/a | n/a | 91.0 | 86.0 |" in card
+    assert "Where it falls short: 640x272: shape 61.0" in card
+    counts = {len(v.shapes) for v, _ in videos}
+    assert len(counts) > 1  # the fixture has clips of one and of several shapes
+    expected = {n: 100.0 if n == 1 else 0.0 for n in counts}
+    assert {n: s["colour"]["exact_match"] for n, s in results["shape_counts"].items()} == expected
+    assert all(s["shape"]["exact_match"] == 100.0 for s in results["shape_counts"].values())
+    for n in counts - {1}:
+        assert f"{n} shapes (of the test split): colour 0.0" in card
+    assert results["robustness"]["640x272"]["shape"]["exact_match"] == 61.0
