@@ -31,6 +31,8 @@ from .video.samples import write_corpus
 MANIFEST = "demo.jsonl"
 ROBUSTNESS_FOLDER = "robustness"
 NO_TRUTH = "no ground truth (robustness)"
+WORLD_TITLE = "clips of its own world: answers against the ground truth"
+ODD_TITLE = "odd sample files: does every row come back (ok or a clean error)?"
 
 
 @dataclass(frozen=True)
@@ -213,8 +215,8 @@ def demo_tables(videos: list[DemoVideo], rows: Iterable[Row]) -> list[Table]:
     """One table of the clips (each caption and answer next to the truth, marked) and one of the
     odd files (each answer, or the row's error)."""
     found = _Answers(rows)
-    world = Table("video", "question", "answer", "truth", "", title="clips of its own world")
-    odd = Table("video", "question", "answer", "row", "truth", title="odd files")
+    world = Table("video", "question", "answer", "truth", "", title=WORLD_TITLE)
+    odd = Table("video", "question", "answer", "row", "truth", title=ODD_TITLE)
     for video in videos:
         if video.has_truth:
             row = found.caption(video)
@@ -224,22 +226,13 @@ def demo_tables(videos: list[DemoVideo], rows: Iterable[Row]) -> list[Table]:
             for question in video.questions:
                 row = found.answer(video, question)
                 mark = "✓" if _right(row, str(question.answer)) else "✗"
-                _add(
-                    world,
-                    video.video_id,
-                    question.question,
-                    _shown(row),
-                    str(question.answer),
-                    mark,
-                )
+                cells = (question.question, _shown(row), str(question.answer), mark)
+                _add(world, video.video_id, *cells)
         else:
-            for question, row in zip(
-                ("(caption)", *(q.question for q in video.questions)),
-                found.rows(video),
-                strict=True,
-            ):
+            asked = ("(caption)", *(q.question for q in video.questions))
+            for text, row in zip(asked, found.rows(video), strict=True):
                 status = "ok" if _said(row) is not None else "error"
-                _add(odd, video.video_id, question, _shown(row), status, NO_TRUTH)
+                _add(odd, video.video_id, text, _shown(row), status, NO_TRUTH)
     return [world, odd]
 
 

@@ -124,10 +124,10 @@ class SynthOptions:
         if min(self.width, self.height) < _MIN_SIDE or self.width % 2 or self.height % 2:
             raise ValueError(f"frame size must be even and at least 64x64, got {self.size}")
         if self.size_range is not None:
-            lo, hi = (int(v) for v in self.size_range)
-            if not 96 <= lo <= hi <= 4096:
+            shortest, longest = (int(v) for v in self.size_range)
+            if not 96 <= shortest <= longest <= 4096:
                 raise ValueError(f"size range must be within [96, 4096], got {self.size_range}")
-            object.__setattr__(self, "size_range", (lo, hi))
+            object.__setattr__(self, "size_range", (shortest, longest))
         object.__setattr__(self, "radius", tuple(float(v) for v in self.radius))
         object.__setattr__(self, "travel", tuple(float(v) for v in self.travel))
         lo, hi = self.radius
