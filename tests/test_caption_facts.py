@@ -141,11 +141,6 @@ def test_micro_averages_by_hand():
     assert (only_empty.precision, only_empty.recall) == (None, 0.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="synth.caption still writes the old grammar ('while ... stay still', 'appears "
-    "partway through'); remove this marker when the per-shape grammar lands",
-)
 def test_reference_caption_gives_every_shape():
     """Parsing a clip's reference caption gives back its shapes, moving one first."""
     for index in range(40):
