@@ -47,7 +47,7 @@ def test_two_writes_give_the_same_files(written):
 def test_clips_carry_their_own_ground_truth(written):
     _, (videos, _) = written
     corpus = DemoCorpus()
-    assert corpus.seed not in (0, 1, 7)  # training corpus, its held-out corpus, the test corpora
+    assert corpus.seed not in (0, 1, 7)  # training, the old held-out corpus, the test corpora
     world = [v for v in videos if v.has_truth]
     assert len(world) == corpus.clips
     for index, video in enumerate(world):

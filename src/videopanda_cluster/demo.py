@@ -38,7 +38,7 @@ ODD_TITLE = "odd sample files: does every row come back (ok or a clean error)?"
 @dataclass(frozen=True)
 class DemoCorpus:
     """The demo's definition: ``clips`` clips of the synthetic corpus seeded by ``seed`` (training
-    uses 0 and 1, the test corpora 7) with the options the bundled model is trained for; the odd
+    uses 0, the small model's test corpora 7) at the generator's default options; the odd
     ``samples`` files, each asked the generic ``questions``; the jobs' token limits."""
 
     seed: int = 21
