@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -81,18 +82,62 @@ def test_samples_command_is_deterministic(tmp_path):
     assert {p.rsplit(".", 1)[1] for p in (r["name"] for r in manifest)} >= {"mp4", "mkv", "webm"}
 
 
+ACCURACY = re.compile(
+    r"^accuracy on (?P<clips>\d+) clips of its world: QA (?P<right>\d+)/(?P<total>\d+) "
+    r"\((?:\d+\.\d%)\), caption facts precision (?:\d+\.\d%|n/a) recall \d+\.\d%; "
+    r"(?P<files>\d+) robustness files: (?P<answered>\d+) answered, (?P<failed>\d+) with error "
+    r"rows$",
+    re.MULTILINE,
+)
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
 @pytest.mark.slow  # scripts/check.sh leaves it to the full suite
-def test_demo_runs_the_main_job(corpus, tmp_path):
-    out = _cli("demo", "--directory", str(corpus), "--output", str(tmp_path / "store"), timeout=900)
+def test_demo_runs_the_main_job(tmp_path):
+    directory, store = tmp_path / "demo", tmp_path / "store"
+    out = _cli("demo", "--directory", str(directory), "--output", str(store), timeout=900)
     assert out.returncode == 0, out.stderr
     from videopanda_cluster.bundled import has_small_model
+    from videopanda_cluster.demo import (
+        NO_TRUTH,
+        ODD_TITLE,
+        WORLD_TITLE,
+        DemoCorpus,
+        score_demo,
+        write_demo,
+    )
+    from videopanda_cluster.eval.run import read_result_rows
+    from videopanda_cluster.storage.open import open_store
 
     # says which model answered: the shipped one, or that the fallback is untrained
     assert ("videopanda-small, bundled" if has_small_model() else "tiny RANDOM") in out.stdout
-    for kind in ("caption", "qa"):
-        [job] = (tmp_path / "store" / "jobs").glob(f"{kind}-*")
+    videos = write_demo(tmp_path / "again")  # the corpus is the same files every time
+    assert _files(directory) == _files(tmp_path / "again")
+    world = [v for v in videos if v.has_truth]
+    odd = [v for v in videos if not v.has_truth]
+    assert len(world) == DemoCorpus().clips and len(odd) >= 3
+    asked = sum(len(v.questions) for v in world)
+    rows = []
+    for kind, per_kind in (("caption", len(videos)), ("qa", sum(len(v.questions) for v in videos))):
+        [job] = (store / "jobs").glob(f"{kind}-*")
         summary = json.loads((job / "summary.json").read_text())
-        videos = len(json.loads((corpus / "manifest.json").read_text()))
-        assert summary["progress"]["committed_videos"] == videos
-        per_video = 1 if kind == "caption" else 2
-        assert summary["progress"]["rows"] == videos * per_video
+        assert summary["progress"]["committed_videos"] == len(videos)
+        assert summary["progress"]["rows"] == per_kind
+        rows += read_result_rows(open_store(str(store)), job.name)
+    # both tables: every clip's question marked, every odd file's rows without ground truth
+    assert WORLD_TITLE in out.stdout and ODD_TITLE in out.stdout
+    assert out.stdout.count("✓") + out.stdout.count("✗") == asked
+    assert out.stdout.count(NO_TRUTH) == sum(1 + len(v.questions) for v in odd)
+    # one accuracy line, counting the whole corpus, the same as the result rows give
+    [line] = [m for m in ACCURACY.finditer(out.stdout)]
+    assert (int(line["clips"]), int(line["total"]), int(line["files"])) == (
+        len(world),
+        asked,
+        len(odd),
+    )
+    assert int(line["right"]) == out.stdout.count("✓")
+    assert int(line["answered"]) + int(line["failed"]) == len(odd)
+    assert line[0] == score_demo(videos, rows).line()

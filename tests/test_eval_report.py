@@ -447,3 +447,87 @@ def test_vcgbench_html_renders_in_chromium(vcg_report, tmp_path):
     result = _render_clean(store, "vcg1", tmp_path)
     assert result["items"] == 2 and result["placeholders"] == 0
     assert result["frame_images_loaded"] == sum(s["frames"]["count"] for s in report["samples"]) > 0
+
+
+# A synthetic-corpus run with caption items: (id, video, type, reference, prediction). Facts
+# (eval/caption_facts.py): c1 predicts 1 (red circle left ✓) of 2 true; c2 predicts 3 (blue
+# square down ✗, yellow diamond still ✓ twice, the second unmatched) of 2 true; c3 predicts
+# none of 1 true. Predicted 4, true 5, matched 2: precision 50%, recall 40%.
+CAPTION_RUN = [
+    ("c1", "v1", "caption", "A red circle moves left and a green triangle stays still.",
+     "A red circle moves left."),
+    ("c2", "v2", "caption", "A blue square moves up, then a yellow diamond appears and stays "
+     "still.", "A blue square moves down and a yellow diamond stays still and a yellow diamond "
+     "stays still."),
+    ("c3", "v3", "caption", "A red circle moves left.", "two"),
+    ("q1", "v1", "colour", "red", "red"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def caption_report(tmp_path_factory) -> tuple[LocalStore, dict]:
+    store = LocalStore(tmp_path_factory.mktemp("caption-run"))
+    items = [
+        _item(i, "qa", f"/synth/{v}.mp4", answer=a, question_type=t)
+        for i, v, t, a, _ in CAPTION_RUN
+    ]
+    items.append(
+        _item("c4", "qa", "/synth/v4.mp4", "error", error="truncated", question_type="caption")
+    )
+    preds = [{"id": i, "question": "q", "answer": a, "pred": p} for i, _, _, a, p in CAPTION_RUN]
+    _write_run(store, "cap1", "msvd-qa", items, {"qa": preds}, None)
+    _write_run(store, "cap0", "msvd-qa", items[3:4], {"qa": preds[3:4]}, None)  # colour only
+    return store, build_report(store, "cap1", sample_items=0, n_resamples=RESAMPLES)
+
+
+def test_caption_fact_metrics_by_hand(caption_report):
+    _, report = caption_report
+    types = report["question_types"]["qa"]
+    assert types["caption"]["counts"]["items"] == 4 and types["caption"]["counts"]["answered"] == 3
+    facts = types["caption"]["caption_facts"]
+    assert {k: facts[k] for k in ("answered", "videos", "captions")} == {
+        "answered": 3,
+        "videos": 3,
+        "captions": 3,
+    }
+    counts = {k: facts[k] for k in ("predicted_facts", "true_facts", "matched_facts")}
+    assert counts == {"predicted_facts": 4, "true_facts": 5, "matched_facts": 2}
+    assert facts["fact_precision"] == pytest.approx(50.0)
+    assert facts["fact_recall"] == pytest.approx(40.0)
+    # each predicted (true) fact is a 0/100 value clustered by its video
+    precision = bootstrap_ci([100, 100, 0, 0], ["vid-v1", "vid-v2", "vid-v2", "vid-v2"],
+                             n_resamples=RESAMPLES, seed=0)  # fmt: skip
+    recall = bootstrap_ci([100, 0, 100, 0, 0], ["vid-v1", "vid-v1", "vid-v2", "vid-v2", "vid-v3"],
+                          n_resamples=RESAMPLES, seed=0)  # fmt: skip
+    assert facts["fact_precision_ci"] == pytest.approx(list(precision))
+    assert facts["fact_recall_ci"] == pytest.approx(list(recall))
+    assert "caption_facts" not in types["colour"]  # other types keep their metrics only
+    assert types["colour"]["offline"]["exact_match"] == pytest.approx(100.0)
+    assert types["caption"]["offline"]["exact_match"] == pytest.approx(0.0)
+
+
+def test_caption_fact_metrics_in_the_files(caption_report):
+    store, report = caption_report
+    saved = json.loads(store.get(run_key("cap1", "report.json")))
+    assert saved["question_types"]["qa"]["caption"]["caption_facts"]["matched_facts"] == 2
+    facts = report["question_types"]["qa"]["caption"]["caption_facts"]
+    lo, hi = facts["fact_precision_ci"]
+    markdown = store.get(run_key("cap1", "report.md")).decode()
+    section = markdown.split("## By question type")[1].split("##")[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    headers = [h.strip() for h in lines[0].strip("|").split("|")]
+    rows = {tuple(c.strip() for c in line.strip("|").split(" | "))[1]: line for line in lines[2:]}
+    assert headers[-2:] == ["fact precision % (95% CI)", "fact recall % (95% CI)"]
+    caption = [c.strip() for c in rows["caption"].strip("|").split(" | ")]
+    assert caption[-2] == f"50.0 \\[{lo:.1f}, {hi:.1f}\\]"
+    assert caption[-1].startswith("40.0 \\[")
+    colour = [c.strip() for c in rows["colour"].strip("|").split(" | ")]
+    assert colour[-2:] == ["–", "–"]
+    page = store.get(run_key("cap1", "report.html")).decode()
+    assert "<th>fact precision % (95% CI)</th>" in page
+    assert f"<td>50.0 [{lo:.1f}, {hi:.1f}]</td>" in page
+    # a run without caption items keeps its question-type table as it was
+    build_report(store, "cap0", sample_items=0, n_resamples=50)
+    markdown = store.get(run_key("cap0", "report.md")).decode()
+    assert "| subset | question type | items | answered | dimension |" in markdown
+    assert "fact precision" not in markdown and "token F1 % |\n" in markdown

@@ -147,24 +147,31 @@ def inspect(
     console.print(table)
 
 
-DEMO_QUESTIONS = ["What colour is the circle?", "Which way does the square move?"]
-
-
 @app.command()
 def demo(
-    directory: Annotated[Path, typer.Option(help="Sample corpus directory.")] = Path("samples"),
+    directory: Annotated[Path, typer.Option(help="Where to write the demo's videos.")] = Path(
+        "demo"
+    ),
     output: Annotated[str, typer.Option(help="Result store.")] = "out",
     checkpoint: Annotated[
         str | None,
         typer.Option(help="Model folder (default: the bundled model, else tiny random)."),
     ] = None,
 ) -> None:
-    """The main job on the embedded default: caption + QA over the sample corpus (local Ray,
-    local store)."""
-    from .video.samples import write_corpus
+    """The main job on the embedded default: caption + QA over clips of the model's own world
+    (scored against their ground truth) and a few odd sample files (local Ray, local store)."""
+    from .demo import DemoCorpus, demo_tables, manifest_path, score_demo, write_demo
+    from .eval.run import read_result_rows
+    from .storage.open import open_store
 
-    rows = write_corpus(directory)
-    console.print(f"sample corpus: {len(rows)} videos in {directory}")
+    corpus = DemoCorpus()
+    videos = write_demo(directory, corpus)
+    clips = sum(v.has_truth for v in videos)
+    console.print(
+        f"demo corpus in {directory}: {clips} clips of the model's world (synth seed "
+        f"{corpus.seed}, with ground truth) and {len(videos) - clips} odd sample files",
+        markup=False,
+    )
     if checkpoint is None:
         from .bundled import has_small_model
 
@@ -175,29 +182,16 @@ def demo(
             else "[yellow]model: a tiny RANDOM Video-Panda generated on the fly (untrained, its "
             "answers are noise): the bundled trained model is not in this checkout[/yellow]"
         )
-    base = {"inputs": str(directory), "output": output, "checkpoint": checkpoint}
-    captions = jobs_cli.run({**base, "kind": "caption", "max_new_tokens": 16}, None)
-    answers = jobs_cli.run(
-        {**base, "kind": "qa", "questions": DEMO_QUESTIONS, "max_new_tokens": 8}, None
-    )
-    _print_answers(output, [captions["job_id"], answers["job_id"]])
-
-
-def _print_answers(output: str, job_ids: list[str]) -> None:
-    """One table of every video's caption and answers, from the jobs' result rows."""
-    from .eval.run import read_result_rows
-    from .storage.open import open_store
-
+    base = {"inputs": str(manifest_path(directory)), "output": output, "checkpoint": checkpoint}
+    jobs = [
+        jobs_cli.run({**base, "kind": "caption", "max_new_tokens": corpus.caption_tokens}, None),
+        jobs_cli.run({**base, "kind": "qa", "max_new_tokens": corpus.answer_tokens}, None),
+    ]
     store = open_store(output)
-    table = Table("video", "question", "answer", title="what the model says")
-    for job_id in job_ids:
-        for row in sorted(read_result_rows(store, job_id), key=lambda r: str(r.get("video_id"))):
-            answer = (
-                row.get("answer") if row.get("status") == "ok" else f"(error: {row.get('error')})"
-            )
-            question = row.get("question") or "(caption)"
-            table.add_row(str(row.get("video_id")), question, str(answer))
-    console.print(table)
+    rows = [row for job in jobs for row in read_result_rows(store, job["job_id"])]
+    for table in demo_tables(videos, rows):
+        console.print(table)
+    console.print(score_demo(videos, rows).line(), markup=False, soft_wrap=True)
 
 
 @app.command("model-info")

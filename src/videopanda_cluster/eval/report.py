@@ -2,9 +2,10 @@
 
 :func:`build_report` reads a run's files (see :mod:`.layout`) and writes ``report.json``,
 ``report.md``, ``report.png`` and a self-contained ``report.html`` next to them. Accuracy, exact
-match and token F1 are in percent; scores on the judge's 0-5 scale. Intervals are 95% percentile
-bootstrap intervals that resample videos, so questions about one video move together. Items that
-were missing, failed to decode or failed judging are counted, never scored.
+match, token F1 and caption fact precision and recall are in percent; scores on the judge's 0-5
+scale. Intervals are 95% percentile bootstrap intervals that resample videos, so questions about
+one video move together. Items that were missing, failed to decode or failed judging are counted,
+never scored.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import io
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ from ..cluster.sources import open_uri
 from ..storage.base import Store
 from ..video.errors import VideoDecodeError
 from ..video.extract import PreprocessOptions, extract_video
+from .caption_facts import CaptionScore, score_caption
 from .layout import BENCHMARKS, DIMENSIONS, QA_BENCHMARKS, json_lines, predictions_key, run_key
 from .metrics import bootstrap_ci, exact_match, token_f1
 from .paper import paper_table, split_items
@@ -36,6 +38,8 @@ UNITS = {
     "accuracy": "percent",
     "exact_match": "percent",
     "token_f1": "percent",
+    "fact_precision": "percent",
+    "fact_recall": "percent",
     "score": "judge scale 0-5",
 }
 _YES_NO_SUBSET = "qa"  # the only subset judged yes/no as well as scored
@@ -224,10 +228,63 @@ def _subset_metrics(answers: list[_Answer], subset: str, judged: bool, boot: _Bo
     }
 
 
+def _caption_facts(answers: list[_Answer], boot: _Bootstrap) -> dict:
+    """Caption fact precision and recall (percent, :mod:`.caption_facts`) of the predictions
+    against the reference captions, micro-averaged: each predicted (true) fact is a value of
+    100 if matched else 0, clustered by its video, so their mean is matched ÷ predicted (true)
+    facts and its interval resamples videos."""
+    total, precision, recall = CaptionScore(), [], []
+    for a in answers:
+        for predicted in a.predicted:
+            score = score_caption(predicted, str(a.item.get("answer", "")))
+            total += score
+            precision += _facts_matched(score.matched, score.predicted, a.video)
+            recall += _facts_matched(score.matched, score.true, a.video)
+    (p_value, p_ci), (r_value, r_ci) = boot.mean_ci(precision), boot.mean_ci(recall)
+    return {
+        "answered": len(answers),
+        "videos": len({a.video for a in answers}),
+        "captions": total.captions,
+        "predicted_facts": total.predicted,
+        "true_facts": total.true,
+        "matched_facts": total.matched,
+        "fact_precision": p_value,
+        "fact_precision_ci": p_ci,
+        "fact_recall": r_value,
+        "fact_recall_ci": r_ci,
+    }
+
+
+def _facts_matched(matched: int, facts: int, video: str) -> list[tuple[float, str]]:
+    return [(100.0, video)] * matched + [(0.0, video)] * (facts - matched)
+
+
+@dataclass(frozen=True)
+class _TypeScorer:
+    """Metrics a question type gets beside those every type gets (counts, offline, judged)."""
+
+    key: str  # its entry in the type's record in report.json
+    score: Callable[[list[_Answer], _Bootstrap], dict]
+    columns: tuple[tuple[str, str], ...]  # (metric, header) in the question-type table
+
+
+TYPE_SCORERS: dict[str, _TypeScorer] = {
+    "caption": _TypeScorer(
+        "caption_facts",
+        _caption_facts,
+        (
+            ("fact_precision", "fact precision % (95% CI)"),
+            ("fact_recall", "fact recall % (95% CI)"),
+        ),
+    ),
+}
+
+
 def _question_types(
     files: _RunFiles, answers: list[_Answer], judged: bool, boot: _Bootstrap
 ) -> dict[str, dict[str, dict]]:
-    """Counts and metrics per (subset, question type), for items that have a type."""
+    """Counts and metrics per (subset, question type), for items that have a type; a type in
+    :data:`TYPE_SCORERS` gets its scorer's metrics too."""
     answered = {a.key for a in answers}
     groups: dict[tuple[str, str], list[dict]] = {}
     for item in files.items:
@@ -237,10 +294,12 @@ def _question_types(
     for (subset, qtype), items in sorted(groups.items()):
         keys = {_item_key(item) for item in items}
         chosen = [a for a in answers if a.key in keys]
-        out.setdefault(subset, {})[qtype] = {
-            "counts": _counts(items, answered),
-            **_subset_metrics(chosen, subset, judged, boot),
-        }
+        record = {"counts": _counts(items, answered)}
+        record.update(_subset_metrics(chosen, subset, judged, boot))
+        scorer = TYPE_SCORERS.get(qtype)
+        if scorer is not None:
+            record[scorer.key] = scorer.score(chosen, boot)
+        out.setdefault(subset, {})[qtype] = record
     return out
 
 
@@ -544,7 +603,7 @@ def _fmt_ci(value: float | None, ci: list[float] | None, digits: int) -> str:
 
 
 def _digits(metric: str) -> int:
-    return 1 if metric in ("accuracy", "exact_match", "token_f1") else 2
+    return 1 if UNITS.get(metric) == "percent" else 2
 
 
 def _summary_section(report: dict) -> _Section:
@@ -649,16 +708,25 @@ def _failed_items_section(report: dict) -> _Section:
 
 
 def _question_type_section(report: dict) -> _Section:
+    """One row per (subset, type, dimension); the columns of a type scorer only where the run has
+    its type, "–" in other types' rows."""
+    present = {qtype for types in report["question_types"].values() for qtype in types}
+    scorers = [scorer for qtype, scorer in TYPE_SCORERS.items() if qtype in present]
     headers = _headers(
         "subset|question type|items|answered|dimension|accuracy % (95% CI)|mean score (95% CI)|"
         "exact match %|token F1 %"
-    )
+    ) + [header for scorer in scorers for _, header in scorer.columns]
     rows = []
     for subset, types in report["question_types"].items():
         for qtype, m in types.items():
             head = [subset, qtype, *_strs(m["counts"], "items", "answered")]
             tail = [_cell(m["offline"], "exact_match", ci=False)]
             tail += [_cell(m["offline"], "token_f1", ci=False)]
+            tail += [
+                _cell(m[scorer.key], metric) if scorer.key in m else "–"
+                for scorer in scorers
+                for metric, _ in scorer.columns
+            ]
             rows += [
                 [*head, dim, _cell(j, "accuracy"), _cell(j, "mean_score"), *tail]
                 for dim, j in (m["judged"] or {"–": {}}).items()

@@ -14,7 +14,7 @@ model must hold up on.
 
 Layout written by :func:`write_synth` under ``DIR``:
 
-- ``videos/<name>.mp4``: every clip (H.264, encoded by :func:`~..video.samples.encode_video`);
+- ``videos/<name>.mp4``: every clip (H.264, encoded by :func:`encode_clip`);
 - ``metadata.json``: per video, its split, geometry, shapes, caption and questions;
 - ``train/prealign.json``, ``train/finetune.json``: training records in the reference format
   (spec §7.2), caption conversations, and for finetune multi-turn QA conversations of the train
@@ -124,10 +124,10 @@ class SynthOptions:
         if min(self.width, self.height) < _MIN_SIDE or self.width % 2 or self.height % 2:
             raise ValueError(f"frame size must be even and at least 64x64, got {self.size}")
         if self.size_range is not None:
-            lo, hi = (int(v) for v in self.size_range)
-            if not 96 <= lo <= hi <= 4096:
+            shortest, longest = (int(v) for v in self.size_range)
+            if not 96 <= shortest <= longest <= 4096:
                 raise ValueError(f"size range must be within [96, 4096], got {self.size_range}")
-            object.__setattr__(self, "size_range", (lo, hi))
+            object.__setattr__(self, "size_range", (shortest, longest))
         object.__setattr__(self, "radius", tuple(float(v) for v in self.radius))
         object.__setattr__(self, "travel", tuple(float(v) for v in self.travel))
         lo, hi = self.radius
@@ -476,7 +476,9 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
-def _encode(directory: Path, video: SynthVideo) -> None:
+def encode_clip(directory: Path, video: SynthVideo) -> None:
+    """Encode ``video`` to ``directory / video_path(video.name)`` (H.264, byte for byte
+    repeatable)."""
     opts = video.options
     spec = SampleSpec(
         video.name, opts.width, opts.height, opts.frames, Fraction(opts.fps), "libx264"
@@ -529,7 +531,7 @@ def write_synth(
     splits = assign_splits([v.name for v in clips], seed)
     split_of = {name: split for split, names in splits.items() for name in names}
     for video in clips:
-        _encode(root, video)
+        encode_clip(root, video)
     _write_json(root / "metadata.json", [{**v.to_dict(), "split": split_of[v.name]} for v in clips])
     by_name = {v.name: v for v in clips}
     records = training_records([by_name[n] for n in splits["train"]], seed)

@@ -7,7 +7,7 @@ as a 16-bit barcode along the top edge, so a decoded frame can be identified wit
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -208,7 +208,12 @@ def encode_video(path: Path, spec: SampleSpec, render: Callable[[int], np.ndarra
             stream.codec_context.bit_rate = 2_000_000
             stream.codec_context.options = {"deadline": "realtime", "cpu-used": "8"}
         elif spec.codec == "libx264":
-            stream.codec_context.options = {"preset": "veryfast", "crf": "20"}
+            # no macroblock tree: its floating-point lookahead made the bytes vary between runs
+            stream.codec_context.options = {
+                "preset": "veryfast",
+                "crf": "20",
+                "x264-params": "mbtree=0",
+            }
         elif spec.codec == "libx265":
             stream.codec_context.options = {"preset": "veryfast", "x265-params": "log-level=none"}
         else:
@@ -222,14 +227,23 @@ def encode_video(path: Path, spec: SampleSpec, render: Callable[[int], np.ndarra
         container.mux(stream.encode(None))
 
 
-def write_corpus(directory: Path, seed: int = 0, long: bool = False) -> list[dict]:
-    """Write every default sample (skipping codecs this build cannot encode) and a manifest.
+def write_corpus(
+    directory: Path, seed: int = 0, long: bool = False, names: Collection[str] | None = None
+) -> list[dict]:
+    """Write every default sample (skipping codecs this build cannot encode) and a manifest;
+    with ``names``, only those files (each file's scene is the same either way).
 
     Returns the manifest rows: file name, size, frames, fps, vfr, rotation, codec.
     """
+    specs = default_specs(long)
+    unknown = sorted(set(names or ()) - {spec.filename for spec in specs})
+    if unknown:
+        raise ValueError(f"no sample file named {', '.join(unknown)} (see default_specs)")
     directory.mkdir(parents=True, exist_ok=True)
     rows = []
-    for n, spec in enumerate(default_specs(long)):
+    for n, spec in enumerate(specs):
+        if names is not None and spec.filename not in names:
+            continue
         try:
             av.codec.Codec(spec.codec, "w")
         except Exception:
