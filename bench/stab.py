@@ -4,7 +4,8 @@
 
 Vision parts only (no LLM), random weights, fp32 on CPU, so the absolute figures say nothing about
 the paper's setting, whose hardware and precision are not stated; the paper reports STAB 3–4×
-faster. A video is 8 frames: for STAB 2 clips of 4 frames at 448² (mask channel all ones) plus the
+faster. Each figure is printed with the 1-minute load average when it was taken. A video is 8
+frames: for STAB 2 clips of 4 frames at 448² (mask channel all ones) plus the
 mlp2x_gelu projector to 4096; for CLIP 8 images at 224². Each (model, batch) is warmed up with one
 call, then ``--repeats`` calls are timed and the median is kept. Multiply-adds per video are
 ``FlopCounterMode`` total FLOPs // 2 on one video.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -106,19 +108,20 @@ def main() -> None:
                 seconds = _seconds(run, inputs(batch), args.repeats)
                 result[f"{name}_b{batch}_videos_per_s"] = round(batch / seconds, 3)
                 result[f"{name}_b{batch}_ms_per_video"] = round(1000 * seconds / batch, 1)
+                result[f"{name}_b{batch}_load"] = round(os.getloadavg()[0], 2)
     for batch in BATCHES:
         ratio = result[f"stab_b{batch}_videos_per_s"] / result[f"clip_b{batch}_videos_per_s"]
         result[f"speedup_b{batch}"] = round(ratio, 2)
     result["macs_ratio"] = round(result["clip_gmacs_per_video"] / result["stab_gmacs_per_video"], 2)
 
     print(f"threads {result['threads']}, median of {args.repeats}, fp32 CPU, random weights")
-    print("model | GMACs/video | batch | videos/s | ms/video")
+    print("model | GMACs/video | batch | videos/s | ms/video | load (1-min average)")
     for name, label in (("stab", "STAB+projector"), ("clip", "CLIP ViT-L/14@224 x8")):
         for batch in BATCHES:
             print(
                 f"{label} | {result[f'{name}_gmacs_per_video']} | {batch} | "
                 f"{result[f'{name}_b{batch}_videos_per_s']} | "
-                f"{result[f'{name}_b{batch}_ms_per_video']}"
+                f"{result[f'{name}_b{batch}_ms_per_video']} | {result[f'{name}_b{batch}_load']}"
             )
     for batch in BATCHES:
         print(f"STAB/CLIP videos/s at batch {batch}: {result[f'speedup_b{batch}']}x")
