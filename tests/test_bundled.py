@@ -24,9 +24,10 @@ def test_bundled_model_is_the_default_when_present(tmp_path, monkeypatch):
 
 @pytest.mark.slow  # scripts/check.sh leaves it to the full suite
 def test_the_shipped_model_answers_questions_about_new_videos(tmp_path):
-    """The committed weights are the trained ones: on clips of a corpus seed used neither in
-    training (0) nor in the card's evaluation (1), every answer type is far above chance. The
-    accuracy bar itself is measured by scripts/train-small-model.sh and stated in the card."""
+    """The committed weights are the ones the card describes: on 40 clips at `videopanda
+    synth`'s defaults from a seed used neither in training (0) nor in the card's test corpora
+    (7), each answer type's accuracy is within 20 points (about 2.5 binomial SDs at 40 clips) of
+    the card's test figure, and above chance."""
     import json
     from collections import defaultdict
 
@@ -38,9 +39,8 @@ def test_the_shipped_model_answers_questions_about_new_videos(tmp_path):
     from videopanda_cluster.train.synth import SynthOptions, load_metadata, write_synth
 
     folder = bundled.small_model()
-    training = json.loads((folder / "training.json").read_text())
-    options = SynthOptions(**training["corpus"]["options"])
-    write_synth(tmp_path, seed=2, videos=40, options=options)
+    card = json.loads((folder / "eval.json").read_text())["exact_match"]
+    write_synth(tmp_path, seed=2, videos=40, options=SynthOptions())
     model = VideoPanda.from_pretrained(folder, device="cpu", dtype=torch.float32)
     scores = defaultdict(list)
     for video, _ in load_metadata(tmp_path):
@@ -50,4 +50,4 @@ def test_the_shipped_model_answers_questions_about_new_videos(tmp_path):
             scores[qa["type"]].append(exact_match(answer, qa["answer"]))
     accuracy = {t: sum(s) / len(s) for t, s in scores.items()}
     for qtype in ("colour", "shape", "direction", "count"):  # chance: 25%, 25%, 25%, 33%
-        assert accuracy[qtype] >= 0.6, accuracy
+        assert accuracy[qtype] >= max(0.35, card[qtype]["exact_match"] / 100 - 0.2), accuracy

@@ -213,14 +213,15 @@ def test_card_has_validation_robustness_and_shape_counts(tmp_path):
     assert "validation split of the training corpus (seed 0)" in card and "seed 7" in card
     assert "| full (test) | 96.0 [91.0, 101.0] | n/a |" in card
     assert "| 93.0 [91.0, 95.0] | **80.0** [77.0, 83.0] |" in card  # caption P / R, R < 85
-    assert "| full (validation, chose the recipe) | 99.0 [94.0, 104.0] |" in card
+    assert "| full (validation) | 99.0 [94.0, 104.0] |" in card
     assert "| 640x272 | n/a | **61.0** | n/a | n/a | n/a | n/a | 91.0 | 86.0 |" in card
-    assert "Where it falls short: 640x272: shape 61.0" in card
+    assert "- shape (target 90): 640x272 (61.0)\n" in card
     counts = {len(v.shapes) for v, _ in videos}
     assert len(counts) > 1  # the fixture has clips of one and of several shapes
     expected = {n: 100.0 if n == 1 else 0.0 for n in counts}
     assert {n: s["colour"]["exact_match"] for n, s in results["shape_counts"].items()} == expected
     assert all(s["shape"]["exact_match"] == 100.0 for s in results["shape_counts"].values())
-    for n in counts - {1}:
-        assert f"{n} shapes (of the test split): colour 0.0" in card
+    several = sorted(counts - {1})
+    labels = ", ".join(f"{n} shapes (of the test split) (0.0)" for n in several)
+    assert f"- colour (target 95): {labels}\n" in card
     assert results["robustness"]["640x272"]["shape"]["exact_match"] == 61.0
