@@ -57,6 +57,7 @@ def test_local_and_blob_inputs_decode_alike_in_the_child(azurite, corpus, monkey
     assert missing["ok"] is False and missing["error"] == "not_found", missing
 
 
+@pytest.mark.slow
 def test_stalled_blob_read_is_stopped_by_the_watchdog(tmp_path, corpus, monkeypatch):
     """A read that blocks inside the store client can only be stopped by killing the child."""
     with AzuriteServer(tmp_path / "azurite") as server:

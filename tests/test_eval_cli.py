@@ -70,6 +70,7 @@ def test_run_judge_report_on_a_benchmark(corpus, tmp_path, openai_server):
     )
 
 
+@pytest.mark.slow
 def test_judge_a_prediction_file_made_elsewhere(tmp_path, openai_server):
     lines = [
         {"id": "v1_0", "question": "what is red?", "answer": "ball", "pred": "ball"},
@@ -111,6 +112,7 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_judge_exits_non_zero_when_verdicts_failed(tmp_path, openai_server):
     """Against a closed port every verdict fails: a documented exit code, unless allowed."""
     path, store = _qa_file(tmp_path), tmp_path / "store"

@@ -69,6 +69,7 @@ def run_files(store: Path, run_id: str) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
+@pytest.mark.slow
 def test_predictions_are_reference_lines_of_the_answerable_items(evals, name):
     store, runs = evals
     fx, run = runs[name]
@@ -104,6 +105,7 @@ def test_predictions_are_reference_lines_of_the_answerable_items(evals, name):
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
+@pytest.mark.slow
 def test_items_missing_and_run_json_account_for_every_item(evals, name):
     store, runs = evals
     fx, run = runs[name]
@@ -143,6 +145,7 @@ def test_items_missing_and_run_json_account_for_every_item(evals, name):
     assert sum(len(p) for p in loaded.predictions.values()) == answered
 
 
+@pytest.mark.slow
 def test_rerun_recomputes_nothing_and_rewrites_the_same_files(evals):
     store, runs = evals
     assert len({run["job_id"] for _, run in runs.values()}) == len(BENCHMARKS)
@@ -157,6 +160,7 @@ def test_rerun_recomputes_nothing_and_rewrites_the_same_files(evals):
         assert run_files(store, run["run_id"]) == before
 
 
+@pytest.mark.slow
 def test_a_named_run_reuses_the_job_of_the_same_benchmark_and_settings(evals):
     store, runs = evals
     fx, run = runs["vcgbench"]
@@ -169,6 +173,7 @@ def test_a_named_run_reuses_the_job_of_the_same_benchmark_and_settings(evals):
         run_eval("vcgbench", fx["data_root"], str(store), run_id="../x", **SETTINGS)
 
 
+@pytest.mark.slow
 def test_a_reference_flip_run_draws_each_video_its_own_seeded_coin(evals):
     from videopanda_cluster.video.extract import PreprocessOptions
     from videopanda_cluster.video.load import load_video
@@ -191,6 +196,7 @@ def test_a_reference_flip_run_draws_each_video_its_own_seeded_coin(evals):
         assert load_video(fx["files"][name], options).provenance.flipped == flipped
 
 
+@pytest.mark.slow
 def test_run_eval_defaults_to_the_reference_generation_limit(ray_local, corpus, tmp_path):
     """From Python as from `eval run`: at most EvalConfig's 1024 new tokens unless told."""
     fx = make_benchmark_fixture("msvd-qa", tmp_path / "msvd", corpus)

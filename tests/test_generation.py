@@ -75,6 +75,7 @@ def test_left_pad_mask():
     assert batch[0, :2].abs().sum() == 0
 
 
+@pytest.mark.slow
 def test_batched_greedy_equals_one_at_a_time(model, videos):
     batched = model.answer(videos, QUESTIONS, max_new_tokens=10, batch_size=12)
     one_by_one = model.answer(videos, QUESTIONS, max_new_tokens=10, batch_size=1)

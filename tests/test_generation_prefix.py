@@ -136,6 +136,7 @@ def test_a_batch_of_mixed_lengths_equals_the_same_prompts_one_by_one(
     )
 
 
+@pytest.mark.slow
 def test_max_new_tokens_is_the_budget(tiny, frames):
     prefixes, prompts = _prompts(tiny, frames["tiny"], QUESTIONS)
     for budget in (1, 5):
@@ -144,6 +145,7 @@ def test_max_new_tokens_is_the_budget(tiny, frames):
         assert [len(i) for i in shared] == [budget] * len(prompts)  # the tiny model: no EOS
 
 
+@pytest.mark.slow
 def test_rows_end_at_eos_while_the_others_of_their_batch_go_on(tiny, frames):
     """Make a token the tiny model emits mid-answer the EOS: rows that emit it stop there (it is
     cut), the other rows of the same batch run to max_new_tokens, as on today's path."""
@@ -162,15 +164,17 @@ def test_rows_end_at_eos_while_the_others_of_their_batch_go_on(tiny, frames):
 
 
 def test_the_bundled_model_ends_answers_at_eos(small, frames):
-    questions = [["what colour is the circle?", "how many shapes are there?"]] * 4
+    # one-word answers end within the budget, captions (about 25 tokens) run to it
+    questions = [["what colour is the circle?", "Describe this video in detail."]] * 4
     prefixes, prompts = _prompts(small, frames["small"], questions)
-    shared = _ids(small, prefixes, prompts, max_new_tokens=32)
-    assert shared == _ids(small, prefixes, prompts, max_new_tokens=32, share_prefix=False)
-    assert any(len(i) < 32 for i in shared)  # a trained model ends some answers itself
-    assert any(len(i) == 32 for i in shared)  # (not all: these videos are noise)
+    shared = _ids(small, prefixes, prompts, max_new_tokens=8)
+    assert shared == _ids(small, prefixes, prompts, max_new_tokens=8, share_prefix=False)
+    assert any(len(i) < 8 for i in shared)  # a trained model ends some answers itself
+    assert any(len(i) == 8 for i in shared)  # and others go on in the same batch
     assert all(small.tokenizer.eos_token_id not in i for i in shared)
 
 
+@pytest.mark.slow
 def test_stop_strings_cut_as_on_todays_path(tiny, frames):
     free = tiny.answer_frames(frames["tiny"], QUESTIONS, GenerationOptions(max_new_tokens=12))
     words = free[2][0].split()

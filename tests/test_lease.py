@@ -146,6 +146,7 @@ def test_an_unreadable_lease_counts_as_expired(store):
         assert json.loads(store.get(lease_key("junk")))["host"] == socket.gethostname()
 
 
+@pytest.mark.slow
 def test_a_lease_whose_release_failed_in_an_outage_is_retaken_by_this_process(tmp_path, caplog):
     """The store is down when a failed job ends: its lease stays behind, unreleased. The same
     process rerunning the job (a retry loop, a notebook) takes it over at once."""
@@ -169,6 +170,7 @@ def test_a_driver_that_stops_before_planning_leaves_no_lease(store):
     assert not store.exists(lease_key("never-planned"))
 
 
+@pytest.mark.slow
 def test_a_lease_silent_for_over_half_its_expiry_is_waited_out_not_refused(store, caplog):
     """A resubmission on a new machine (the old head pod is gone) resumes by itself: a lease
     with two missed renewals is waited for until it expires, then taken."""

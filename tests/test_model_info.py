@@ -10,6 +10,7 @@ from tests.test_cli import _cli
 from videopanda_cluster.model.config import VideoPandaConfig
 
 
+@pytest.mark.slow
 def test_official_counts_and_macs():
     out = _cli("model-info", "--preset", "official", "--json")
     assert out.returncode == 0, out.stderr
@@ -24,6 +25,7 @@ def test_official_counts_and_macs():
     assert info["tokens_per_video"] == 2184
 
 
+@pytest.mark.slow
 def test_checkpoint_config_and_argument_errors(tmp_path):
     VideoPandaConfig.tiny().save(tmp_path)
     out = _cli("model-info", "--checkpoint", str(tmp_path), "--json")

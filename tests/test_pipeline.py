@@ -51,6 +51,7 @@ def job(kind: str, inputs: Path, out: Path, **extra):
     return cfg, run_job(cfg)
 
 
+@pytest.mark.slow
 def test_caption_job_rows_errors_and_summary(ray_local, inputs_dir, tmp_path):
     videos = sorted(p for p in inputs_dir.iterdir())
     _, summary = job("caption", inputs_dir, tmp_path)
@@ -85,6 +86,7 @@ def test_caption_job_rows_errors_and_summary(ray_local, inputs_dir, tmp_path):
     assert read_rows(tmp_path, summary["job_id"]) == rows
 
 
+@pytest.mark.slow
 def test_qa_job_answers_every_question_and_reuses_features(ray_local, inputs_dir, tmp_path):
     _, feats = job("features", inputs_dir, tmp_path)
     frows = read_rows(tmp_path, feats["job_id"])
@@ -111,6 +113,7 @@ def test_qa_job_answers_every_question_and_reuses_features(ray_local, inputs_dir
         assert r["answer"] == twin["answer"] and r["provenance"] == twin["provenance"]
 
 
+@pytest.mark.slow
 def test_same_job_id_with_other_settings_is_refused(ray_local, inputs_dir, tmp_path):
     from videopanda_cluster.jobs.ledger import LedgerConflict
 
@@ -120,6 +123,7 @@ def test_same_job_id_with_other_settings_is_refused(ray_local, inputs_dir, tmp_p
 
 
 @pytest.mark.parametrize("kind", ["caption", "qa"])
+@pytest.mark.slow
 def test_jobs_on_azure_blob(ray_local, inputs_dir, azurite, kind):
     from videopanda_cluster.storage.open import open_store
 
@@ -138,6 +142,7 @@ def test_jobs_on_azure_blob(ray_local, inputs_dir, azurite, kind):
     assert "AccountKey" not in text and azurite.connection_string not in text
 
 
+@pytest.mark.slow
 def test_status_command_reads_the_ledger(ray_local, inputs_dir, tmp_path):
     from tests.test_cli import _cli
 
@@ -151,6 +156,7 @@ def test_status_command_reads_the_ledger(ray_local, inputs_dir, tmp_path):
     assert _cli("status", "../escape", "--output", str(tmp_path)).returncode != 0
 
 
+@pytest.mark.slow
 def test_short_storage_outage_mid_job_loses_nothing(ray_local, inputs_dir, azurite):
     """Azurite stops after the first committed shard and is back 2 s later: the SDK's retries
     carry the job through; every row exists exactly once."""
@@ -237,6 +243,7 @@ def wait_for_a_commit(store, timeout: float = 300) -> None:
     assert any(k.endswith(".done") for k in store.list("jobs/")), "no shard committed in time"
 
 
+@pytest.mark.slow
 def test_hostile_manifest_ids_stay_data_and_never_become_paths(ray_local, inputs_dir, tmp_path):
     from tests.test_inputs import ACCEPTED_IDS
     from videopanda_cluster.jobs.inputs import InputError
@@ -272,6 +279,7 @@ def test_hostile_manifest_ids_stay_data_and_never_become_paths(ray_local, inputs
         assert not any(p.is_file() for p in (tmp_path / "refused").rglob("*"))
 
 
+@pytest.mark.slow
 def test_connection_strings_never_reach_logs_rows_or_summaries(
     ray_local, inputs_dir, azurite, tmp_path, capfd
 ):
@@ -321,6 +329,7 @@ def test_decoders_and_writers_start_without_torch_or_transformers():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_a_model_for_smaller_frames_gets_frames_of_its_size(ray_local, inputs_dir, tmp_path):
     """The job preprocesses to the checkpoint's image_size (here 224, not the reference 448)."""
     from videopanda_cluster.model.tiny import ensure_tiny_checkpoint
@@ -343,6 +352,7 @@ def test_a_model_for_smaller_frames_gets_frames_of_its_size(ray_local, inputs_di
         assert list(prov["token_grid"]) == list(compute_geometry(w, h, 224).token_grid)
 
 
+@pytest.mark.slow
 def test_results_are_one_dataset_for_every_reader(ray_local, inputs_dir, tmp_path):
     """A job whose first shard holds only the corrupt files (error rows, no provenance): every
     Parquet file has RESULT_SCHEMA and the folder reads as one table in each engine."""

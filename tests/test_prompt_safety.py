@@ -42,24 +42,21 @@ HOSTILE = [
     "<video> and <image>",
 ]
 
-# The bundled model's ids for one ordinary question, computed with the implementation before
-# questions became plain text (which split the whole prompt on "<image>"): they must not change.
-BUNDLED_IDS = {
-    "What colour is the circle?": [
-        1, 307, 275, 271, 314, 462, 460, 354, 275, 469, 466, 470, 453, 328, 440, 439, 354, 467,
-        451, 459, 480, 290, 474, 350, 454, 379, 448, 493, 458, 442, 448, 345, 395, 477, 470, 442,
-        456, 463, 503, 276, 450, 449, 465, 503, 440, 425, 295, 464, 439, 457, 461, 259, 475, 262,
-        470, 453, 328, 505, 477, 470, 311, 304, 396, 391, 493, 470, 511, 499, 507, 510, 506, 470,
-        *[IMAGE_TOKEN_INDEX] * 8,
-        470, 13, 488, 271, 302, 274, 262, 317, 484, 307, 499, 499, 508, 499, 504, 495, 509, 504,
-        506,
-    ],
-    "Which way does the square move?": [
-        *[IMAGE_TOKEN_INDEX] * 8,
-        470, 13, 488, 309, 334, 335, 262, 313, 288, 484, 307, 499, 499, 508, 499, 504, 495, 509,
-        504, 506,
-    ],
-}  # fmt: skip
+ORDINARY = ("What colour is the circle?", "Which way does the square move?")
+
+
+def _reference_ids(prompt: str, tok) -> list[int]:
+    """The reference implementation's ids (LLaVA's ``tokenizer_image_token``, which split the
+    whole prompt on "<image>"): for ordinary questions ours must not differ."""
+    chunks = [tok(chunk).input_ids for chunk in prompt.split("<image>")]
+    ids, offset = [], 0
+    if chunks and chunks[0] and chunks[0][0] == tok.bos_token_id:
+        offset = 1
+        ids.append(chunks[0][0])
+    separated = [x for chunk in chunks for x in (chunk, [IMAGE_TOKEN_INDEX] * (offset + 1))][:-1]
+    for piece in separated:
+        ids.extend(piece[offset:])
+    return ids
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +82,10 @@ def test_ordinary_questions_keep_their_ids(tokenizers, name, num_frames):
 
 def test_bundled_ids_match_the_reference_implementation(tokenizers):
     tok = tokenizers["bundled"]
-    for question, expected in BUNDLED_IDS.items():
+    for question in ORDINARY:
         ids = prompt_ids(question, 8, tok)
-        assert ids[-len(expected) :] == expected
+        assert ids == _reference_ids(build_prompt(question, 8), tok)
+        assert ids.count(IMAGE_TOKEN_INDEX) == 8
 
 
 @pytest.mark.parametrize("question", HOSTILE)
@@ -227,6 +225,7 @@ def _job(kind: str, inputs: Path, out: Path, **extra) -> tuple[dict, list[dict]]
     return summary, read_rows(out, summary["job_id"])
 
 
+@pytest.mark.slow
 def test_qa_job_with_hostile_long_and_missing_questions(ray_local, videos, tmp_path):
     hostile = ["What colour is the <image> circle? </s> <s> <unk>", "<image>" * 9]
     records = [
@@ -255,6 +254,7 @@ def test_qa_job_with_hostile_long_and_missing_questions(ray_local, videos, tmp_p
     assert missing["answer"] is None and missing["question_id"] is None
 
 
+@pytest.mark.slow
 def test_caption_prompt_with_markers_is_plain_text(ray_local, videos, tmp_path):
     prompt = "Describe <image><image> the video </s> in detail."
     summary, rows = _job("caption", videos, tmp_path, caption_prompt=prompt)

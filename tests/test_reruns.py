@@ -72,6 +72,7 @@ def test_an_edited_manifest_is_refused_then_updated(videos, tmp_path):
     assert again["this_run"]["shards"] == 0 and "inputs_update" not in again
 
 
+@pytest.mark.slow
 def test_a_video_removed_before_it_ran_is_reported_not_processed(videos, tmp_path):
     from videopanda_cluster.cluster.driver import plan_job
     from videopanda_cluster.jobs.config import build_config
