@@ -13,7 +13,7 @@ from tests.test_train_helpers import Stop, build, dataset, tiny_model
 from videopanda_cluster.model.prompt import IGNORE_INDEX
 from videopanda_cluster.storage import LocalStore
 from videopanda_cluster.train.data import SampleError, parse_records
-from videopanda_cluster.train.forward import FocusHead, answer_positions
+from videopanda_cluster.train.forward import FocusHead, answer_spans
 from videopanda_cluster.train.loop import train_stage
 from videopanda_cluster.train.stages import stage_config
 from videopanda_cluster.train.synth import CAPTION_PROMPTS, SynthOptions, load_metadata, write_synth
@@ -35,13 +35,16 @@ def test_records_carry_the_focus_of_each_answer():
         parse_records([_row({**human, "focus": 3}, gpt)])
 
 
-def test_answer_positions_are_the_positions_before_each_answer():
+def test_answer_spans_are_the_positions_that_predict_each_answer():
     x = IGNORE_INDEX
     labels = torch.tensor([x, x, x, 7, 2, x, x, 9, 9, 2])
-    assert answer_positions(labels) == [2, 6]
+    assert answer_spans(labels) == [range(2, 4), range(6, 9)]
     head = FocusHead(4, ["circle", "red"])
-    assert head.targets(3, labels, ("red", None)) == [(3, 2, 1)]
-    assert head.targets(0, labels, ("red", "circle", "red")) == [(0, 2, 1), (0, 6, 0)]
+    # every position that predicts a token of the answer, so a word the answer repeats from
+    # the question ("there is no circle") is named where it is written, not only at the start
+    assert head.targets(3, labels, ("red", None)) == [(3, 2, 1), (3, 3, 1)]
+    spans = [(0, 2, 1), (0, 3, 1), (0, 6, 0), (0, 7, 0), (0, 8, 0)]
+    assert head.targets(0, labels, ("red", "circle", "red")) == spans
     with pytest.raises(ValueError, match="needs focus words"):
         FocusHead(4, [])
 

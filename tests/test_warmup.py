@@ -84,7 +84,7 @@ def test_pair_sets_and_the_pooled_head():
 
 
 def test_warmup_config_rejects_unknown_groups_and_schedules():
-    assert WarmupConfig().groups == ("kind",)
+    assert WarmupConfig().groups == ("kind", "motion")
     with pytest.raises(ValueError, match="groups must be among"):
         WarmupConfig(groups=("size",))
     with pytest.raises(ValueError, match="schedule must be"):

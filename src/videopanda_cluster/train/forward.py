@@ -2,14 +2,16 @@
 plus the optional distillation term (spec §7.3, ``distill.py``) and the optional question-focus
 term (below).
 
-Question focus (training only; a deliberate addition, not in the reference): a Llama trained
-from random weights does not learn to carry the word a question is about ("circle" in "What
-colour is the circle?") to the position that answers, so it cannot look up that shape's colour
-among several (docs/training.md, "Fifth round"; a pretrained Vicuna brings this skill along). For
-every answer whose question has a ``focus`` word, a linear head on the hidden state after
-``focus_layer`` layers at the position that predicts the answer's first token is trained to name
-that word; its summed cross-entropy, times ``focus_weight``, is added to the summed CE, so it is
-normalised by the supervised tokens of the global batch like the CE. The head is never exported.
+Question focus (training only; a deliberate addition, not in the reference): a Llama trained from
+random weights does not learn to carry the word a question is about ("circle" in "What colour is the
+circle?") to the position that answers, so it cannot look up that shape's colour among several
+(docs/training.md, "Fifth round"; a pretrained Vicuna brings this skill along). For every answer
+whose question has a ``focus`` word, a linear head on the hidden state after ``focus_layer`` layers
+at each position that predicts a token of the answer is trained to name that word (at every one, not
+only the first: an answer that repeats the word, "there is no circle", needs it where it writes it,
+docs/training.md "Seventh round"); its summed cross-entropy, times ``focus_weight``, is added to the
+summed CE, so it is normalised by the supervised tokens of the global batch like the CE. The head is
+never exported.
 """
 
 from __future__ import annotations
@@ -139,16 +141,23 @@ class TrainingModel(nn.Module):
         return loss, int((labels_out != IGNORE_INDEX).sum()), outcomes
 
 
-def answer_positions(labels: torch.Tensor) -> list[int]:
-    """(L,) labels → per answer, the position whose logits predict its first token."""
-    supervised = labels != IGNORE_INDEX
-    starts = supervised[1:] & ~supervised[:-1]  # position p + 1 starts an answer
-    return starts.nonzero().flatten().tolist()
+def answer_spans(labels: torch.Tensor) -> list[range]:
+    """(L,) labels → per answer, the positions whose logits predict its tokens."""
+    supervised = (labels != IGNORE_INDEX).tolist()
+    spans, start = [], None
+    for p in range(1, len(supervised) + 1):
+        inside = p < len(supervised) and supervised[p]
+        if inside and start is None:
+            start = p - 1  # position p - 1 predicts the answer's first token, at p
+        elif not inside and start is not None:
+            spans.append(range(start, p - 1))
+            start = None
+    return spans
 
 
 class FocusHead(nn.Module):
-    """The question-focus head: the Llama hidden state after ``layer`` layers at an answering
-    position → which of ``words`` the question is about."""
+    """The question-focus head: the Llama hidden state after ``layer`` layers at a position that
+    predicts an answer token → which of ``words`` the question is about."""
 
     def __init__(self, width: int, words: Sequence[str], layer: int = 1) -> None:
         super().__init__()
@@ -163,8 +172,8 @@ class FocusHead(nn.Module):
     ) -> list[tuple[int, int, int]]:
         """(row, position, class) of the answers of one fitted sample that have a focus word
         (answers cut off by truncation have none)."""
-        pairs = zip(answer_positions(labels), focus, strict=False)
-        return [(row, pos, self.index[w]) for pos, w in pairs if w is not None]
+        pairs = zip(answer_spans(labels), focus, strict=False)
+        return [(row, pos, self.index[w]) for span, w in pairs if w is not None for pos in span]
 
     def loss_sum(
         self, hidden_states: Sequence[torch.Tensor], asked: Sequence[tuple[int, int, int]]

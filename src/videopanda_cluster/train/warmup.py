@@ -1,19 +1,20 @@
 """Scene warm-up: a warm start for STAB + projector of a model trained from random weights.
 
 The reference does not train STAB from scratch: its stage 1 starts from EVE's weights (spec §7.1)
-and distils a pretrained video encoder (§7.3). A random small model has neither, and its
-near-linear visual path (patch embedding, LSTE and the position convolution are linear) learns
-shape kind from the language loss too slowly for a CPU budget (docs/training.md). This warm-up
-stands in for the missing warm start, a deliberate deviation used by the bundled small model:
-before stage 1, STAB and the projector are fitted for ``steps`` steps to per-cell labels read
-off a ``videopanda synth`` corpus's ground truth (``metadata.json``, as ``scene_teacher.py``):
-for every sampled frame and STAB token, the shape kind covering most of its cell (or "none"
-below ``min_cover``); colour and motion labels, and each frame's set of (kind, colour) pairs read
-from its mean token, are available (``groups``) but not used by the recipe (colour learns from
-the language loss, motion from the distillation; "pairs" did not help, docs/training.md). One
-linear head per label group reads the projected tokens; the heads are dropped afterwards and the
-LLM is not touched. It is privileged information, used in training only; evaluation sees videos
-alone.
+and distils a pretrained video encoder (§7.3). A random small model has neither, and its near-linear
+visual path (patch embedding, LSTE and the position convolution are linear) learns shape kind from
+the language loss too slowly for a CPU budget (docs/training.md). This warm-up stands in for the
+missing warm start, a deliberate deviation used by the bundled small model: before stage 1, STAB and
+the projector are fitted for ``steps`` steps to per-cell labels read off a ``videopanda synth``
+corpus's ground truth (``metadata.json``, as ``scene_teacher.py``): for every sampled frame and STAB
+token, the shape kind covering most of its cell (or "none" below ``min_cover``), and the motion (a
+direction, still or none) of the shape covering it; colour labels and each frame's set of (kind,
+colour) pairs read from its mean token are available (``groups``) but not used by the recipe (colour
+learns from the language loss; "pairs" did not help, docs/training.md). Motion was left to the
+distillation until its small shapes learned the axis but not the sense of a motion ("Seventh
+round"). One linear head per label group reads the projected tokens; the heads are dropped
+afterwards and the LLM is not touched. It is privileged information, used in training only;
+evaluation sees videos alone.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class WarmupConfig:
     max_grad_norm: float = 1.0
     min_cover: float = 0.2  # a cell's label is "none" when no class covers this much of it
     none_weight: float = 0.2  # CE weight of the "none" class (most cells are background)
-    groups: tuple[str, ...] = ("kind",)  # label groups with a head (docs/training.md)
+    groups: tuple[str, ...] = ("kind", "motion")  # label groups with a head (docs/training.md)
     schedule: str = "constant"  # after the linear warmup: "constant" or "cosine" (to 0)
     seed: int = 0
     split: str = "train"
