@@ -31,12 +31,12 @@ from videopanda_cluster.eval.judge import (
     JudgeConfig,
     JudgeError,
     JudgeTask,
-    ReplyError,
     judge_run,
-    parse_reply,
     tasks_for_run,
 )
 from videopanda_cluster.eval.prompts import builtin_prompts, load_prompts
+from videopanda_cluster.eval.protocol import builtin_protocol, custom_protocol
+from videopanda_cluster.eval.replies import ReplyError, parse_reply
 from videopanda_cluster.storage.local import LocalStore
 
 KEY_ENV = "VPC_TEST_JUDGE_KEY"
@@ -277,7 +277,7 @@ def test_rerun_is_served_from_the_cache(store, openai_server):
     write_vcg_run(store, "vcg-again")
     assert judge_run(store, "vcg-again", cfg)["http_calls"] == 0
     # a different consistency prompt (the reference's Q1-twice bug) re-asks only consistency
-    bugged = builtin_prompts(reference_consistency_bug=True)
+    bugged = builtin_protocol(reference_consistency_bug=True)
     summary = judge_run(store, "vcg", cfg, bugged)
     assert summary["http_calls"] == len(CONSISTENCY_ROWS)
     assert summary["reference_consistency_bug"] is True
@@ -498,7 +498,7 @@ def test_verdict_cache_key_holds_the_prompt_version(store, openai_server, tmp_pa
     path = tmp_path / "prompts.json"
     entry = {"system": builtin.system, "user": builtin.user}
     path.write_text(json.dumps({"version": "renamed-1", "prompts": {"qa": entry}}))
-    judge_run(store, "qa", config(openai_server), load_prompts(path))
+    judge_run(store, "qa", config(openai_server), custom_protocol(load_prompts(path)))
     assert openai_server.counts["total"] == 10
     assert {v["prompt_version"] for v in read_verdicts(store, "qa")} == {"renamed-1"}
 

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from .eval.config import EvalConfig
 from .eval.judge import JudgeConfig
+from .eval.protocol import BUILTIN, REFERENCE
 from .jobs.failures import ExitCode
 from .model.config import AttentionImpl
 
@@ -101,7 +102,12 @@ def judge_command(
         str,
         typer.Argument(help="A run id in the store, or a reference-format predictions file."),
     ],
-    judge_model: Annotated[str, Opt(help="Judge model id (pinned, recorded).")],
+    judge_model: Annotated[
+        str | None, Opt(help="Judge model id (pinned, recorded; default: the protocol's).")
+    ] = None,
+    protocol: Annotated[
+        str, Opt(help="Judge protocol: builtin, or a name imported with `eval protocol import`.")
+    ] = BUILTIN,
     output: Annotated[str, Opt(help="Store of the run (and of the verdict cache).")] = "out",
     subset: Annotated[
         str, Opt(help="Subset of a predictions file: qa, generic, temporal or consistency.")
@@ -117,17 +123,29 @@ def judge_command(
     ],
     azure_endpoint: Annotated[str | None, Opt(help="Azure OpenAI endpoint.")] = None,
     api_version: Annotated[str | None, Opt(help="Azure OpenAI API version.")] = None,
-    temperature: Annotated[float, Opt(help="Judge temperature.")] = _JUDGE["temperature"],
-    top_p: Annotated[float, Opt(help="Judge nucleus sampling mass.")] = _JUDGE["top_p"],
+    temperature: Annotated[
+        float | None,
+        Opt(help=f"Judge temperature (default: the protocol's; builtin {_JUDGE['temperature']})."),
+    ] = None,
+    top_p: Annotated[
+        float | None,
+        Opt(help=f"Judge top-p (default: the protocol's; builtin {_JUDGE['top_p']})."),
+    ] = None,
     max_tokens: Annotated[
         int | None, Opt(help="Reply tokens at most (default: the endpoint's).")
     ] = _JUDGE["max_tokens"],
     concurrency: Annotated[int, Opt(help="Requests in flight at most.")] = _JUDGE["concurrency"],
     max_attempts: Annotated[int, Opt(help="Attempts per verdict.")] = _JUDGE["max_attempts"],
     timeout: Annotated[float, Opt(help="Seconds per request.")] = _JUDGE["timeout"],
-    prompts: Annotated[Path | None, Opt(help="JSON/YAML prompt set (default: built in).")] = None,
+    prompts: Annotated[
+        Path | None, Opt(help="JSON/YAML prompt set (builtin protocol only; default: built in).")
+    ] = None,
     reference_consistency_bug: Annotated[
-        bool, Opt(help="Show Q1 twice in the consistency prompt, as the reference script does.")
+        bool,
+        Opt(
+            help="Show Q1 twice in the consistency prompt, as the reference script does "
+            "(builtin protocol only; the reference protocol does it anyway)."
+        ),
     ] = False,
     allow_failures: Annotated[
         bool, Opt(help=f"Exit 0 even if some verdicts failed (else {ExitCode.JUDGE_FAILURES}).")
@@ -135,45 +153,55 @@ def judge_command(
 ) -> None:
     """Judge a run's predictions with the GPT-assisted protocol (verdicts cached in the store).
 
-    Exit codes: 0 every verdict obtained; 2 bad input or unknown model; 5 key or access refused,
-    or out of credit; 8 some verdicts failed after retries (unless --allow-failures)."""
+    Exit codes: 0 every verdict obtained; 2 bad input, unknown protocol or model; 5 key or
+    access refused, or out of credit; 8 some verdicts failed after retries (unless
+    --allow-failures)."""
     from pydantic import ValidationError
 
     from .eval.imported import import_predictions
-    from .eval.judge import JudgeConfig, JudgeError, judge_run
-    from .eval.prompts import builtin_prompts, load_prompts
+    from .eval.judge import JudgeError, judge_run, protocol_config
+    from .eval.prompts import load_prompts
+    from .eval.protocol import builtin_protocol, custom_protocol, load_protocol
     from .storage.open import open_store
 
     try:
-        cfg = JudgeConfig(
+        store = open_store(output)
+        if protocol == BUILTIN:
+            chosen = (
+                custom_protocol(
+                    load_prompts(prompts, reference_consistency_bug=reference_consistency_bug)
+                )
+                if prompts
+                else builtin_protocol(reference_consistency_bug=reference_consistency_bug)
+            )
+        elif prompts or reference_consistency_bug:
+            raise ValueError("--prompts and --reference-consistency-bug go with --protocol builtin")
+        else:
+            chosen = load_protocol(store, protocol)
+        cfg = protocol_config(
+            chosen,
             model=judge_model,
+            temperature=temperature,
+            top_p=top_p,
             base_url=base_url,
             api_key_env=api_key_env,
             azure_endpoint=azure_endpoint,
             api_version=api_version,
-            temperature=temperature,
-            top_p=top_p,
             max_tokens=max_tokens,
             concurrency=concurrency,
             max_attempts=max_attempts,
             timeout=timeout,
         )
-        prompt_set = (
-            load_prompts(prompts, reference_consistency_bug=reference_consistency_bug)
-            if prompts
-            else builtin_prompts(reference_consistency_bug=reference_consistency_bug)
-        )
-        store = open_store(output)
         run_id = run
         if Path(run).is_file():
             run_id = import_predictions(store, Path(run), subset, benchmark)
-        with console.status(f"judging {run_id} with {judge_model} ..."):
-            summary = judge_run(store, run_id, cfg, prompt_set)
+        with console.status(f"judging {run_id} with {cfg.model} ({chosen.name} protocol) ..."):
+            summary = judge_run(store, run_id, cfg, chosen)
     except JudgeError as exc:
         raise _fail(exc.exit_code, f"error: {exc}") from None
     except (ValidationError, ValueError, OSError) as exc:
         raise _fail(ExitCode.USAGE, f"error: {' '.join(str(exc).split())}") from None
-    table = Table(title=f"judge {run_id} ({judge_model})")
+    table = Table(title=f"judge {run_id} ({cfg.model}, {chosen.name} protocol)")
     for col in ("dimension", "judged", "failed", "accuracy", "mean score"):
         table.add_column(col)
     for dim, agg in summary["dimensions"].items():
@@ -216,6 +244,79 @@ def report_command(
         return
     console.print(store.get(f"eval/{run_id}/report.md").decode(), markup=False)
     console.print(f"files: {store.url}/eval/{run_id}/report.{{json,md,png,html}}")
+
+
+protocol_app = typer.Typer(no_args_is_help=True, help="Judge protocols: import and show.")
+app.add_typer(protocol_app, name="protocol")
+
+
+@protocol_app.command("import")
+def protocol_import(
+    repository: Annotated[
+        Path, typer.Argument(help="A checkout of the reference repository (its eval scripts).")
+    ],
+    output: Annotated[str, Opt(help="Store to keep the protocol in (the runs' store).")] = "out",
+    name: Annotated[str, Opt(help="Name to store it under (`eval judge --protocol NAME`).")] = (
+        REFERENCE
+    ),
+    allow_modified: Annotated[
+        bool, Opt(help="Import prompts that differ from the reference's SHA-256 (recorded).")
+    ] = False,
+) -> None:
+    """Read the judge prompts, model, temperature and consistency input of the reference
+    evaluation scripts and store them as a named protocol.
+
+    Exit codes: 0 imported; 2 not a reference checkout, prompts that differ (without
+    --allow-modified) or a bad name."""
+    from .eval.protocol import ProtocolError, import_reference, save_protocol
+    from .storage.open import open_store
+
+    try:
+        imported = import_reference(repository, name=name, allow_modified=allow_modified)
+        key = save_protocol(open_store(output), imported)
+    except (ProtocolError, OSError) as exc:
+        raise _fail(ExitCode.USAGE, f"error: {' '.join(str(exc).split())}") from None
+    _print_protocol(imported)
+    console.print(f"stored as {output}/{key}; use: videopanda eval judge RUN --protocol {name}")
+
+
+@protocol_app.command("show")
+def protocol_show(
+    name: Annotated[str, typer.Argument(help="builtin or an imported protocol's name.")],
+    output: Annotated[str, Opt(help="Store the protocol is kept in.")] = "out",
+) -> None:
+    """Print a protocol's settings and prompt hashes, against the reference's."""
+    from .eval.protocol import ProtocolError, load_protocol
+    from .storage.open import open_store
+
+    try:
+        _print_protocol(load_protocol(open_store(output), name))
+    except (ProtocolError, OSError) as exc:
+        raise _fail(ExitCode.USAGE, f"error: {' '.join(str(exc).split())}") from None
+
+
+def _print_protocol(chosen: Any) -> None:
+    from .eval.protocol import REFERENCE_PROMPT_HASHES
+
+    files = chosen.source.get("files", {})
+    table = Table(title=f"judge protocol {chosen.name}")
+    for col in ("dimension", "script", "sha256", "reference's"):
+        table.add_column(col)
+    for dim, digest in chosen.template_hashes().items():
+        same = "same" if digest == REFERENCE_PROMPT_HASHES.get(dim) else "differs"
+        table.add_row(dim, files.get(dim, "-"), digest[:16], same)
+    console.print(table)
+    unsent = "not sent (the API's default)"
+    for label, value in (
+        ("model", chosen.model or "named by --judge-model"),
+        ("temperature", unsent if chosen.temperature is None else f"{chosen.temperature:g}"),
+        ("top_p", unsent if chosen.top_p is None else f"{chosen.top_p:g}"),
+        ("consistency", "Q1 twice" if chosen.prompts.reference_consistency_bug else "Q1 and Q2"),
+        ("replies", f"{chosen.replies} rule"),
+        ("source", f"{chosen.source.get('repository', chosen.prompts.source)} "
+                   f"{chosen.source.get('commit') or ''}".strip()),
+    ):  # fmt: skip
+        console.print(f"{label}: {value}", markup=False)
 
 
 def register(root: typer.Typer) -> None:

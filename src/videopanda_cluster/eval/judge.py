@@ -16,13 +16,11 @@ message and reply text that is logged or stored has it masked.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import logging
 import os
 import random
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..jobs.failures import ExitCode
 from ..storage.base import Store
 from . import layout
-from .prompts import QA_DIMENSION, JudgePrompt, PromptSet, builtin_prompts
+from .prompts import QA_DIMENSION, JudgePrompt
+from .protocol import JudgeProtocol, builtin_protocol, protocol_record
+from .replies import REPLY_RULES, ReplyError
 
 if TYPE_CHECKING:
     import openai  # imported where used: it takes most of a second, and the CLI reads JudgeConfig
@@ -50,8 +50,6 @@ _FATAL_STATUSES = {  # no retry can fix these
     404: "unknown model, deployment or path",
 }
 _FATAL_CODES = {"insufficient_quota": "out of credit (insufficient_quota)"}
-_MAX_REPLY_SCAN = 4000  # characters of a reply searched for the verdict dict
-_DICT = re.compile(r"\{[^{}]*\}")
 
 # subset -> keys of (question, question2, answer, pred, pred2) in its prediction lines
 _LINE_KEYS: dict[str, tuple[str, str | None, str, str, str | None]] = {
@@ -72,10 +70,6 @@ class JudgeError(RuntimeError):
         self.exit_code = exit_code
 
 
-class ReplyError(ValueError):
-    """A judge reply that holds no valid verdict."""
-
-
 class JudgeConfig(BaseModel):
     """Which judge model to call, where, and how hard to try."""
 
@@ -86,8 +80,8 @@ class JudgeConfig(BaseModel):
     api_key_env: str = Field("OPENAI_API_KEY", min_length=1)  # name of the variable, not the key
     azure_endpoint: str | None = None  # set to use Azure OpenAI (with api_version)
     api_version: str | None = None
-    temperature: float = Field(0.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float | None = Field(0.0, ge=0, le=2)  # None: not sent (the API's default)
+    top_p: float | None = Field(1.0, gt=0, le=1)  # None: not sent
     max_tokens: int | None = Field(None, ge=1)  # None = the endpoint's limit (not sent)
     concurrency: int = Field(4, ge=1, le=64)
     max_attempts: int = Field(5, ge=1)
@@ -110,13 +104,34 @@ class JudgeConfig(BaseModel):
         )
 
 
+def protocol_config(
+    protocol: JudgeProtocol,
+    model: str | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    **rest: Any,
+) -> JudgeConfig:
+    """The settings of a judge run under ``protocol``: the model, temperature and top-p given,
+    else the protocol's (where the protocol has ``None`` nothing is sent); ``rest`` as
+    :class:`JudgeConfig`. Raises ValueError if neither names a model."""
+    model = model or protocol.model
+    if not model:
+        raise ValueError(f"name the judge model: the {protocol.name} protocol has none")
+    return JudgeConfig(
+        model=model,
+        temperature=protocol.temperature if temperature is None else temperature,
+        top_p=protocol.top_p if top_p is None else top_p,
+        **rest,
+    )
+
+
 @dataclass(frozen=True)
 class JudgeSettings:
     """The settings a verdict was made with: in its cache key and in its record."""
 
     judge_model: str
-    temperature: float
-    top_p: float
+    temperature: float | None
+    top_p: float | None
     max_tokens: int | None
     prompt_version: str
     prompt_hash: str
@@ -163,8 +178,8 @@ class Verdict:
     cached: bool
     judge_model: str  # as asked
     served_model: str | None  # as the server says it answered (``completion.model``)
-    temperature: float
-    top_p: float
+    temperature: float | None
+    top_p: float | None
     max_tokens: int | None
     prompt_version: str
     prompt_hash: str
@@ -198,59 +213,12 @@ def _text(row: dict[str, Any], key: str, where: str) -> str:
     return str(row[key])
 
 
-def parse_reply(text: str, dimension: str) -> tuple[str | None, int]:
-    """``(pred, score)`` from a judge reply such as ``{'pred': 'yes', 'score': 4}``.
-
-    The first dict literal in the text counts (surrounding prose and code fences are ignored);
-    it is read with :func:`ast.literal_eval`. ``score`` must be a number from 0 to 5 and is
-    truncated with ``int()`` as the reference's averaging does (4.8 -> 4). For ``qa``, ``pred``
-    is "yes" if it contains "yes", else "no" if it contains "no" (the reference's rule); other
-    dimensions ignore it and give ``None``. Raises :class:`ReplyError`.
-    """
-    reply = _reply_dict(text)
-    if "score" not in reply:
-        raise ReplyError("no 'score' key in the reply")
-    score = _score(reply["score"])
-    if dimension != QA_DIMENSION:
-        return None, score
-    if not isinstance(reply.get("pred"), str):
-        raise ReplyError("no 'pred' string in the reply")
-    pred = reply["pred"].lower()
-    if "yes" in pred:
-        return "yes", score
-    if "no" in pred:
-        return "no", score
-    raise ReplyError(f"'pred' is neither yes nor no: {reply['pred'][:40]!r}")
-
-
-def _reply_dict(text: str) -> dict[Any, Any]:
-    for match in _DICT.finditer(text[:_MAX_REPLY_SCAN]):
-        try:
-            value = ast.literal_eval(match.group())
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            continue
-        if isinstance(value, dict):
-            return value
-    raise ReplyError("no dict literal in the reply")
-
-
-def _score(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ReplyError(f"score is not a number: {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ReplyError(f"score is not a number: {str(value)[:40]!r}") from None
-    if not 0 <= number <= 5:
-        raise ReplyError(f"score {number:g} is outside 0..5")
-    return int(number)
-
-
 class _Judge:
     """Verdicts for tasks: the verdict cache first, then the model through our retry loop."""
 
-    def __init__(self, store: Store, cfg: JudgeConfig, prompts: PromptSet) -> None:
-        self.store, self.cfg, self.prompts = store, cfg, prompts
+    def __init__(self, store: Store, cfg: JudgeConfig, protocol: JudgeProtocol) -> None:
+        self.store, self.cfg, self.prompts = store, cfg, protocol.prompts
+        self.parse = REPLY_RULES[protocol.replies]
         self.http_calls = 0
         self._lock = threading.Lock()
         self._client: openai.OpenAI | None = None
@@ -326,7 +294,7 @@ class _Judge:
             try:
                 content, served = self._complete(messages)
                 raw = self._redact(content)
-                pred, score = parse_reply(raw, task.dimension)
+                pred, score = self.parse(raw, task.dimension)
                 return self._make(
                     task, prompt, "ok", pred=pred, score=score, raw=raw, served_model=served,
                     attempts=attempt,
@@ -382,13 +350,11 @@ class _Judge:
         client = self._get_client()
         with self._lock:
             self.http_calls += 1
-        limit = {} if self.cfg.max_tokens is None else {"max_tokens": self.cfg.max_tokens}
+        sent = {k: getattr(self.cfg, k) for k in ("temperature", "top_p", "max_tokens")}
         response = client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
             model=self.cfg.model,
             messages=messages,
-            temperature=self.cfg.temperature,
-            top_p=self.cfg.top_p,
-            **limit,
+            **{k: v for k, v in sent.items() if v is not None},  # None: not sent
         )
         return reply_content(response.text)
 
@@ -469,7 +435,7 @@ def _retry_after(headers: Any) -> float | None:
 
 
 def judge_run(
-    store: Store, run_id: str, cfg: JudgeConfig, prompts: PromptSet | None = None
+    store: Store, run_id: str, cfg: JudgeConfig, protocol: JudgeProtocol | None = None
 ) -> dict[str, Any]:
     """Judge every prediction of the run; write ``verdicts.jsonl`` and ``judge.json``.
 
@@ -477,18 +443,18 @@ def judge_run(
     key or model (verdicts obtained so far stay cached) and ValueError if the run has no
     predictions.
     """
-    prompts = builtin_prompts() if prompts is None else prompts
+    protocol = builtin_protocol() if protocol is None else protocol
     tasks = tasks_for_run(store, run_id)
     if not tasks:
         raise ValueError(f"no predictions under {layout.run_key(run_id, 'predictions/')}")
-    judge = _Judge(store, cfg, prompts)
+    judge = _Judge(store, cfg, protocol)
     try:
         verdicts = _judge_all(judge, tasks, cfg.concurrency)
     finally:
         judge.close()
     lines = "".join(json.dumps(asdict(v), ensure_ascii=False) + "\n" for v in verdicts)
     store.put(layout.run_key(run_id, "verdicts.jsonl"), lines.encode("utf-8"))
-    summary = summarize(verdicts, cfg, prompts, judge.http_calls)
+    summary = summarize(verdicts, cfg, protocol, judge.http_calls)
     store.put(layout.run_key(run_id, "judge.json"), json.dumps(summary, indent=2).encode("utf-8"))
     failed = sum(v.status == "failed" for v in verdicts)
     cached = sum(v.cached for v in verdicts)
@@ -516,7 +482,7 @@ def _judge_all(judge: _Judge, tasks: list[JudgeTask], concurrency: int) -> list[
 
 
 def summarize(
-    verdicts: list[Verdict], cfg: JudgeConfig, prompts: PromptSet, http_calls: int
+    verdicts: list[Verdict], cfg: JudgeConfig, protocol: JudgeProtocol, http_calls: int
 ) -> dict[str, Any]:
     """The ``judge.json`` content: per dimension, ``judged`` counts successful verdicts and
     ``failed`` the others; accuracy (``qa`` only) and mean score use successful ones only."""
@@ -533,8 +499,14 @@ def summarize(
             "accuracy": yes / (yes + no) if dim == QA_DIMENSION and yes + no else None,
             "mean_score": sum(v.score or 0 for v in ok) / len(ok) if ok else None,
         }
+    prompts = protocol.prompts
+    settings = {
+        "judge_model": cfg.model,
+        **cfg.model_dump(include={"temperature", "top_p", "max_tokens"}),
+    }
     return {
         "dimensions": dimensions,
+        "protocol": protocol_record(protocol, settings),
         "judge_model": cfg.model,
         "prompt_hashes": {dim: prompts[dim].hash for dim in dimensions},
         "prompt_versions": {dim: prompts[dim].version for dim in dimensions},

@@ -163,6 +163,16 @@ _CONSISTENCY_USER = (
 )
 
 
+def missing_fields(dimension: str, user: str) -> set[str]:
+    """The placeholders ``dimension``'s user template must have and ``user`` lacks."""
+    return _REQUIRED[dimension] - set(_PLACEHOLDER.findall(user))
+
+
+def has_placeholder(text: str) -> bool:
+    """Whether ``text`` holds a placeholder (so it cannot be literal text of a template)."""
+    return _PLACEHOLDER.search(text) is not None
+
+
 def builtin_prompts(*, reference_consistency_bug: bool = False) -> PromptSet:
     """Our own prompts for all six dimensions, version :data:`BUILTIN_VERSION`."""
     prompts = {QA_DIMENSION: JudgePrompt(QA_DIMENSION, BUILTIN_VERSION, _QA_SYSTEM, _QA_USER)}
@@ -207,7 +217,7 @@ def _prompt_from(dim: str, entry: Any, default_version: str, path: Path) -> Judg
         isinstance(entry.get(key), str) and entry[key].strip() for key in ("system", "user")
     ):
         raise ValueError(f"{path}: prompt {dim!r} needs non-empty 'system' and 'user' strings")
-    missing = _REQUIRED[dim] - set(_PLACEHOLDER.findall(entry["user"]))
+    missing = missing_fields(dim, entry["user"])
     if missing:
         shown = ", ".join("{" + name + "}" for name in sorted(missing))
         raise ValueError(f"{path}: the user template of {dim!r} lacks {shown}")
