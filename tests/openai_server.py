@@ -139,6 +139,7 @@ class Seen:
     outcome: str
     top_p: Any = None
     max_tokens: Any = None
+    body: dict[str, Any] = field(default_factory=dict)  # the request body as sent
     at: float = field(default_factory=time.monotonic)
 
     @property
@@ -258,7 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
         azure = _AZURE_PATH.match(url.path)
         model = azure.group(1) if azure else body.get("model", "")
         seen = Seen(url.path, model, body.get("messages", []), body.get("temperature"), "")
-        seen.top_p, seen.max_tokens = body.get("top_p"), body.get("max_tokens")
+        seen.top_p, seen.max_tokens, seen.body = body.get("top_p"), body.get("max_tokens"), body
         self._seen: Seen | None = seen
         try:
             self._serve(seen, url.query, azure is not None)

@@ -13,6 +13,7 @@ import typer
 from videopanda_cluster.cli import app
 from videopanda_cluster.eval.config import EvalConfig
 from videopanda_cluster.eval.judge import JudgeConfig
+from videopanda_cluster.eval.protocol import builtin_protocol
 from videopanda_cluster.jobs.config import JobConfig
 from videopanda_cluster.train.config import RecipeConfig
 
@@ -69,10 +70,15 @@ def test_eval_run_defers_to_run_evals_defaults():
 
 def test_eval_judge_defaults_are_the_judge_configs():
     own = {"run", "output", "subset", "benchmark", "prompts", "reference_consistency_bug"}
-    own |= {"allow_failures"}
+    own |= {"allow_failures", "protocol"}
     renamed = {"judge_model": "model"}
+    builtin = builtin_protocol()
     for name, default in _defaults("eval", "judge").items():
         if name in own:
+            continue
+        if name in ("temperature", "top_p"):  # None: the protocol's, the config's for builtin
+            assert default is None
+            assert getattr(builtin, name) == JudgeConfig.model_fields[name].default
             continue
         field = JudgeConfig.model_fields.get(renamed.get(name, name))
         assert field is not None, f"--{name} maps to no JudgeConfig field"

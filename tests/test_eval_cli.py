@@ -156,4 +156,7 @@ def test_judge_cli_defaults_are_the_config_defaults():
     shared = cli.keys() & JudgeConfig.model_fields.keys()
     assert shared >= {"temperature", "top_p", "max_tokens", "concurrency", "max_attempts"}
     assert shared >= {"timeout", "api_key_env", "base_url", "azure_endpoint", "api_version"}
+    by_protocol = {"temperature", "top_p"}  # None: the protocol's (builtin: the config's)
+    assert all(cli[n] is None for n in by_protocol)
+    shared -= by_protocol
     assert {n: cli[n] for n in shared} == {n: JudgeConfig.model_fields[n].default for n in shared}

@@ -35,7 +35,13 @@ from ..jobs.failures import ExitCode
 from ..storage.base import Store
 from . import layout
 from .prompts import QA_DIMENSION, JudgePrompt
-from .protocol import JudgeProtocol, builtin_protocol, protocol_record
+from .protocol import (
+    BUILTIN_TEMPERATURE,
+    BUILTIN_TOP_P,
+    JudgeProtocol,
+    builtin_protocol,
+    protocol_record,
+)
 from .replies import REPLY_RULES, ReplyError
 
 if TYPE_CHECKING:
@@ -80,8 +86,9 @@ class JudgeConfig(BaseModel):
     api_key_env: str = Field("OPENAI_API_KEY", min_length=1)  # name of the variable, not the key
     azure_endpoint: str | None = None  # set to use Azure OpenAI (with api_version)
     api_version: str | None = None
-    temperature: float | None = Field(0.0, ge=0, le=2)  # None: not sent (the API's default)
-    top_p: float | None = Field(1.0, gt=0, le=1)  # None: not sent
+    # None: not sent (the API's default); the defaults are the built-in protocol's
+    temperature: float | None = Field(BUILTIN_TEMPERATURE, ge=0, le=2)
+    top_p: float | None = Field(BUILTIN_TOP_P, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)  # None = the endpoint's limit (not sent)
     concurrency: int = Field(4, ge=1, le=64)
     max_attempts: int = Field(5, ge=1)

@@ -42,6 +42,7 @@ BUILTIN = "builtin"
 REFERENCE = "reference"
 PROTOCOLS_PREFIX = "judge-protocols"
 REFERENCE_MODEL = "gpt-3.5-turbo"
+BUILTIN_TEMPERATURE, BUILTIN_TOP_P = 0.0, 1.0  # what the built-in protocol sends
 # Per dimension, where its judge script lives in a checkout: the Video-Panda repository's
 # layout first, then Video-ChatGPT's, from which those scripts were copied (spec §6).
 REFERENCE_SCRIPTS: dict[str, tuple[str, ...]] = {
@@ -107,8 +108,8 @@ class JudgeProtocol:
     name: str
     prompts: PromptSet
     model: str | None = None  # None: the user must name one
-    temperature: float | None = 0.0
-    top_p: float | None = 1.0
+    temperature: float | None = BUILTIN_TEMPERATURE
+    top_p: float | None = BUILTIN_TOP_P
     replies: str = BUILTIN  # a key of replies.REPLY_RULES
     source: Mapping[str, Any] = field(default_factory=dict)  # where an import came from
 

@@ -31,6 +31,7 @@ from .caption_facts import CaptionScore, score_caption
 from .layout import BENCHMARKS, DIMENSIONS, QA_BENCHMARKS, json_lines, predictions_key, run_key
 from .metrics import bootstrap_ci, exact_match, token_f1
 from .paper import paper_table, split_items
+from .protocol import differences_from_reference
 
 REPORT_FILES = ("report.json", "report.md", "report.png", "report.html")
 THUMBNAIL_SIZE = 112
@@ -317,15 +318,40 @@ def _our_values(benchmark: str, metrics: dict | None) -> tuple[dict, dict]:
     return values, {dim: found[dim].get("mean_score_ci") for dim in dims}
 
 
-def _paper_comparison(benchmark: str, metrics: dict | None) -> dict | None:
-    """The paper's table for ``benchmark`` with our values and the difference to Video-Panda."""
+def _paper_comparison(
+    benchmark: str, metrics: dict | None, judge: dict | None, coverage: dict
+) -> dict | None:
+    """The paper's table for ``benchmark`` with our values and the difference to Video-Panda,
+    and whether the two are comparable: ``differences`` lists each way this run's judging
+    differs from the reference protocol; ``comparable`` also needs the whole split."""
     if benchmark not in BENCHMARKS:
         return None
     table = paper_table(benchmark)
     values, cis = _our_values(benchmark, metrics)
     reference = next(r for r in table["rows"] if r["model"] == table["reference_model"])
     delta = {m: _difference(values.get(m), reference["values"].get(m)) for m in table["metrics"]}
-    return {**table, "ours": {"values": values, "ci": cis}, "delta_vs_reference": delta}
+    differences = _judging_differences(metrics, judge)
+    return {
+        **table,
+        "ours": {"values": values, "ci": cis},
+        "delta_vs_reference": delta,
+        "comparable": not differences and not coverage["partial"],
+        "differences": differences,
+    }
+
+
+def _judging_differences(metrics: dict | None, judge: dict | None) -> list[str]:
+    """How this run's verdicts differ from the reference protocol's over the whole split."""
+    if judge is None or not metrics:
+        return ["no judge run: the paper's numbers are judged"]
+    out = differences_from_reference(judge["protocol"], metrics)
+    failed = sum(m["failed"] for m in metrics.values())
+    unjudged = sum(m["not_judged"] for m in metrics.values())
+    if failed:
+        out.append(f"{failed} verdicts failed (the reference retries until every item has one)")
+    if unjudged:
+        out.append(f"{unjudged} answered items were not judged")
+    return out
 
 
 def _difference(ours: float | None, theirs: float | None) -> float | None:
@@ -407,6 +433,8 @@ def _judge_summary(files: _RunFiles, metrics: dict | None, unmatched: int) -> di
     judge = files.judge or {}
     return {
         "judge_model": judge.get("judge_model"),
+        "served_models": judge.get("served_models"),
+        "protocol": judge.get("protocol"),
         "prompt_hashes": judge.get("prompt_hashes"),
         "http_calls": judge.get("http_calls"),
         "verdicts": len(files.verdicts),
@@ -518,6 +546,8 @@ def build_report(
     benchmark = str(files.run.get("benchmark"))
     stores: dict = {}
     samples = [(a, _frames(a.item.get("uri"), stores)) for a in _pick(answers, sample_items, seed)]
+    judge = _judge_summary(files, metrics, unmatched)
+    coverage = _coverage(files, benchmark)
     report = {
         "run_id": run_id,
         "benchmark": benchmark,
@@ -531,13 +561,13 @@ def build_report(
             "interval": "percentile",
         },
         "counts": _all_counts(files.items, answered, subsets, metrics),
-        "judge": _judge_summary(files, metrics, unmatched),
+        "judge": judge,
         "metrics": metrics,
         "offline": {s: m["offline"] for s, m in by_subset.items()},
         "question_types": _question_types(files, answers, judged, boot),
-        "coverage": _coverage(files, benchmark),
+        "coverage": coverage,
         "failed_items": [asdict(f) for f in _failed_items(files, answers)],
-        "paper": _paper_comparison(benchmark, metrics),
+        "paper": _paper_comparison(benchmark, metrics, judge, coverage),
         "samples": [_sample_record(a, f) for a, f in samples],
     }
     report = _json_safe(report)
@@ -620,6 +650,7 @@ def _summary_section(report: dict) -> _Section:
         ["ok items without a prediction", str(counts["ok_without_prediction"])],
         ["judge failures", "no judge run" if judge == {} else str(counts["judge_failed"])],
         ["judge model", str(judge.get("judge_model", "–"))],
+        *_protocol_rows(judge),
     ]
     for part in ("model", "generation"):
         rows += [
@@ -628,6 +659,34 @@ def _summary_section(report: dict) -> _Section:
             if isinstance(v, (str, int, float, bool))
         ]
     return _Section("summary", "Summary", ["field", "value"], rows)
+
+
+def _protocol_rows(judge: dict) -> list[list[str]]:
+    """The judge protocol of the summary table (nothing without a judge run)."""
+    if not judge:
+        return []
+    protocol = judge.get("protocol")
+    if protocol is None:
+        return [["judge protocol", "not recorded (judged by an earlier version)"]]
+
+    def sent(value: float | None) -> str:
+        return "not sent (the API's default)" if value is None else f"{value:g}"
+
+    hashes = ", ".join(
+        f"{dim} {digest[:12]}"
+        + ("" if protocol["reference_prompts"].get(dim) else " (not reference)")
+        for dim, digest in protocol["template_hashes"].items()
+        if dim in (judge.get("failed") or {})
+    )
+    return [
+        ["judge protocol", f"{protocol['name']} ({protocol['prompt_source']})"],
+        ["judge model served", ", ".join(judge.get("served_models") or []) or "–"],
+        ["judge temperature", sent(protocol["temperature"])],
+        ["judge top_p", sent(protocol["top_p"])],
+        ["judge consistency input", protocol["consistency"]],
+        ["judge replies read by", f"the {protocol['replies']} rule"],
+        ["judge prompt sha256", hashes or "–"],
+    ]
 
 
 def _coverage_text(coverage: dict) -> str:
@@ -759,8 +818,12 @@ def _paper_section(report: dict) -> _Section:
         [f"this run − {paper['reference_model']}", "", ""]
         + [_fmt(paper["delta_vs_reference"].get(m), _digits(m)) for m in metrics]
     )
+    if paper["differences"]:
+        warnings.append(f"Not comparable with the paper: {'; '.join(paper['differences'])}.")
     src = paper["source"]
     notes = [f"{paper['table']} of “{src['title']}” ({src['venue']}, arXiv {src['arxiv']})."]
+    if paper["comparable"]:
+        notes.insert(0, "Comparable: judged under the reference protocol over the whole split.")
     notes += [f"Caveat: {paper['caveat']}"] if paper["caveat"] else []
     title = f"Comparison with the paper ({paper['table']})"
     return _Section("paper", title, headers, rows, notes, warnings)
