@@ -277,7 +277,11 @@ def test_coverage_warns_beside_the_paper_comparison(qa_report, qa_store, vcg_rep
     assert f'<p class="warning">{warning}' in section
     store, report = vcg_report  # a run of the benchmark's own files covers its split
     assert report["coverage"]["fraction"] == 1 and not report["coverage"]["partial"]
-    assert "Warning" not in store.get(run_key("vcg1", "report.md")).decode()
+    markdown = store.get(run_key("vcg1", "report.md")).decode()
+    assert "Warning" not in markdown
+    # judged by an earlier version, which did not record its protocol
+    assert report["paper"]["comparable"] is False
+    assert "Not comparable with the paper: the judge protocol is not recorded" in markdown
 
 
 def test_qa_outputs_written(qa_store):

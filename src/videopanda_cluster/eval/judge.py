@@ -358,9 +358,9 @@ class _Judge:
         with self._lock:
             self.http_calls += 1
         sent = {k: getattr(self.cfg, k) for k in ("temperature", "top_p", "max_tokens")}
-        response = client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
+        response = client.chat.completions.with_raw_response.create(
             model=self.cfg.model,
-            messages=messages,
+            messages=messages,  # type: ignore[arg-type]
             **{k: v for k, v in sent.items() if v is not None},  # None: not sent
         )
         return reply_content(response.text)
