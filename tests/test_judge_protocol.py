@@ -381,3 +381,29 @@ def test_a_real_reference_checkout(tmp_path, openai_server):
     assert all(set(body) == {"model", "messages"} for body in ours)
     assert len(ours) == len(theirs) == len(HOSTILE) + 3 * 3 + 2 + 3
     assert _canonical(ours) == _canonical(theirs)
+
+
+def test_the_cli_judges_under_an_imported_protocol(fake_repo, tmp_path, openai_server):
+    store = tmp_path / "store"
+    write_qa_run(LocalStore(store), "qa")
+    common = ["--output", str(store), "--base-url", openai_server.base_url]
+    common += ["--api-key-env", KEY_ENV]
+    out = _cli("eval", "judge", "qa", "--protocol", "reference", *common)
+    assert out.exit_code == 2 and "import it first" in out.output
+    imported = _cli(
+        "eval", "protocol", "import", str(fake_repo), "--output", str(store), "--allow-modified"
+    )
+    assert imported.exit_code == 0, imported.output
+    out = _cli("eval", "judge", "qa", "--protocol", "reference", "--prompts", "p.json", *common)
+    assert out.exit_code == 2 and "--protocol builtin" in out.output
+    out = _cli("eval", "judge", "qa", *common)  # builtin: a model must be named
+    assert out.exit_code == 2 and "name the judge model" in out.output
+    out = _cli("eval", "judge", "qa", "--protocol", "reference", *common)
+    assert out.exit_code == 0, out.output
+    assert {seen.model for seen in openai_server.requests} == {"gpt-3.5-turbo"}
+    assert all(seen.body.keys() == {"model", "messages"} for seen in openai_server.requests)
+    summary = json.loads((store / layout.run_key("qa", "judge.json")).read_text())
+    assert summary["protocol"]["name"] == "reference"
+    assert summary["protocol"]["source"]["modified"] == list(SCRIPTS)
+    shown = _cli("eval", "protocol", "show", "reference", "--output", str(store))
+    assert shown.exit_code == 0 and "not sent (the API's default)" in shown.output
