@@ -50,7 +50,7 @@ _YES_NO_SUBSET = "qa"  # the only subset judged yes/no as well as scored
 
 
 @dataclass
-class _Answer:
+class Answer:
     """An answered item: its ``items.jsonl`` row, prediction row and verdicts by dimension."""
 
     item: dict
@@ -112,10 +112,16 @@ def _load_run(store: Store, run_id: str) -> _RunFiles:
     return _RunFiles(run, items, predictions, verdicts, judge)
 
 
-def _answers(files: _RunFiles) -> tuple[list[_Answer], int]:
+def load_answers(store: Store, run_id: str) -> tuple[dict, list[Answer]]:
+    """A run's ``run.json`` and its answered items with their verdicts, in file order."""
+    files = _load_run(store, run_id)
+    return files.run, _answers(files)[0]
+
+
+def _answers(files: _RunFiles) -> tuple[list[Answer], int]:
     """Answered items in file order with their verdicts, and the number of unmatched verdicts."""
     answers = [
-        _Answer(item, files.predictions[_item_key(item)])
+        Answer(item, files.predictions[_item_key(item)])
         for item in files.items
         if item.get("status") == "ok" and _item_key(item) in files.predictions
     ]
@@ -168,11 +174,12 @@ def _counts(items: Iterable[dict], answered: set[tuple[str, str]]) -> dict:
     }
 
 
-def _judged(answers: list[_Answer], dimension: str, yes_no: bool, boot: _Bootstrap) -> dict:
+def _judged(answers: list[Answer], dimension: str, yes_no: bool, boot: _Bootstrap) -> dict:
     """Judge metrics of one dimension over ``answers``; failed verdicts are counted, not scored."""
     given = [(a, a.verdicts[dimension]) for a in answers if dimension in a.verdicts]
     ok = [(a, v) for a, v in given if v.get("status") == "ok"]
-    scores = [(float(v["score"]), a.video) for a, v in ok if v.get("score") is not None]
+    values = [(judged_values(a, dimension), a.video) for a, _ in ok]
+    scores = [(v["mean_score"], video) for v, video in values if "mean_score" in v]
     mean_score, score_ci = boot.mean_ci(scores)
     out = {
         "answered": len(answers),
@@ -184,27 +191,40 @@ def _judged(answers: list[_Answer], dimension: str, yes_no: bool, boot: _Bootstr
         "mean_score_ci": score_ci,
     }
     if yes_no:
-        marks = [
-            (100.0 * (str(v["pred"]).lower() == "yes"), a.video)
-            for a, v in ok
-            if str(v.get("pred")).lower() in ("yes", "no")
-        ]
+        marks = [(v["accuracy"], video) for v, video in values if "accuracy" in v]
         accuracy, accuracy_ci = boot.mean_ci(marks)
         yes = sum(value > 0 for value, _ in marks)
         out.update(yes=yes, no=len(marks) - yes, accuracy=accuracy, accuracy_ci=accuracy_ci)
     return out
 
 
-def _offline(answers: list[_Answer], boot: _Bootstrap) -> dict:
-    """Exact match and token F1 (percent) of the predictions against the reference answers.
+def offline_values(a: Answer) -> dict[str, float]:
+    """One answer's exact match and token F1 (percent) against its reference answer; a
+    consistency item scores the mean over its two predictions."""
+    reference = str(a.item.get("answer", ""))
+    return {
+        "exact_match": 100 * float(np.mean([exact_match(p, reference) for p in a.predicted])),
+        "token_f1": 100 * float(np.mean([token_f1(p, reference) for p in a.predicted])),
+    }
 
-    A consistency item scores the mean over its two predictions.
-    """
-    em, f1 = [], []
-    for a in answers:
-        reference = str(a.item.get("answer", ""))
-        em.append((100 * float(np.mean([exact_match(p, reference) for p in a.predicted])), a.video))
-        f1.append((100 * float(np.mean([token_f1(p, reference) for p in a.predicted])), a.video))
+
+def judged_values(a: Answer, dimension: str) -> dict[str, float]:
+    """One answer's successful verdict on ``dimension``: its score and, for a yes/no verdict,
+    ``accuracy`` 100 (yes) or 0 (no); empty without one."""
+    verdict = a.verdicts.get(dimension)
+    if verdict is None or verdict.get("status") != "ok":
+        return {}
+    out = {} if verdict.get("score") is None else {"mean_score": float(verdict["score"])}
+    if str(verdict.get("pred")).lower() in ("yes", "no"):
+        out["accuracy"] = 100.0 * (str(verdict["pred"]).lower() == "yes")
+    return out
+
+
+def _offline(answers: list[Answer], boot: _Bootstrap) -> dict:
+    """Exact match and token F1 (percent) of the predictions against the reference answers."""
+    values = [(offline_values(a), a.video) for a in answers]
+    em = [(v["exact_match"], video) for v, video in values]
+    f1 = [(v["token_f1"], video) for v, video in values]
     (em_value, em_ci), (f1_value, f1_ci) = boot.mean_ci(em), boot.mean_ci(f1)
     return {
         "answered": len(answers),
@@ -216,7 +236,7 @@ def _offline(answers: list[_Answer], boot: _Bootstrap) -> dict:
     }
 
 
-def _subset_metrics(answers: list[_Answer], subset: str, judged: bool, boot: _Bootstrap) -> dict:
+def _subset_metrics(answers: list[Answer], subset: str, judged: bool, boot: _Bootstrap) -> dict:
     """Offline metrics and, after a judge run, each of the subset's dimensions."""
     dims = DIMENSIONS.get(subset, ())
     return {
@@ -229,7 +249,7 @@ def _subset_metrics(answers: list[_Answer], subset: str, judged: bool, boot: _Bo
     }
 
 
-def _caption_facts(answers: list[_Answer], boot: _Bootstrap) -> dict:
+def _caption_facts(answers: list[Answer], boot: _Bootstrap) -> dict:
     """Caption fact precision and recall (percent, :mod:`.caption_facts`) of the predictions
     against the reference captions, micro-averaged: each predicted (true) fact is a value of
     100 if matched else 0, clustered by its video, so their mean is matched ÷ predicted (true)
@@ -265,7 +285,7 @@ class _TypeScorer:
     """Metrics a question type gets beside those every type gets (counts, offline, judged)."""
 
     key: str  # its entry in the type's record in report.json
-    score: Callable[[list[_Answer], _Bootstrap], dict]
+    score: Callable[[list[Answer], _Bootstrap], dict]
     columns: tuple[tuple[str, str], ...]  # (metric, header) in the question-type table
 
 
@@ -282,7 +302,7 @@ TYPE_SCORERS: dict[str, _TypeScorer] = {
 
 
 def _question_types(
-    files: _RunFiles, answers: list[_Answer], judged: bool, boot: _Bootstrap
+    files: _RunFiles, answers: list[Answer], judged: bool, boot: _Bootstrap
 ) -> dict[str, dict[str, dict]]:
     """Counts and metrics per (subset, question type), for items that have a type; a type in
     :data:`TYPE_SCORERS` gets its scorer's metrics too."""
@@ -379,7 +399,7 @@ class FailedItem:
     reason: str
 
 
-def _failed_items(files: _RunFiles, answers: list[_Answer]) -> list[FailedItem]:
+def _failed_items(files: _RunFiles, answers: list[Answer]) -> list[FailedItem]:
     """Every item that failed at some stage, in ``items.jsonl`` order."""
     by_key = {answer.key: answer for answer in answers}
     failed = []
@@ -455,7 +475,7 @@ class _Frames:
     error: str | None = None
 
 
-def _pick(answers: list[_Answer], count: int, seed: int) -> list[_Answer]:
+def _pick(answers: list[Answer], count: int, seed: int) -> list[Answer]:
     """A seeded sample of ``count`` answered items, in file order."""
     if count <= 0 or not answers:
         return []
@@ -486,7 +506,7 @@ def _frames(uri: str | None, stores: dict) -> _Frames:
     return _Frames([_thumbnail(f) for f in extracted.frames[: len(indices)]], indices)
 
 
-def _sample_record(answer: _Answer, frames: _Frames) -> dict:
+def _sample_record(answer: Answer, frames: _Frames) -> dict:
     item = answer.item
     return {
         "id": str(item["id"]),
@@ -612,7 +632,7 @@ def _write(store: Store, run_id: str, report: dict, thumbnails: list[list[str]])
 
 
 @dataclass
-class _Section:
+class Section:
     id: str
     title: str
     headers: list[str]
@@ -636,7 +656,7 @@ def _digits(metric: str) -> int:
     return 1 if UNITS.get(metric) == "percent" else 2
 
 
-def _summary_section(report: dict) -> _Section:
+def _summary_section(report: dict) -> Section:
     counts, judge = report["counts"], report["judge"] or {}
     rows = [
         ["benchmark", report["benchmark"]],
@@ -658,7 +678,7 @@ def _summary_section(report: dict) -> _Section:
             for k, v in (report["run"].get(part) or {}).items()
             if isinstance(v, (str, int, float, bool))
         ]
-    return _Section("summary", "Summary", ["field", "value"], rows)
+    return Section("summary", "Summary", ["field", "value"], rows)
 
 
 def _protocol_rows(judge: dict) -> list[list[str]]:
@@ -725,7 +745,7 @@ def _headers(text: str) -> list[str]:
     return text.split("|")
 
 
-def _metrics_section(report: dict) -> _Section:
+def _metrics_section(report: dict) -> Section:
     headers = _headers(
         "dimension|subset|answered|judged|failed|not judged|videos|accuracy % (95% CI)|"
         "mean score (95% CI)"
@@ -736,37 +756,37 @@ def _metrics_section(report: dict) -> _Section:
         for dim, m in (report["metrics"] or {}).items()
     ]
     notes = [] if report["metrics"] else ["No judge run: offline metrics only."]
-    return _Section("metrics", "Judged metrics", headers, rows, notes)
+    return Section("metrics", "Judged metrics", headers, rows, notes)
 
 
-def _offline_section(report: dict) -> _Section:
+def _offline_section(report: dict) -> Section:
     headers = _headers("subset|answered|videos|exact match % (95% CI)|token F1 % (95% CI)")
     rows = [
         [subset, *_strs(m, "answered", "videos"), _cell(m, "exact_match"), _cell(m, "token_f1")]
         for subset, m in report["offline"].items()
     ]
     notes = ["Normalised answers (lowercase, no punctuation or articles), over answered items."]
-    return _Section("offline", "Offline metrics", headers, rows, notes)
+    return Section("offline", "Offline metrics", headers, rows, notes)
 
 
-def _failures_section(report: dict) -> _Section:
+def _failures_section(report: dict) -> Section:
     counts, judge = report["counts"], report["judge"]
     rows = [["missing video", "not_found", str(counts["missing"])]] if counts["missing"] else []
     rows += [["decode", reason, str(n)] for reason, n in counts["decode_failures"].items()]
     rows += [["judge", dim, str(n)] for dim, n in ((judge or {}).get("failed") or {}).items() if n]
     notes = ["Failures are counted here and never scored."]
-    return _Section("failures", "Failures", ["stage", "reason / dimension", "count"], rows, notes)
+    return Section("failures", "Failures", ["stage", "reason / dimension", "count"], rows, notes)
 
 
-def _failed_items_section(report: dict) -> _Section:
+def _failed_items_section(report: dict) -> Section:
     failed = report["failed_items"]
     rows = [[f["id"], f["subset"], f["video"], f["stage"], f["reason"]] for f in failed]
     headers = ["id", "subset", "video", "stage", "reason"]
     title = f"Failed items ({len(failed)})"
-    return _Section("failed-items", "Failed items", headers, rows, collapsible=title)
+    return Section("failed-items", "Failed items", headers, rows, collapsible=title)
 
 
-def _question_type_section(report: dict) -> _Section:
+def _question_type_section(report: dict) -> Section:
     """One row per (subset, type, dimension); the columns of a type scorer only where the run has
     its type, "–" in other types' rows."""
     present = {qtype for types in report["question_types"].values() for qtype in types}
@@ -790,15 +810,15 @@ def _question_type_section(report: dict) -> _Section:
                 [*head, dim, _cell(j, "accuracy"), _cell(j, "mean_score"), *tail]
                 for dim, j in (m["judged"] or {"–": {}}).items()
             ]
-    return _Section("question-types", "By question type", headers, rows)
+    return Section("question-types", "By question type", headers, rows)
 
 
-def _paper_section(report: dict) -> _Section:
+def _paper_section(report: dict) -> Section:
     paper = report["paper"]
     warnings = _coverage_warning(report)
     if paper is None:
         notes = ["No paper numbers for this benchmark."]
-        return _Section("paper", "Paper comparison", [], [], notes, warnings)
+        return Section("paper", "Paper comparison", [], [], notes, warnings)
     metrics, ours = paper["metrics"], paper["ours"]
     headers = ["model", "vision params", "same training data", *metrics]
     rows = [
@@ -826,10 +846,10 @@ def _paper_section(report: dict) -> _Section:
         notes.insert(0, "Comparable: judged under the reference protocol over the whole split.")
     notes += [f"Caveat: {paper['caveat']}"] if paper["caveat"] else []
     title = f"Comparison with the paper ({paper['table']})"
-    return _Section("paper", title, headers, rows, notes, warnings)
+    return Section("paper", title, headers, rows, notes, warnings)
 
 
-def _sections(report: dict) -> list[_Section]:
+def _sections(report: dict) -> list[Section]:
     return [
         _summary_section(report),
         _metrics_section(report),
@@ -851,10 +871,18 @@ def _md_cell(text: str) -> str:
     return text
 
 
-def render_markdown(report: dict, sections: list[_Section] | None = None) -> str:
+def render_markdown(report: dict, sections: list[Section] | None = None) -> str:
     """``report.md``: the tables as GitHub-flavoured Markdown, and the chart."""
-    out = [f"# Evaluation report: {_md_cell(report['run_id'])} ({_md_cell(report['benchmark'])})"]
-    for section in sections or _sections(report):
+    title = f"Evaluation report: {report['run_id']} ({report['benchmark']})"
+    out = markdown_sections(title, sections or _sections(report))
+    out += ["", "## Chart", "", "![our results next to the paper's](report.png)", ""]
+    return "\n".join(out)
+
+
+def markdown_sections(title: str, sections: list[Section]) -> list[str]:
+    """A title and the sections as GitHub-flavoured Markdown lines."""
+    out = [f"# {_md_cell(title)}"]
+    for section in sections:
         out += ["", f"## {section.title}", ""]
         for warning in section.warnings:
             out += [f"**{_md_cell(warning)}**", ""]
@@ -869,8 +897,7 @@ def render_markdown(report: dict, sections: list[_Section] | None = None) -> str
             out.append("(none)")
         for note in section.notes:
             out += ["", _md_cell(note)]
-    out += ["", "## Chart", "", "![our results next to the paper's](report.png)", ""]
-    return "\n".join(out)
+    return out
 
 
 # ----------------------------------------------------------------------------------- chart
@@ -950,7 +977,7 @@ def _e(value: object) -> str:
     return html.escape("–" if value is None else str(value), quote=True)
 
 
-def _html_section(section: _Section) -> str:
+def _html_section(section: Section) -> str:
     parts = [f'<section id="{section.id}">', f"<h2>{_e(section.title)}</h2>"]
     parts += [f'<p class="warning">{_e(warning)}</p>' for warning in section.warnings]
     if section.rows:
@@ -1007,7 +1034,7 @@ def _html_item(sample: dict, thumbnails: list[str]) -> str:
 
 
 def render_html(
-    report: dict, sections: list[_Section], chart: bytes, thumbnails: list[list[str]]
+    report: dict, sections: list[Section], chart: bytes, thumbnails: list[list[str]]
 ) -> str:
     """``report.html``: one self-contained page (inline CSS, images as data URIs, no scripts)."""
     chart_b64 = base64.b64encode(chart).decode("ascii")
@@ -1017,12 +1044,22 @@ def render_html(
     )
     title = f"Evaluation report: {report['run_id']} ({report['benchmark']})"
     chart_img = f'<img alt="our results next to the paper" src="data:image/png;base64,{chart_b64}">'
+    return html_document(
+        title,
+        sections,
+        f'<section id="chart"><h2>Chart</h2>{chart_img}</section>',
+        f'<section id="items"><h2>Sample items</h2>{items}</section>',
+    )
+
+
+def html_document(title: str, sections: list[Section], *more: str) -> str:
+    """One self-contained page: the title, the sections, then ``more`` HTML."""
     parts = [
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><h1>{_e(title)}</h1>",
         *(_html_section(s) for s in sections),
-        f'<section id="chart"><h2>Chart</h2>{chart_img}</section>',
-        f'<section id="items"><h2>Sample items</h2>{items}</section></body></html>\n',
+        *more,
+        "</body></html>\n",
     ]
     return "\n".join(parts)
