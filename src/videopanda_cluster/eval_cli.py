@@ -1,4 +1,4 @@
-"""`videopanda eval run | judge | report`: benchmark evaluation on the pipeline."""
+"""`videopanda eval run | judge | report | protocol`: benchmark evaluation on the pipeline."""
 
 from __future__ import annotations
 
@@ -224,17 +224,41 @@ def judge_command(
 
 @app.command("report")
 def report_command(
-    run_id: Annotated[str, typer.Argument(help="Run id in the store.")],
-    output: Annotated[str, Opt(help="Store of the run.")] = "out",
+    run_ids: Annotated[
+        list[str], typer.Argument(help="Run ids in the store; two or more: side by side.")
+    ],
+    output: Annotated[str, Opt(help="Store of the runs.")] = "out",
     samples: Annotated[int, Opt(help="Items shown with their frames in report.html.")] = 6,
     seed: Annotated[int, Opt(help="Seed of the bootstrap and of the sample.")] = 0,
+    name: Annotated[
+        str | None, Opt(help="Name of a side-by-side report (default: RUN1-vs-RUN2...).")
+    ] = None,
     as_json: Annotated[bool, Opt("--json", help="Print report.json.")] = False,
 ) -> None:
-    """Write report.json, report.md, report.png and report.html for a run."""
-    from .eval.report import build_report
+    """Write report.json, report.md, report.png and report.html for a run; for several runs of
+    one benchmark, a side-by-side report (each metric per run, and each run's paired difference
+    to the first over the items both answered) in eval-compare/NAME/comparison.{json,md,html}."""
     from .storage.open import open_store
 
     store = open_store(output)
+    if len(run_ids) > 1:
+        from .eval.compare import compare_runs
+        from .eval.layout import comparison_key
+
+        try:
+            report = compare_runs(store, run_ids, name=name, seed=seed)
+        except (KeyError, OSError, ValueError) as exc:
+            raise _fail(2, f"error: {' '.join(str(exc).split())}") from None
+        if as_json:
+            print(json.dumps(report))
+            return
+        key = comparison_key(report["name"], "comparison.md")
+        console.print(store.get(key).decode(), markup=False)
+        console.print(f"files: {store.url}/{key.removesuffix('.md')}.{{json,md,html}}")
+        return
+    from .eval.report import build_report
+
+    (run_id,) = run_ids
     try:
         report = build_report(store, run_id, sample_items=samples, seed=seed)
     except (KeyError, OSError, ValueError) as exc:

@@ -70,6 +70,11 @@ def predictions_key(run_id: str, subset: str) -> str:
     return run_key(run_id, f"predictions/{subset}.jsonl")
 
 
+def comparison_key(name: str, file: str) -> str:
+    """``eval-compare/<name>/<file>``: a side-by-side report of several runs (``compare.py``)."""
+    return f"eval-compare/{name}/{file}"
+
+
 JUDGE_CACHE_PREFIX = "judge-cache"
 
 
