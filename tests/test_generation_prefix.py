@@ -23,7 +23,7 @@ from videopanda_cluster.video.geometry import compute_geometry
 # 1, 2, 5 and 2 questions of different lengths for four videos of different aspect ratios
 QUESTIONS = [
     ["what colour is the circle?"],
-    ["how many shapes are there?", "what?"],
+    ["how many shapes are there?", "what?", "Describe this video in detail."],
     [
         "which way does the red square move across the frame?",
         "colour?",

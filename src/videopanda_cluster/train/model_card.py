@@ -222,8 +222,9 @@ def _warm_start_lines(training: dict[str, Any]) -> list[str]:
         lines.append(
             f"- Question-focus loss (`train/forward.py`) with weight {cfg['focus_weight']:g} in "
             f"{' and '.join(s['stage'] for s in focus)}: a training-only linear head on the "
-            f"Llama's hidden state after layer {cfg['focus_layer']}, at the position that "
-            "answers, names the word the question is about (the records' `focus`)."
+            f"Llama's hidden state after layer {cfg['focus_layer']}, at each position that "
+            "predicts an answer token, names the word the question is about (the records' "
+            "`focus`)."
         )
     if training.get("attention", "eager") != "eager":
         lines.append(f"- Llama attention while training: {training['attention']}.")
