@@ -178,7 +178,7 @@ def test_the_pipeline_generate_stage_answers_as_the_library(model, videos, tmp_p
     model.save_pretrained(tmp_path / "model")
     worker = GenerateWorker(str(tmp_path / "model"), "cpu")
     with torch.no_grad():  # what EncodeWorker sends: STAB tokens per frame
-        frames, _ = worker.model.video_tower(videos.reshape(-1, 4, *videos.shape[2:]))
+        frames, _ = worker.backend.model.video_tower(videos.reshape(-1, 4, *videos.shape[2:]))
     tokens = [list(frames[v * 8 : (v + 1) * 8]) for v in range(len(videos))]
     too_long = "word " * 5000
     requests = [

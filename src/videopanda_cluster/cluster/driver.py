@@ -363,6 +363,7 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
     Inputs that differ from the job's plan are refused (InputsChanged), or with ``cfg.update``
     planned in new shards; ``ledger.plan_update`` then tells what changed.
     """
+    from ..backends import backend_kind
     from ..jobs.config import config_hash
     from ..jobs.inputs import spool_inputs
     from ..jobs.ledger import Ledger
@@ -372,6 +373,7 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
     checkpoint, default_id = Path(cfg.checkpoint or "."), None
     if not cfg.checkpoint:
         checkpoint, default_id = default_checkpoint()
+    backend_kind(checkpoint)  # a folder that no backend runs fails here, in one line
     ckpt_hash = checkpoint_fingerprint(checkpoint)
     job_id = job_id_of(cfg)
     job_hash = hashlib.sha256(f"{config_hash(cfg)}|{ckpt_hash}".encode()).hexdigest()

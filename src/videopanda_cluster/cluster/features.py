@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..jobs.layout import FEATURES_PREFIX, feature_key
 from ..video.extract import PreprocessOptions, decoder_version
-from .fingerprint import module_hash
 
 if TYPE_CHECKING:  # decoders use this module without importing torch
     import torch
@@ -55,11 +54,12 @@ class CacheIdentity:
     prefix: str = FEATURES_PREFIX
 
     @classmethod
-    def of(cls, store_url: str, model, options: PreprocessOptions) -> CacheIdentity | None:
+    def of(cls, store_url: str, features: str, options: PreprocessOptions) -> CacheIdentity | None:
+        """``features``: the backend's :meth:`~..backends.VideoBackend.feature_identity`."""
         fingerprint = preprocess_fingerprint(options)
         if fingerprint is None:
             return None
-        return cls(store_url, fingerprint, module_hash(model.video_tower))
+        return cls(store_url, fingerprint, features)
 
 
 class FeatureCache:

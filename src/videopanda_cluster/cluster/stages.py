@@ -1,8 +1,8 @@
 """The pipeline's stage workers. Each class becomes one Ray actor kind (see ``driver.py``).
 
 DecodeWorker    video URI -> sampled, letterboxed uint8 frames + provenance     (CPU, many)
-EncodeWorker    frames -> STAB tokens per frame, via the feature cache           (GPU if any)
-GenerateWorker  STAB tokens + questions -> answers (projector + Llama, batched)  (GPU if any)
+EncodeWorker    frames -> a backend's features per frame, via the feature cache   (GPU if any)
+GenerateWorker  features + questions -> answers (the backend's answer path)      (GPU if any)
 WriterWorker    rows -> a Parquet shard of RESULT_SCHEMA (+ JSONL if asked)          (I/O)
 """
 
@@ -106,17 +106,21 @@ class DecodeWorker:
 
 
 class EncodeWorker:
-    """STAB over batches of videos; reads and fills the feature cache."""
+    """A backend's visual encoder over batches of videos; reads and fills the feature cache."""
 
     def __init__(
         self, checkpoint: str, device: str | None, options: PreprocessOptions, cache_url: str | None
     ) -> None:
-        from ..model.modeling import VideoPanda
+        from ..backends import load_backend
         from .features import CacheIdentity, FeatureCache
 
-        self.model = VideoPanda.from_pretrained(checkpoint, device=device, with_llm=False)
+        self.backend = load_backend(checkpoint, device=device, with_llm=False)
         self.options = options
-        identity = CacheIdentity.of(cache_url, self.model, options) if cache_url else None
+        identity = (
+            CacheIdentity.of(cache_url, self.backend.feature_identity(), options)
+            if cache_url
+            else None
+        )
         self.cache = FeatureCache(identity) if identity else None
 
     def cache_identity(self) -> dict[str, str] | None:
@@ -128,12 +132,10 @@ class EncodeWorker:
     def encode(
         self, videos: list[VideoKey], *payloads: dict[str, Any] | None
     ) -> tuple[list[dict[str, Any]], list[list[torch.Tensor]]]:
-        """(metadata, tokens): STAB tokens per frame (CPU) for each video, via the cache, with
-        the RGB mirrored where the decoder's coin said so. A None payload (the decoder found the
-        entry) must be a cache hit."""
-        import torch
-
-        from ..video.normalize import to_model_input
+        """(metadata, features): the backend's features per frame (CPU) for each video, via the
+        cache, with the RGB mirrored where the decoder's coin said so. A None payload (the
+        decoder found the entry) must be a cache hit."""
+        from ..backends import DecodedVideo
 
         start = time.perf_counter()
         tokens: list[list[torch.Tensor]] = [[] for _ in payloads]
@@ -148,23 +150,14 @@ class EncodeWorker:
             else:
                 todo.append(i)
         if todo:
-            n = self.options.num_frames
-            pixels = torch.stack(
-                [
-                    to_model_input(
-                        payloads[i]["frames"], payloads[i]["geometry"], n, videos[i].flipped
-                    )
-                    for i in todo
-                ]
-            )
-            chunk = self.model.config.chunk_size
-            clips = pixels.reshape(-1, chunk, *pixels.shape[2:]).to(self.model.device)
-            with torch.no_grad():
-                frames, _ = self.model.video_tower(clips)
-            for j, i in enumerate(todo):
-                tokens[i] = [f.to("cpu") for f in frames[j * n : (j + 1) * n]]
+            decoded = [
+                DecodedVideo(payloads[i]["frames"], payloads[i]["geometry"], videos[i].flipped)
+                for i in todo
+            ]
+            for i, features in zip(todo, self.backend.encode(decoded), strict=True):
+                tokens[i] = features
                 if self.cache:
-                    self.cache.put(videos[i].content_hash, tokens[i], payloads[i]["provenance"])
+                    self.cache.put(videos[i].content_hash, features, payloads[i]["provenance"])
         elapsed = (time.perf_counter() - start) / max(1, len(payloads))
         metas = [
             {
@@ -179,15 +172,14 @@ class EncodeWorker:
 
 
 class GenerateWorker:
-    """Projector + Llama: answer every prompt of a batch of videos."""
+    """A backend's answer path: every prompt of a batch of videos."""
 
     def __init__(
         self, checkpoint: str, device: str | None, attention: AttentionImpl = "eager"
     ) -> None:
-        from ..model.modeling import VideoPanda
+        from ..backends import load_backend
 
-        self.model = VideoPanda.from_pretrained(checkpoint, device=device)
-        self.model.set_attention(attention)
+        self.backend = load_backend(checkpoint, device=device, attention=attention)
 
     def generate(
         self,
@@ -199,28 +191,20 @@ class GenerateWorker:
         → one {video_id, question_id, question, prompt, answer} per prompt, in order. A prompt
         that does not fit the model's context gets ``answer`` None with ``error``
         (``question_too_long``) and ``message`` instead; the others are answered."""
-        import torch
-
         from ..model.generation import GenerationOptions, PromptTooLong
-        from ..model.prompt import build_prompt
 
         start = time.perf_counter()
-        model = self.model
-        with torch.no_grad():
-            frames = [
-                [model.video_projector(f.to(model.device, model.dtype)) for f in tokens[r["index"]]]
-                for r in requests
-            ]
+        features = [tokens[r["index"]] for r in requests]
         questions = [[p["question"] for p in r["prompts"]] for r in requests]
-        answers = model.answer_frames(frames, questions, GenerationOptions(**options))
+        answers = self.backend.answer(features, questions, GenerationOptions(**options))
         elapsed = (time.perf_counter() - start) / max(1, sum(map(len, questions)))
         rows = []
-        for req, video_frames, video_answers in zip(requests, frames, answers, strict=True):
+        for req, video_features, video_answers in zip(requests, features, answers, strict=True):
             for p, answer in zip(req["prompts"], video_answers, strict=True):
                 row = {
                     "video_id": req["video_id"],
                     **p,
-                    "prompt": build_prompt(p["question"], len(video_frames)),
+                    "prompt": self.backend.prompt_text(p["question"], video_features),
                     "answer": answer,
                 }
                 if isinstance(answer, PromptTooLong):

@@ -1,0 +1,79 @@
+"""The interface between the pipeline and a video-LLM: what the stage workers and the library
+call, whatever the model (one module per model family beside this one).
+
+A backend says how its frames are sampled and sized (our decoder does the decoding), turns a
+batch of decoded videos into visual features (what the feature cache keeps, keyed by
+:meth:`VideoBackend.feature_identity`), and answers questions about features, batched, through
+its one answer path.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from ..model.generation import GenerationOptions, PromptTooLong
+    from ..video.geometry import Geometry
+
+
+class UnsupportedModel(ValueError):
+    """A checkpoint folder that no backend recognises; ``str(exc)`` is one line."""
+
+
+@dataclass(frozen=True)
+class DecodedVideo:
+    """One video as the decoder hands it over: sampled frames, their placement, and whether the
+    reference flip mirrors it."""
+
+    frames: np.ndarray  # (T, S, S, 3) uint8
+    geometry: Geometry
+    flipped: bool = False
+
+
+class VideoBackend(ABC):
+    """A video-LLM as the pipeline sees it."""
+
+    kind: ClassVar[str]  # the registry's name, recorded in every row
+
+    @property
+    @abstractmethod
+    def num_frames(self) -> int:
+        """Frames the decoder samples per video."""
+
+    @property
+    @abstractmethod
+    def image_size(self) -> int:
+        """Side of the square frames the decoder letterboxes to."""
+
+    @abstractmethod
+    def feature_identity(self) -> str:
+        """What, besides the video and its preprocessing, the features depend on (the weights of
+        the visual path); part of every feature-cache key, so backends never share entries."""
+
+    @abstractmethod
+    def encode(self, videos: Sequence[DecodedVideo]) -> list[list[torch.Tensor]]:
+        """Per video, its visual features (on the CPU, one tensor per frame)."""
+
+    @abstractmethod
+    def answer(
+        self,
+        features: Sequence[Sequence[torch.Tensor]],
+        questions: Sequence[Sequence[str]],
+        options: GenerationOptions,
+    ) -> list[list[str | PromptTooLong]]:
+        """Per video, one answer per question; a question too long for the context gets its
+        :class:`PromptTooLong` instead."""
+
+    @abstractmethod
+    def prompt_text(self, question: str, features: Sequence[torch.Tensor]) -> str:
+        """The prompt a question is asked with, as recorded in its result row."""
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance of the backend for result rows and run records."""
+        return {"backend": self.kind}
