@@ -480,8 +480,11 @@ def test_reference_flip_draws_one_seeded_coin_per_video(ray_local, inputs_dir, t
     assert {v: r["provenance"]["flipped"] for v, r in rerun.items()} == flipped
     for r in rows:
         twin = load_file(tmp_path / "b" / rerun[r["video_id"]]["feature_key"])
+        # equal up to rounding: STAB's CPU kernels round differently with the batch a video is
+        # encoded in, and which videos share a batch depends on the decoders' timing
         assert all(
-            torch.equal(t, twin[k]) for k, t in load_file(tmp_path / "a" / r["feature_key"]).items()
+            torch.allclose(t, twin[k], rtol=1e-4, atol=1e-5)
+            for k, t in load_file(tmp_path / "a" / r["feature_key"]).items()
         )
 
 
