@@ -24,11 +24,13 @@ import numpy as np
 
 from ..storage.base import Store
 from .layout import DIMENSIONS, comparison_key
-from .metrics import bootstrap_ci
 from .report import (
     UNITS,
     Answer,
+    Bootstrap,
     Section,
+    digits,
+    fmt_ci,
     html_document,
     judged_values,
     load_answers,
@@ -80,43 +82,28 @@ def _metrics(runs: dict[str, list[Answer]]) -> list[_Metric]:
     return out
 
 
-def _interval(values: Sequence[float], videos: Sequence[str], n: int, seed: int) -> list[float]:
-    low, high = bootstrap_ci(values, videos, n_resamples=n, seed=seed)
-    return [low, high]
-
-
-def _per_run(metric: _Metric, answers: list[Answer], n: int, seed: int) -> dict:
+def _per_run(metric: _Metric, answers: list[Answer], boot: Bootstrap) -> dict:
     pairs = [(v, a.video) for a in answers if (v := metric.value(a)) is not None]
-    if not pairs:
-        return {"value": None, "ci": None, "items": 0}
-    values, videos = zip(*pairs, strict=True)
-    return {
-        "value": float(np.mean(values)),
-        "ci": _interval(values, videos, n, seed),
-        "items": len(values),
-    }
+    value, ci = boot.mean_ci(pairs)
+    return {"value": value, "ci": ci, "items": len(pairs)}
 
 
-def _paired(metric: _Metric, base: list[Answer], other: list[Answer], n: int, seed: int) -> dict:
+def _paired(metric: _Metric, base: list[Answer], other: list[Answer], boot: Bootstrap) -> dict:
     """The mean difference other − base over the items both have a value for."""
-    theirs = {a.key: (v, a.video) for a in base if (v := metric.value(a)) is not None}
+    theirs = {a.key: v for a in base if (v := metric.value(a)) is not None}
     rows = [
-        (v, theirs[a.key][0], a.video)
+        (v, theirs[a.key], a.video)
         for a in other
         if (v := metric.value(a)) is not None and a.key in theirs
     ]
-    if not rows:
-        return {"items": 0, "videos": 0, "value": None, "baseline": None, "difference": None,
-                "ci": None}  # fmt: skip
-    ours, baseline, videos = (np.array(x) for x in zip(*rows, strict=True))
-    differences = ours.astype(float) - baseline.astype(float)
+    difference, ci = boot.mean_ci([(v - b, video) for v, b, video in rows])
     return {
         "items": len(rows),
-        "videos": len(set(videos.tolist())),
-        "value": float(ours.astype(float).mean()),
-        "baseline": float(baseline.astype(float).mean()),
-        "difference": float(differences.mean()),
-        "ci": _interval(differences, videos.tolist(), n, seed),
+        "videos": len({video for _, _, video in rows}),
+        "value": float(np.mean([v for v, _, _ in rows])) if rows else None,
+        "baseline": float(np.mean([b for _, b, _ in rows])) if rows else None,
+        "difference": difference,
+        "ci": ci,
     }
 
 
@@ -149,6 +136,7 @@ def compare_runs(
         raise ValueError(f"runs of different benchmarks cannot be compared ({shown})")
     answers = {run_id: found for run_id, (_, found) in loaded.items()}
     baseline = run_ids[0]
+    boot = Bootstrap(n_resamples, 0.05, seed)
     metrics = []
     for metric in _metrics(answers):
         metrics.append({
@@ -156,9 +144,9 @@ def compare_runs(
             "dimension": metric.dimension,
             "metric": metric.name,
             "label": metric.label,
-            "per_run": {r: _per_run(metric, answers[r], n_resamples, seed) for r in run_ids},
+            "per_run": {r: _per_run(metric, answers[r], boot) for r in run_ids},
             "paired": {
-                r: _paired(metric, answers[baseline], answers[r], n_resamples, seed)
+                r: _paired(metric, answers[baseline], answers[r], boot)
                 for r in run_ids[1:]
             },
         })  # fmt: skip
@@ -174,7 +162,7 @@ def compare_runs(
         "bootstrap": {
             "resample": "videos",
             "n_resamples": n_resamples,
-            "alpha": 0.05,
+            "alpha": boot.alpha,
             "seed": seed,
             "interval": "percentile",
             "paired": True,
@@ -186,17 +174,6 @@ def compare_runs(
 
 
 # -------------------------------------------------------------------------------- rendering
-
-
-def _fmt(value: float | None, ci: list[float] | None, digits: int) -> str:
-    if value is None:
-        return "–"
-    text = f"{value:.{digits}f}"
-    return text if ci is None else f"{text} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-
-
-def _digits(metric: str) -> int:
-    return 1 if metric in ("exact_match", "token_f1", "accuracy") else 2
 
 
 def _sections(report: dict) -> list[Section]:
@@ -214,7 +191,7 @@ def _sections(report: dict) -> list[Section]:
         [
             [m["label"]]
             + [
-                _fmt(m["per_run"][r]["value"], m["per_run"][r]["ci"], _digits(m["metric"]))
+                fmt_ci(m["per_run"][r]["value"], m["per_run"][r]["ci"], digits(m["metric"]))
                 for r in run_ids
             ]
             for m in report["metrics"]
@@ -231,9 +208,9 @@ def _sections(report: dict) -> list[Section]:
                 r,
                 str(p["items"]),
                 str(p["videos"]),
-                _fmt(p["baseline"], None, _digits(m["metric"])),
-                _fmt(p["value"], None, _digits(m["metric"])),
-                _signed(p["difference"], p["ci"], _digits(m["metric"])),
+                fmt_ci(p["baseline"], None, digits(m["metric"])),
+                fmt_ci(p["value"], None, digits(m["metric"])),
+                _signed(p["difference"], p["ci"], digits(m["metric"])),
             ]
             for m in report["metrics"]
             for r, p in m["paired"].items()

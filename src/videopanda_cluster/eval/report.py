@@ -140,7 +140,7 @@ def _answers(files: _RunFiles) -> tuple[list[Answer], int]:
 
 
 @dataclass(frozen=True)
-class _Bootstrap:
+class Bootstrap:
     n_resamples: int
     alpha: float
     seed: int
@@ -174,7 +174,7 @@ def _counts(items: Iterable[dict], answered: set[tuple[str, str]]) -> dict:
     }
 
 
-def _judged(answers: list[Answer], dimension: str, yes_no: bool, boot: _Bootstrap) -> dict:
+def _judged(answers: list[Answer], dimension: str, yes_no: bool, boot: Bootstrap) -> dict:
     """Judge metrics of one dimension over ``answers``; failed verdicts are counted, not scored."""
     given = [(a, a.verdicts[dimension]) for a in answers if dimension in a.verdicts]
     ok = [(a, v) for a, v in given if v.get("status") == "ok"]
@@ -220,7 +220,7 @@ def judged_values(a: Answer, dimension: str) -> dict[str, float]:
     return out
 
 
-def _offline(answers: list[Answer], boot: _Bootstrap) -> dict:
+def _offline(answers: list[Answer], boot: Bootstrap) -> dict:
     """Exact match and token F1 (percent) of the predictions against the reference answers."""
     values = [(offline_values(a), a.video) for a in answers]
     em = [(v["exact_match"], video) for v, video in values]
@@ -236,7 +236,7 @@ def _offline(answers: list[Answer], boot: _Bootstrap) -> dict:
     }
 
 
-def _subset_metrics(answers: list[Answer], subset: str, judged: bool, boot: _Bootstrap) -> dict:
+def _subset_metrics(answers: list[Answer], subset: str, judged: bool, boot: Bootstrap) -> dict:
     """Offline metrics and, after a judge run, each of the subset's dimensions."""
     dims = DIMENSIONS.get(subset, ())
     return {
@@ -249,7 +249,7 @@ def _subset_metrics(answers: list[Answer], subset: str, judged: bool, boot: _Boo
     }
 
 
-def _caption_facts(answers: list[Answer], boot: _Bootstrap) -> dict:
+def _caption_facts(answers: list[Answer], boot: Bootstrap) -> dict:
     """Caption fact precision and recall (percent, :mod:`.caption_facts`) of the predictions
     against the reference captions, micro-averaged: each predicted (true) fact is a value of
     100 if matched else 0, clustered by its video, so their mean is matched ÷ predicted (true)
@@ -285,7 +285,7 @@ class _TypeScorer:
     """Metrics a question type gets beside those every type gets (counts, offline, judged)."""
 
     key: str  # its entry in the type's record in report.json
-    score: Callable[[list[Answer], _Bootstrap], dict]
+    score: Callable[[list[Answer], Bootstrap], dict]
     columns: tuple[tuple[str, str], ...]  # (metric, header) in the question-type table
 
 
@@ -302,7 +302,7 @@ TYPE_SCORERS: dict[str, _TypeScorer] = {
 
 
 def _question_types(
-    files: _RunFiles, answers: list[Answer], judged: bool, boot: _Bootstrap
+    files: _RunFiles, answers: list[Answer], judged: bool, boot: Bootstrap
 ) -> dict[str, dict[str, dict]]:
     """Counts and metrics per (subset, question type), for items that have a type; a type in
     :data:`TYPE_SCORERS` gets its scorer's metrics too."""
@@ -554,7 +554,7 @@ def build_report(
     their frames in the HTML.
     """
     files = _load_run(store, run_id)
-    boot = _Bootstrap(n_resamples, 0.05, seed)
+    boot = Bootstrap(n_resamples, 0.05, seed)
     answers, unmatched = _answers(files)
     judged = files.verdicts is not None
     answered = {a.key for a in answers}
@@ -646,13 +646,13 @@ def _fmt(value: float | None, digits: int) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _fmt_ci(value: float | None, ci: list[float] | None, digits: int) -> str:
+def fmt_ci(value: float | None, ci: list[float] | None, digits: int) -> str:
     if value is None or ci is None or None in ci:
         return _fmt(value, digits)
     return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
-def _digits(metric: str) -> int:
+def digits(metric: str) -> int:
     return 1 if UNITS.get(metric) == "percent" else 2
 
 
@@ -734,7 +734,7 @@ def _coverage_warning(report: dict) -> list[str]:
 def _cell(metrics: dict, name: str, ci: bool = True) -> str:
     """``metrics[name]`` formatted, with ``metrics[name + "_ci"]`` unless ``ci`` is False."""
     interval = metrics.get(f"{name}_ci") if ci else None
-    return _fmt_ci(metrics.get(name), interval, _digits(name))
+    return fmt_ci(metrics.get(name), interval, digits(name))
 
 
 def _strs(m: dict, *keys: str) -> list[str]:
@@ -823,7 +823,7 @@ def _paper_section(report: dict) -> Section:
     headers = ["model", "vision params", "same training data", *metrics]
     rows = [
         ["this run", "", ""]
-        + [_fmt_ci(ours["values"].get(m), ours["ci"].get(m), _digits(m)) for m in metrics]
+        + [fmt_ci(ours["values"].get(m), ours["ci"].get(m), digits(m)) for m in metrics]
     ]
     rows += [
         [
@@ -836,7 +836,7 @@ def _paper_section(report: dict) -> Section:
     ]
     rows.append(
         [f"this run − {paper['reference_model']}", "", ""]
-        + [_fmt(paper["delta_vs_reference"].get(m), _digits(m)) for m in metrics]
+        + [_fmt(paper["delta_vs_reference"].get(m), digits(m)) for m in metrics]
     )
     if paper["differences"]:
         warnings.append(f"Not comparable with the paper: {'; '.join(paper['differences'])}.")
