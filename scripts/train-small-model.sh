@@ -8,6 +8,7 @@
 #   scripts/train-small-model.sh            # everything (two trainings)
 #   NO_ABLATION=1 scripts/train-small-model.sh
 # ABLATION_FINDING and LIMITS: sentences for the card, on the ablation and on the model's limits.
+# TRAIN_FLAGS: further `videopanda train` flags, for trying a change (e.g. --warmup-group colour).
 # A rerun resumes in $WORK: corpora are kept, finished stages are not trained again (FRESH=1 wipes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +44,7 @@ if [[ ! -f "$WORK/teacher/teacher/teacher.json" ]]; then
 fi
 TRAIN+=" --distill-weight 10 --teacher-store $WORK/teacher"
 # Warm start of STAB + projector on the scene's per-cell labels (train/warmup.py).
-TRAIN+=" --warmup-steps 1000"
+TRAIN+=" --warmup-steps 1000 ${TRAIN_FLAGS:-}"
 
 # The test corpora (TEST_SEED): the headline settings on 2000 videos (200 test clips), the
 # robustness table's on 500 (50 test clips); all else at `videopanda synth`'s defaults.

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from .model.config import AttentionImpl
-from .train.config import RecipeConfig
+from .train.config import WARMUP_GROUPS, RecipeConfig
 
 Opt = typer.Option
 console = Console()
@@ -91,6 +91,13 @@ def train(
             min=0,
         ),
     ] = 0,
+    warmup_group: Annotated[
+        list[str] | None,
+        Opt(
+            help="A label group the warm-up fits (repeat; default: "
+            f"{', '.join(WARMUP_GROUPS)}; docs/training.md).",
+        ),
+    ] = None,
     attention: Annotated[
         AttentionImpl,
         Opt(help="Llama attention while training: eager (reference numerics) or sdpa."),
@@ -124,7 +131,11 @@ def train(
             distill_weight=distill_weight,
             teacher_store=teacher_store,
             teacher_prefix=teacher_prefix,
-            warmup=WarmupConfig(steps=warmup_steps, seed=seed) if warmup_steps else None,
+            warmup=WarmupConfig(
+                steps=warmup_steps, seed=seed, groups=tuple(warmup_group or WARMUP_GROUPS)
+            )
+            if warmup_steps
+            else None,
             attention=attention,
         )
         stages = RECIPE_STAGES if stage == "all" else (stage,)

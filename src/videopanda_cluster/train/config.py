@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from .warmup import WarmupConfig
 
 HPARAMS = ("small", "reference")
+# The label groups the scene warm-up fits by default (train/warmup.py, docs/training.md).
+WARMUP_GROUPS: tuple[str, ...] = ("kind", "motion")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..model.modeling import VideoPanda
 from ..video.normalize import to_model_input
+from .config import WARMUP_GROUPS
 from .data import decode_video
 from .distill import align_targets, frame_grid, student_positions
 from .scene_teacher import CHANNELS, SceneTeacherOptions, scene_features
@@ -64,7 +65,7 @@ class WarmupConfig:
     max_grad_norm: float = 1.0
     min_cover: float = 0.2  # a cell's label is "none" when no class covers this much of it
     none_weight: float = 0.2  # CE weight of the "none" class (most cells are background)
-    groups: tuple[str, ...] = ("kind", "motion")  # label groups with a head (docs/training.md)
+    groups: tuple[str, ...] = WARMUP_GROUPS  # label groups with a head (docs/training.md)
     schedule: str = "constant"  # after the linear warmup: "constant" or "cosine" (to 0)
     seed: int = 0
     split: str = "train"
