@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
     from ..model.generation import GenerationOptions, PromptTooLong
     from ..video.geometry import Geometry
+    from ..video.sampling import FrameSpec
 
 
 class UnsupportedModel(ValueError):
@@ -31,8 +33,8 @@ class DecodedVideo:
     """One video as the decoder hands it over: sampled frames, their placement, and whether the
     reference flip mirrors it."""
 
-    frames: np.ndarray  # (T, S, S, 3) uint8
-    geometry: Geometry
+    frames: np.ndarray  # (T, S, S, 3) uint8 letterboxed; (T, H, W, 3) as decoded if spec.size None
+    geometry: Geometry | None  # the letterbox's placement; None for frames as decoded
     flipped: bool = False
 
 
@@ -40,6 +42,18 @@ class VideoBackend(ABC):
     """A video-LLM as the pipeline sees it."""
 
     kind: ClassVar[str]  # the registry's name, recorded in every row
+
+    @classmethod
+    @abstractmethod
+    def frame_spec(cls, folder: str | Path, num_frames: int | None = None) -> FrameSpec:
+        """Which frames the decoder samples and at what size, read from the folder's JSON files
+        alone (the driver plans with it before any model loads); ``num_frames`` overrides the
+        folder's count where the model allows it (else ValueError, one line)."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """What the answers depend on besides the weights' bytes and the frames (backend code
+        version, processor settings), recorded with the backend in every result row."""
 
     @property
     @abstractmethod

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..model.config import VideoPandaConfig
 from ..model.modeling import VideoPanda
 from ..model.prompt import build_prompt
+from ..video.sampling import FrameSpec
 from .base import DecodedVideo, VideoBackend
 
 if TYPE_CHECKING:
@@ -37,6 +39,23 @@ class VideoPandaBackend(VideoBackend):
             model.set_attention(attention)
         return cls(model)
 
+    @classmethod
+    def frame_spec(cls, folder: str | Path, num_frames: int | None = None) -> FrameSpec:
+        """The reference's sampling (spec §4.1) and letterbox at the model's ``image_size``; the
+        frame count is the model's (STAB's temporal layout is fixed by its config)."""
+        config = VideoPandaConfig.from_pretrained(folder)
+        if num_frames is not None and num_frames != config.num_frames:
+            raise ValueError(
+                f"Video-Panda takes {config.num_frames} frames per video, not {num_frames}"
+            )
+        return FrameSpec(num_frames=config.num_frames, rule="reference", size=config.image_size)
+
+    def fingerprint(self) -> str:
+        """The preprocessing and answer path are this package's code: its version."""
+        from .. import __version__
+
+        return f"videopanda/{__version__}"
+
     @property
     def num_frames(self) -> int:
         return self.model.config.num_frames
@@ -56,7 +75,12 @@ class VideoPandaBackend(VideoBackend):
         from ..video.normalize import to_model_input
 
         n = self.num_frames
-        pixels = torch.stack([to_model_input(v.frames, v.geometry, n, v.flipped) for v in videos])
+        inputs = []
+        for v in videos:
+            if v.geometry is None:
+                raise ValueError("Video-Panda needs letterboxed frames (FrameSpec.size)")
+            inputs.append(to_model_input(v.frames, v.geometry, n, v.flipped))
+        pixels = torch.stack(inputs)
         chunk = self.model.config.chunk_size
         clips = pixels.reshape(-1, chunk, *pixels.shape[2:]).to(self.model.device)
         frames, _ = self.model.video_tower(clips)
