@@ -173,6 +173,12 @@ def test_frame_specs_identities_and_fingerprints(cases, tmp_path):
     )
     assert LlavaNextVideoBackend.frame_spec(tmp_path).fps == 2
 
+    encoder = load_backend(llava.folder, device="cpu", with_llm=False)  # an encode worker's
+    assert encoder.model.model.language_model is None
+    video = [DecodedVideo(llava.videos[1], None)]
+    assert all(map(torch.equal, encoder.encode(video)[0], llava.backend.encode(video)[0]))
+    assert encoder.feature_identity() == llava.backend.feature_identity()
+
     identities = {llava.backend.feature_identity(), next_video.backend.feature_identity()}
     assert len(identities) == 2
     weight = next(llava.backend.model.model.multi_modal_projector.parameters())
