@@ -3,6 +3,7 @@ the backend that runs it (``base.py`` is the interface; docs/backends.md)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,14 +15,22 @@ __all__ = ["BACKENDS", "DecodedVideo", "UnsupportedModel", "VideoBackend", "back
            "load_backend"]  # fmt: skip
 
 
-def _video_panda(folder: str | Path, **kwargs: Any) -> VideoBackend:
-    from .video_panda import VideoPandaBackend
+def _lazy(module: str, name: str) -> Callable[..., VideoBackend]:
+    """The ``load`` of backend class ``name`` of ``module``, imported when first called."""
 
-    return VideoPandaBackend.load(folder, **kwargs)
+    def load(folder: str | Path, **kwargs: Any) -> VideoBackend:
+        backend = getattr(importlib.import_module(f".{module}", __name__), name)
+        return backend.load(folder, **kwargs)
+
+    return load
 
 
 # model_type of config.json -> the loader of its backend
-BACKENDS: dict[str, Callable[..., VideoBackend]] = {"videopanda": _video_panda}
+BACKENDS: dict[str, Callable[..., VideoBackend]] = {
+    "videopanda": _lazy("video_panda", "VideoPandaBackend"),
+    "video_llava": _lazy("video_llava", "VideoLlavaBackend"),
+    "llava_next_video": _lazy("llava_next_video", "LlavaNextVideoBackend"),
+}
 
 
 def backend_kind(folder: str | Path, requested: str | None = None) -> str:
