@@ -1,6 +1,6 @@
 """The real ``transformers`` video processors, run where they can import: a side virtual
-environment with the CUDA build of torch and its ``torchvision`` (docs/backends.md, "Testing
-against the real processors").
+environment with the CUDA build of torch and its ``torchvision`` (docs/backends.md,
+"Preprocessing without torchvision").
 
 The project's environment has the CPU build of torch, beside which the registry's
 ``torchvision`` wheels do not import, and ``transformers``' video processors need
