@@ -20,8 +20,24 @@ def _video_panda(folder: str | Path, **kwargs: Any) -> VideoBackend:
     return VideoPandaBackend.load(folder, **kwargs)
 
 
+def _qwen2_vl(folder: str | Path, **kwargs: Any) -> VideoBackend:
+    from .qwen2_vl import Qwen2VLBackend
+
+    return Qwen2VLBackend.load(folder, **kwargs)
+
+
+def _qwen2_5_vl(folder: str | Path, **kwargs: Any) -> VideoBackend:
+    from .qwen2_vl import Qwen2_5_VLBackend
+
+    return Qwen2_5_VLBackend.load(folder, **kwargs)
+
+
 # model_type of config.json -> the loader of its backend
-BACKENDS: dict[str, Callable[..., VideoBackend]] = {"videopanda": _video_panda}
+BACKENDS: dict[str, Callable[..., VideoBackend]] = {
+    "videopanda": _video_panda,
+    "qwen2_vl": _qwen2_vl,
+    "qwen2_5_vl": _qwen2_5_vl,
+}
 
 
 def backend_kind(folder: str | Path, requested: str | None = None) -> str:
