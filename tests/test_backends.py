@@ -46,7 +46,10 @@ def _folder(tmp_path, config: dict | None):
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        (VIDEO_LLAVA, "no backend for model_type 'video_llava'; supported: videopanda"),
+        (
+            VIDEO_LLAVA,
+            "no backend for model_type 'video_llava'; supported: qwen2_5_vl, qwen2_vl, videopanda",
+        ),
         ({"architectures": ["X"]}, "no backend for model_type '(none)'"),
     ],
 )
@@ -66,7 +69,7 @@ def test_a_folder_no_backend_runs_is_refused_in_one_line(tmp_path, config, messa
 
 
 def test_the_registry(tmp_path):
-    assert set(BACKENDS) == {"videopanda"}
+    assert set(BACKENDS) >= {"videopanda", "qwen2_vl", "qwen2_5_vl"}
     with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         backend_kind(_folder(tmp_path, None))
     assert backend_kind(tmp_path / "anything", "videopanda") == "videopanda"

@@ -5,7 +5,6 @@ padding and the patch flattening to ``pixel_values_videos`` with its ``video_gri
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,15 +14,15 @@ import numpy as np
 import torch
 
 from ..video.sampling import FrameSpec
-
-# the files AutoVideoProcessor reads its settings from, first found wins
-PROCESSOR_FILES = (
-    "video_preprocessor_config.json",
-    "preprocessor_config.json",
-    "processor_config.json",
+from .processing import (
+    BICUBIC,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    read_processor_config,
+    rescale_normalize,
+    resize,
 )
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
 # frames taken when the folder's processor does not sample (do_sample_frames false: transformers
 # then processes every frame it is given, so the count is ours to choose; --num-frames sets it)
 DEFAULT_NUM_FRAMES = 8
@@ -48,19 +47,6 @@ def smart_resize(
     return h_bar, w_bar
 
 
-def read_processor_config(folder: str | Path) -> dict[str, Any]:
-    """The video processor's settings in ``folder`` as ``AutoVideoProcessor`` finds them (the
-    first of :data:`PROCESSOR_FILES`; a nested ``video_processor`` entry if there is one)."""
-    for name in PROCESSOR_FILES:
-        path = Path(folder) / name
-        if path.is_file():
-            data = json.loads(path.read_text())
-            return dict(data.get("video_processor", data))
-    raise FileNotFoundError(
-        f"{folder}: no video processor config (one of {', '.join(PROCESSOR_FILES)})"
-    )
-
-
 @dataclass(frozen=True)
 class QwenVideoProcessing:
     """The settings of a folder's ``Qwen2VLVideoProcessor`` (class defaults where the config is
@@ -72,12 +58,12 @@ class QwenVideoProcessing:
     temporal_patch_size: int = 2
     merge_size: int = 2
     do_resize: bool = True
-    resample: int = 3  # PIL's numbering: 3 bicubic
+    resample: int = BICUBIC  # PIL's numbering
     do_rescale: bool = True
     rescale_factor: float = 1 / 255
     do_normalize: bool = True
-    image_mean: tuple[float, ...] = CLIP_MEAN
-    image_std: tuple[float, ...] = CLIP_STD
+    image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
+    image_std: tuple[float, ...] = OPENAI_CLIP_STD
     do_sample_frames: bool = False
     num_frames: int | None = None
     fps: float | None = None
@@ -108,7 +94,10 @@ class QwenVideoProcessing:
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> QwenVideoProcessing:
-        return cls.from_config(read_processor_config(folder))
+        config, name = read_processor_config(folder)
+        if name is None:
+            raise FileNotFoundError(f"{folder}: no video processor config")
+        return cls.from_config(config)
 
     def frame_spec(self, num_frames: int | None = None) -> FrameSpec:
         """Which frames to decode: the processor's own sampling when ``do_sample_frames`` (its
@@ -157,8 +146,6 @@ class QwenVideoProcessing:
         """One video's ``(T, H, W, 3)`` uint8 frames -> its ``pixel_values_videos`` rows
         ``(grid_t * grid_h * grid_w, 3 * temporal_patch * patch * patch)`` (float32) and
         ``video_grid_thw``."""
-        from .processing import rescale_normalize, resize
-
         video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
         height, width = video.shape[-2:]
         h, w = self.target_size(height, width)
