@@ -44,6 +44,7 @@ from typing import Any
 import psutil
 import torch
 
+from loadavg import load
 from videopanda_cluster.cluster.driver import (
     TINY_MODEL_DIR,
     Pipeline,
@@ -95,10 +96,6 @@ class StageCost:
         """videos/s its workers can give at most: each is single-threaded, so one core each
         (CPU seconds, not wall: a stage's wall time alone grows with the machine's load)."""
         return self.workers / self.cpu_s
-
-
-def _load() -> float:
-    return round(os.getloadavg()[0], 2)
 
 
 def _cpu_seconds() -> float:
@@ -161,7 +158,7 @@ def _standalone(
 
     def cost(meter: _Meter, stage: str) -> StageCost:
         workers = getattr(cfg, f"{stage}_workers")
-        return StageCost(round(meter.wall / n, 4), round(meter.cpu / n, 4), workers, _load())
+        return StageCost(round(meter.wall / n, 4), round(meter.cpu / n, 4), workers, load())
 
     decoder = DecodeWorker(options)
     decoder.decode("warm-up", str(videos[0]))
@@ -278,7 +275,7 @@ def _run_job(cfg: JobConfig) -> dict[str, Any]:
         "seconds": round(wall, 2),
         "videos_per_s": round(this["videos"] / wall, 3),
         "cores_busy": round(busy / (busy + idle), 2),
-        "load": _load(),
+        "load": load(),
     }
 
 
@@ -313,7 +310,7 @@ def _steady(cfg: JobConfig) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "videos_per_s": round(videos / seconds, 3),
         "cores_busy": round(busy / (busy + idle), 2),
-        "load": _load(),
+        "load": load(),
         "cpu_s_per_video_by_process": _cpu_spent(procs, procs_after, videos),
     }
 
@@ -403,7 +400,7 @@ def main() -> None:
             cache = {
                 "qa_cache_on": cached,
                 "speedup": round(whole["seconds"] / cached["seconds"], 2),
-                "load": _load(),
+                "load": load(),
             }
     finally:
         shutil.rmtree(store_dir, ignore_errors=True)
@@ -421,7 +418,7 @@ def main() -> None:
             for s, c in costs.items()
         ],
     )
-    print(f"bound: {bound} (load {_load()})")
+    print(f"bound: {bound} (load {load()})")
     _table(
         f"Embedded Ray, {args.videos} videos (Ray start-up {ray_start_s} s, apart)",
         [

@@ -45,6 +45,7 @@ from typing import Any
 
 import psutil
 
+from loadavg import load
 from peak_rss import RssSampler
 from videopanda_cluster.video.samples import SampleSpec, default_specs, write_video
 
@@ -64,10 +65,6 @@ VIDEOS = [s for s in default_specs(long=True) if s.name.startswith("bench_")] + 
     SampleSpec("bench_1280x720_20min_30fps.mp4", 1280, 720, 36_000, Fraction(30), "libx264")
 ]
 SECTIONS = ("plan", "status", "bytes")
-
-
-def _load() -> float:
-    return round(os.getloadavg()[0], 2)
 
 
 def _mb(n: float) -> float:
@@ -149,10 +146,10 @@ def bench_plan(directory: Path, sizes: list[int]) -> dict[str, list[dict]]:
         with tempfile.TemporaryDirectory(dir=directory, prefix="store-") as store_dir:
             print(f"planning {n} videos ...", file=sys.stderr)
             fresh = _run_child(str(manifest), store_dir, job_id)
-            fresh_load = _load()
+            fresh_load = load()
             size = _job_bytes(open_store(store_dir), job_id)
             again = _run_child(str(manifest), store_dir, job_id)
-            again_load = _load()
+            again_load = load()
         plans.append(
             {
                 "videos": n,
@@ -241,13 +238,13 @@ def bench_status(directory: Path, server: Any, shards: int) -> dict[str, Any]:
     videos = shards * SHARD_SIZE
     url, job_id = "az://scale-status", f"status-{shards}"
     plan_s, commit_s = _committed_job(_manifest(directory, videos), url, job_id)
-    setup_load = _load()
+    setup_load = load()
     gc.collect()  # the plan's objects are gone: no slower collections in the timed part
     exact_s, progress = _progress(url, server.connection_string, job_id, exact=True)
-    exact_load = _load()
+    exact_load = load()
     assert progress["committed_shards"] == shards, progress
     seconds, quick = _progress(url, server.connection_string, job_id, exact=False)
-    progress_load = _load()
+    progress_load = load()
     assert quick == progress, (quick, progress)
     start = time.perf_counter()
     cli = subprocess.run(
@@ -256,7 +253,7 @@ def bench_status(directory: Path, server: Any, shards: int) -> dict[str, Any]:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     cli_s = time.perf_counter() - start
-    cli_load = _load()
+    cli_load = load()
     assert json.loads(cli.stdout)["committed_shards"] == shards, cli.stdout
     with FaultProxy(server.port) as proxy:
         _progress(url, proxy.connection_string(ACCOUNT, ACCOUNT_KEY), job_id, exact=False)
@@ -313,7 +310,7 @@ def bench_bytes(directory: Path, server: Any) -> list[dict]:
                 "target": f"<= {READ_RATIO_TARGET}",
                 "ranged_gets": meta["fetch_requests"],
                 "decode_s": round(seconds, 2),
-                "load": _load(),
+                "load": load(),
             }
         )
     return rows

@@ -6,4 +6,7 @@ scripts/setup.sh --test
 .venv/bin/ruff check src tests bench scripts
 .venv/bin/ruff format --check src tests bench scripts
 .venv/bin/python scripts/typecheck.py
+# Tests against the real transformers video processors build their side venv on first use
+# (tests/hf_reference.py, docs/backends.md); here a venv that cannot be made fails them.
+export VIDEOPANDA_HF_REFERENCE=${VIDEOPANDA_HF_REFERENCE:-require}
 exec .venv/bin/python -m pytest "$@"

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,16 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# transformers as in pyproject.toml; torch/torchvision: a matching pair the registry offers
-PACKAGES = ("torch==2.14.1", "torchvision==0.29.1", "transformers==4.57.6")
+# transformers as in pyproject.toml; torch/torchvision: a pair that imports together, per machine
+# (x86_64: a CUDA build, 5.6 GB, that runs on the CPU; aarch64: a CPU build)
+TORCH_PAIR = {
+    "x86_64": ("torch==2.14.1", "torchvision==0.29.1"),
+    "aarch64": ("torch==2.9.1", "torchvision==0.24.1"),
+}
+PACKAGES = (
+    *TORCH_PAIR.get(platform.machine(), TORCH_PAIR["x86_64"]),
+    f"transformers=={version('transformers')}",  # the project's pin
+)
 VENV = Path(os.environ.get("VIDEOPANDA_HF_REFERENCE_VENV", ROOT / ".cache" / "hf-reference-venv"))
 _STAMP = VENV / "videopanda-packages.txt"
 

@@ -27,12 +27,13 @@ from videopanda_cluster.model.tokenizer_builder import build_sentencepiece_token
 from videopanda_cluster.video.extract import PreprocessOptions, extract_video
 from videopanda_cluster.video.normalize import to_model_input
 
-VIDEO_LLAVA = {  # the top of a Video-LLaVA-7B config.json: no hidden_size at the top level
-    "model_type": "video_llava",
-    "architectures": ["VideoLlavaForConditionalGeneration"],
-    "text_config": {"model_type": "llama", "hidden_size": 4096},
-    "vision_config": {"model_type": "clip_vision_model"},
+MLLAMA = {  # the top of a Llama-3.2-Vision config.json: no hidden_size at the top level
+    "model_type": "mllama",
+    "architectures": ["MllamaForConditionalGeneration"],
+    "text_config": {"model_type": "mllama_text_model", "hidden_size": 4096},
+    "vision_config": {"model_type": "mllama_vision_model"},
 }
+SUPPORTED = ", ".join(sorted(BACKENDS))
 
 
 def _folder(tmp_path, config: dict | None):
@@ -46,10 +47,7 @@ def _folder(tmp_path, config: dict | None):
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        (
-            VIDEO_LLAVA,
-            "no backend for model_type 'video_llava'; supported: qwen2_5_vl, qwen2_vl, videopanda",
-        ),
+        (MLLAMA, f"no backend for model_type 'mllama'; supported: {SUPPORTED}"),
         ({"architectures": ["X"]}, "no backend for model_type '(none)'"),
     ],
 )
@@ -69,7 +67,9 @@ def test_a_folder_no_backend_runs_is_refused_in_one_line(tmp_path, config, messa
 
 
 def test_the_registry(tmp_path):
-    assert set(BACKENDS) >= {"videopanda", "qwen2_vl", "qwen2_5_vl"}
+    assert {"videopanda", "video_llava", "llava_next_video", "qwen2_vl", "qwen2_5_vl"} <= set(
+        BACKENDS
+    )
     with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         backend_kind(_folder(tmp_path, None))
     assert backend_kind(tmp_path / "anything", "videopanda") == "videopanda"

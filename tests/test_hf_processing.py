@@ -98,5 +98,8 @@ def test_settings_from_the_folder(tmp_path):
     got = load_video_processing(tmp_path, "LlavaNextVideoVideoProcessor")
     assert got.processor_class == "LlavaNextVideoVideoProcessor"
     assert got.size == {"shortest_edge": 336} and got.num_frames == 16
+    config = {"do_center_crop": None, "image_processor_type": "LlavaNextImageProcessor"}
+    got = VideoProcessing.from_dict(config, "LlavaNextVideoVideoProcessor")  # null unsets
+    assert got.do_center_crop is None and got.crop_size == {"height": 224, "width": 224}
     with pytest.raises(ValueError, match="no preprocessing known"):
         VideoProcessing.from_dict({}, "NoSuchVideoProcessor")

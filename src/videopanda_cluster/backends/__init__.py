@@ -3,6 +3,7 @@ the backend that runs it (``base.py`` is the interface; docs/backends.md)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,29 +15,23 @@ __all__ = ["BACKENDS", "DecodedVideo", "UnsupportedModel", "VideoBackend", "back
            "load_backend"]  # fmt: skip
 
 
-def _video_panda(folder: str | Path, **kwargs: Any) -> VideoBackend:
-    from .video_panda import VideoPandaBackend
+def _lazy(module: str, name: str) -> Callable[..., VideoBackend]:
+    """The ``load`` of backend class ``name`` of ``module``, imported when first called."""
 
-    return VideoPandaBackend.load(folder, **kwargs)
+    def load(folder: str | Path, **kwargs: Any) -> VideoBackend:
+        backend = getattr(importlib.import_module(f".{module}", __name__), name)
+        return backend.load(folder, **kwargs)
 
-
-def _qwen2_vl(folder: str | Path, **kwargs: Any) -> VideoBackend:
-    from .qwen2_vl import Qwen2VLBackend
-
-    return Qwen2VLBackend.load(folder, **kwargs)
-
-
-def _qwen2_5_vl(folder: str | Path, **kwargs: Any) -> VideoBackend:
-    from .qwen2_vl import Qwen2_5_VLBackend
-
-    return Qwen2_5_VLBackend.load(folder, **kwargs)
+    return load
 
 
 # model_type of config.json -> the loader of its backend
 BACKENDS: dict[str, Callable[..., VideoBackend]] = {
-    "videopanda": _video_panda,
-    "qwen2_vl": _qwen2_vl,
-    "qwen2_5_vl": _qwen2_5_vl,
+    "videopanda": _lazy("video_panda", "VideoPandaBackend"),
+    "video_llava": _lazy("video_llava", "VideoLlavaBackend"),
+    "llava_next_video": _lazy("llava_next_video", "LlavaNextVideoBackend"),
+    "qwen2_vl": _lazy("qwen2_vl", "Qwen2VLBackend"),
+    "qwen2_5_vl": _lazy("qwen2_vl", "Qwen2_5_VLBackend"),
 }
 
 

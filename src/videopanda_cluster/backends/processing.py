@@ -90,15 +90,15 @@ class VideoProcessing:
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any], processor_class: str) -> VideoProcessing:
-        """Class defaults of ``processor_class`` overlaid with ``config`` (None keeps a default,
-        as the processor's ``__init__``)."""
+        """Class defaults of ``processor_class`` overlaid with ``config`` (a null in the config
+        unsets a default, as in the processor's ``__init__``)."""
         if processor_class not in PROCESSOR_DEFAULTS:
             raise ValueError(
                 f"no preprocessing known for {processor_class}; known: "
                 f"{', '.join(sorted(PROCESSOR_DEFAULTS))}"
             )
         values: dict[str, Any] = dict(PROCESSOR_DEFAULTS[processor_class])
-        values.update({k: v for k, v in config.items() if v is not None})
+        values.update(config)
         square = bool(values.pop("default_to_square", True))
         names = set(cls.__dataclass_fields__) - {"processor_class", "extra"}
         known = {k: v for k, v in values.items() if k in names}
@@ -153,11 +153,11 @@ def read_processor_config(folder: str | Path) -> tuple[dict[str, Any], str | Non
 
 def processor_class_of(config: Mapping[str, Any], default: str) -> str:
     """The video processor class a config names: ``video_processor_type``, else its
-    ``image_processor_type`` with Image→Video (as AutoVideoProcessor), else ``default``."""
+    ``image_processor_type`` with Image→Video if that is a video processor (as
+    AutoVideoProcessor), else ``default`` (the one of the folder's model type)."""
     named = config.get("video_processor_type")
     if not named and config.get("image_processor_type"):
-        named = str(config["image_processor_type"]).removesuffix("Fast")
-        named = named.replace("ImageProcessor", "VideoProcessor")
+        named = str(config["image_processor_type"]).replace("ImageProcessor", "VideoProcessor")
     if named and named in PROCESSOR_DEFAULTS:
         return str(named)
     return default

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -156,6 +157,25 @@ def generate(
     return generate_padded(llm, tokenizer, embeds, options)
 
 
+def generate_kwargs(options: GenerationOptions, tokenizer, eos: int, pad: int) -> dict[str, Any]:
+    """The decoding arguments of ``generate`` for ``options`` (besides the inputs)."""
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=options.max_new_tokens,
+        do_sample=options.do_sample,
+        num_beams=1,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        use_cache=True,
+    )
+    if options.do_sample:
+        kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k)
+    else:  # plain greedy: no temperature/top-p/top-k processors at all
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if options.stop:
+        kwargs.update(stop_strings=list(options.stop), tokenizer=tokenizer)
+    return kwargs
+
+
 @torch.no_grad()
 def generate_padded(
     llm, tokenizer, embeds: Sequence[torch.Tensor], options: GenerationOptions
@@ -169,23 +189,8 @@ def generate_padded(
         torch.manual_seed(options.seed)
     for start in range(0, len(embeds), options.batch_size):
         inputs, mask = left_pad(embeds[start : start + options.batch_size])
-        kwargs = dict(
-            inputs_embeds=inputs,
-            attention_mask=mask,
-            max_new_tokens=options.max_new_tokens,
-            do_sample=options.do_sample,
-            num_beams=1,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            use_cache=True,
-        )
-        if options.do_sample:
-            kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k)
-        else:  # plain greedy: no temperature/top-p/top-k processors at all
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        if options.stop:
-            kwargs.update(stop_strings=list(options.stop), tokenizer=tokenizer)
-        out = llm.generate(**kwargs)
+        kwargs = generate_kwargs(options, tokenizer, eos, pad)
+        out = llm.generate(inputs_embeds=inputs, attention_mask=mask, **kwargs)
         for row in out.tolist():
             if eos in row:
                 row = row[: row.index(eos)]
