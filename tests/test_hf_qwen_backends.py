@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.hf_qwen_tiny import write_qwen_folder
 from tests.hf_reference import run_reference
+from tests.hf_tiny import write_qwen_folder
 from videopanda_cluster.backends import DecodedVideo, backend_kind, load_backend
 from videopanda_cluster.backends.qwen2_vl_processing import QwenVideoProcessing
 from videopanda_cluster.model.generation import GenerationOptions, PromptTooLong
@@ -111,7 +111,8 @@ def test_answers_equal_the_models_own_generate(reference, kind):
         for row, mask, (v, q) in zip(
             inputs["input_ids"], inputs["attention_mask"], batch, strict=True
         ):
-            assert backend.input_ids(q, features[v]) == row[mask.bool()].tolist()
+            ids = backend.prompt_ids(q, backend.feature_tokens(features[v]))
+            assert ids == row[mask.bool()].tolist()
         assert inputs["video_grid_thw"].tolist() == [
             list(backend.grid(features[v])) for v, _ in batch
         ]

@@ -72,7 +72,9 @@ def test_preprocessing_equals_the_real_video_processor(tmp_path):
         positions = (
             processing.frame_spec().positions(frames, fps) if processing.do_sample_frames else None
         )
-        ours.append((positions, *processing(video if positions is None else video[positions])))
+        ours.append(
+            (positions, *processing.patches(video if positions is None else video[positions]))
+        )
     out, indices = run_reference(REFERENCE, arrays, args)
     for i, (positions, pixels, grid) in enumerate(ours):
         assert positions == indices[i], CASES[i]
@@ -97,19 +99,17 @@ def test_preprocessing_equals_the_real_video_processor(tmp_path):
     ],
 )
 def test_frame_spec_follows_the_config(config, num_frames, expected):
-    spec = QwenVideoProcessing.from_config(config).frame_spec(num_frames)
+    spec = QwenVideoProcessing.from_dict(config).frame_spec(num_frames)
     assert spec.size is None
     for key, value in expected.items():
         assert getattr(spec, key) == value
 
 
 def test_frame_spec_refusals():
-    sampling = QwenVideoProcessing.from_config(
-        {"do_sample_frames": True, "num_frames": 8, "fps": 2}
-    )
+    sampling = QwenVideoProcessing.from_dict({"do_sample_frames": True, "num_frames": 8, "fps": 2})
     with pytest.raises(ValueError, match="both num_frames and fps"):
         sampling.frame_spec()
     with pytest.raises(ValueError, match="rounds to no frame"):
-        QwenVideoProcessing.from_config({"do_sample_frames": True}).frame_spec(1)
+        QwenVideoProcessing.from_dict({"do_sample_frames": True}).frame_spec(1)
     with pytest.raises(ValueError, match="shortest_edge and longest_edge"):
-        QwenVideoProcessing.from_config({"size": {"height": 28, "width": 28}})
+        QwenVideoProcessing.from_dict({"size": {"height": 28, "width": 28}})

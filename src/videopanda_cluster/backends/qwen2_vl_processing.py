@@ -6,22 +6,15 @@ padding and the patch flattening to ``pixel_values_videos`` with its ``video_gri
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
 
 from ..video.sampling import FrameSpec
-from .processing import (
-    BICUBIC,
-    OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
-    read_processor_config,
-    rescale_normalize,
-    resize,
-)
+from .processing import PROCESSOR_DEFAULTS, VideoProcessing, resize
 
 # frames taken when the folder's processor does not sample (do_sample_frames false: transformers
 # then processes every frame it is given, so the count is ours to choose; --num-frames sets it)
@@ -47,57 +40,52 @@ def smart_resize(
     return h_bar, w_bar
 
 
-@dataclass(frozen=True)
-class QwenVideoProcessing:
-    """The settings of a folder's ``Qwen2VLVideoProcessor`` (class defaults where the config is
-    silent) and what they do to a video."""
+QWEN2_VL_VIDEO_PROCESSOR = "Qwen2VLVideoProcessor"
 
-    min_pixels: int = 128 * 28 * 28  # size["shortest_edge"]
-    max_pixels: int = 28 * 28 * 768  # size["longest_edge"]
-    patch_size: int = 14
-    temporal_patch_size: int = 2
-    merge_size: int = 2
-    do_resize: bool = True
-    resample: int = BICUBIC  # PIL's numbering
-    do_rescale: bool = True
-    rescale_factor: float = 1 / 255
-    do_normalize: bool = True
-    image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
-    image_std: tuple[float, ...] = OPENAI_CLIP_STD
-    do_sample_frames: bool = False
-    num_frames: int | None = None
-    fps: float | None = None
-    min_frames: int = 4
-    max_frames: int = 768
+
+def _setting(name: str) -> property:
+    """A read-only integer setting kept in ``extra`` (the processor's own keys)."""
+    return property(lambda self: int(self.extra[name]))
+
+
+class QwenVideoProcessing(VideoProcessing):
+    """The settings of a folder's ``Qwen2VLVideoProcessor`` (its class defaults in
+    :data:`~.processing.PROCESSOR_DEFAULTS`) and what they do to a video: ``size``'s edges are
+    pixel areas; its patch and frame settings are among the config's other keys."""
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> QwenVideoProcessing:
+    def from_dict(
+        cls, config: Mapping[str, Any], processor_class: str = QWEN2_VL_VIDEO_PROCESSOR
+    ) -> Self:
         """As ``Qwen2VLVideoProcessor.__init__`` reads it: ``size`` (shortest_edge/longest_edge,
-        both or neither) replaced by ``min_pixels``/``max_pixels`` where those are set."""
-        size = config.get("size") or {
-            "shortest_edge": cls.min_pixels,
-            "longest_edge": cls.max_pixels,
-        }
-        size = dict(size)
+        both or neither) with ``min_pixels``/``max_pixels`` over its edges where those are set."""
+        values = dict(config)
+        size = dict(values.get("size") or PROCESSOR_DEFAULTS[processor_class]["size"])
         for key, edge in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
-            if config.get(key) is not None:
+            if values.pop(key, None) is not None:
                 size[edge] = config[key]
         if "shortest_edge" not in size or "longest_edge" not in size:
             raise ValueError(f"size must have shortest_edge and longest_edge, got {sorted(size)}")
-        known = {k: config[k] for k in cls.__dataclass_fields__ if config.get(k) is not None}
-        for key in ("image_mean", "image_std"):
-            if key in known:
-                value = known[key]
-                known[key] = tuple(value) if isinstance(value, list | tuple) else (value,) * 3
-        known.update(min_pixels=int(size["shortest_edge"]), max_pixels=int(size["longest_edge"]))
-        return cls(**known)
+        return super().from_dict({**values, "size": size}, processor_class)
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> QwenVideoProcessing:
-        config, name = read_processor_config(folder)
-        if name is None:
-            raise FileNotFoundError(f"{folder}: no video processor config")
-        return cls.from_config(config)
+    def from_folder(cls, folder: str | Path, default_class: str = QWEN2_VL_VIDEO_PROCESSOR) -> Self:
+        return super().from_folder(folder, default_class)
+
+    @property
+    def min_pixels(self) -> int:
+        return int((self.size or {})["shortest_edge"])
+
+    @property
+    def max_pixels(self) -> int:
+        return int((self.size or {})["longest_edge"])
+
+    # the patch and frame settings, among the config's other keys
+    patch_size = _setting("patch_size")
+    temporal_patch_size = _setting("temporal_patch_size")
+    merge_size = _setting("merge_size")
+    min_frames = _setting("min_frames")
+    max_frames = _setting("max_frames")
 
     def frame_spec(self, num_frames: int | None = None) -> FrameSpec:
         """Which frames to decode: the processor's own sampling when ``do_sample_frames`` (its
@@ -142,7 +130,7 @@ class QwenVideoProcessing:
         t = -(-frames // self.temporal_patch_size)
         return t, h // self.patch_size, w // self.patch_size
 
-    def __call__(self, frames: np.ndarray) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    def patches(self, frames: np.ndarray) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """One video's ``(T, H, W, 3)`` uint8 frames -> its ``pixel_values_videos`` rows
         ``(grid_t * grid_h * grid_w, 3 * temporal_patch * patch * patch)`` (float32) and
         ``video_grid_thw``."""
@@ -150,18 +138,13 @@ class QwenVideoProcessing:
         height, width = video.shape[-2:]
         h, w = self.target_size(height, width)
         if self.do_resize:
+            if self.resample is None:
+                raise ValueError(f"{self.processor_class}: do_resize without resample")
             video = resize(video, (h, w), self.resample)
         p, m, tp = self.patch_size, self.merge_size, self.temporal_patch_size
         if h % (p * m) or w % (p * m):
             raise ValueError(f"frames of {h}x{w} do not split into {p * m}-pixel merged patches")
-        video = rescale_normalize(
-            video,
-            self.do_rescale,
-            self.rescale_factor,
-            self.do_normalize,
-            self.image_mean,
-            self.image_std,
-        )
+        video = self.rescale_normalize(video)
         if video.shape[0] % tp:  # the last frame repeated up to a whole temporal patch
             video = torch.cat([video, video[-1:].repeat(tp - video.shape[0] % tp, 1, 1, 1)])
         grid = (video.shape[0] // tp, h // p, w // p)
