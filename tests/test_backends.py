@@ -67,7 +67,9 @@ def test_a_folder_no_backend_runs_is_refused_in_one_line(tmp_path, config, messa
 
 
 def test_the_registry(tmp_path):
-    assert {"videopanda", "video_llava", "llava_next_video"} <= set(BACKENDS)
+    assert {"videopanda", "video_llava", "llava_next_video", "qwen2_vl", "qwen2_5_vl"} <= set(
+        BACKENDS
+    )
     with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         backend_kind(_folder(tmp_path, None))
     assert backend_kind(tmp_path / "anything", "videopanda") == "videopanda"

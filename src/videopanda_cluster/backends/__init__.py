@@ -30,6 +30,8 @@ BACKENDS: dict[str, Callable[..., VideoBackend]] = {
     "videopanda": _lazy("video_panda", "VideoPandaBackend"),
     "video_llava": _lazy("video_llava", "VideoLlavaBackend"),
     "llava_next_video": _lazy("llava_next_video", "LlavaNextVideoBackend"),
+    "qwen2_vl": _lazy("qwen2_vl", "Qwen2VLBackend"),
+    "qwen2_5_vl": _lazy("qwen2_vl", "Qwen2_5_VLBackend"),
 }
 
 

@@ -22,7 +22,7 @@ import torch
 from ..model.generation import GenerationOptions, PromptTooLong, cut_stop, generate_kwargs
 from ..video.sampling import FrameSpec
 from .base import DecodedVideo, VideoBackend
-from .processing import load_video_processing
+from .processing import VideoProcessing
 
 if TYPE_CHECKING:
     from ..model.config import AttentionImpl
@@ -46,6 +46,8 @@ class TransformersVideoBackend(VideoBackend):
 
     model_class: ClassVar[str]  # the transformers class that runs the folder
     processor_class: ClassVar[str]  # its video processor, when the folder's config names none
+    processing_type: ClassVar[type[VideoProcessing]] = VideoProcessing  # what preprocesses
+    placeholder: ClassVar[str] = VIDEO_TOKEN  # the video token, unless the tokenizer names one
     default_frames: ClassVar[int] = 8  # frames per video unless the processor config samples
 
     def __init__(
@@ -55,9 +57,9 @@ class TransformersVideoBackend(VideoBackend):
         self.model = model
         self.tokenizer = tokenizer
         self.template = template
-        self.processing = load_video_processing(folder, self.processor_class)
+        self.processing = self.processing_type.from_folder(folder, self.processor_class)
         self.spec = self.frame_spec(folder)
-        self.video_token = getattr(tokenizer, "video_token", None) or VIDEO_TOKEN
+        self.video_token = getattr(tokenizer, "video_token", None) or self.placeholder
         self.video_token_id = int(tokenizer.convert_tokens_to_ids(self.video_token))
 
     @classmethod
@@ -90,7 +92,7 @@ class TransformersVideoBackend(VideoBackend):
         """Uniform sampling (``BaseVideoProcessor.sample_frames``) of the processor config's
         ``num_frames`` (or ``fps``) when it has ``do_sample_frames``, else of the model's usual
         count; frames as decoded (the backend resizes them)."""
-        processing = load_video_processing(folder, cls.processor_class)
+        processing = cls.processing_type.from_folder(folder, cls.processor_class)
         if num_frames is not None:
             return FrameSpec(num_frames=num_frames, rule="uniform", size=None)
         if processing.do_sample_frames and processing.num_frames:
@@ -141,6 +143,11 @@ class TransformersVideoBackend(VideoBackend):
         ``get_video_features`` returns for those rows."""
         raise NotImplementedError
 
+    def model_inputs(self, videos: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the model's ``generate`` takes for these rows' videos (each stacked as cached)
+        besides the ids and pixel values (Qwen2-VL: ``video_grid_thw``); none by default."""
+        return {}
+
     # --- encode ------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, videos: Sequence[DecodedVideo]) -> list[list[torch.Tensor]]:
@@ -164,6 +171,12 @@ class TransformersVideoBackend(VideoBackend):
         return out
 
     # --- prompts -------------------------------------------------------------------------
+    @staticmethod
+    def feature_tokens(video: Sequence[torch.Tensor]) -> int:
+        """How many placeholder tokens a video's cached features fill: one per feature vector
+        (the last dimension is the width)."""
+        return sum(f.shape[:-1].numel() for f in video)
+
     def prompt_text(self, question: str, features: Sequence[torch.Tensor] = ()) -> str:
         """The chat template's rendering of a user turn with one video and the question, with
         the generation prompt (``processor.apply_chat_template``)."""
@@ -214,7 +227,7 @@ class TransformersVideoBackend(VideoBackend):
         pairs: list[tuple[list[int], torch.Tensor]] = []
         for video, qs in zip(features, questions, strict=True):
             stacked = torch.stack(list(video))
-            tokens = stacked.shape[0] * stacked.shape[1]
+            tokens = self.feature_tokens(video)
             places.append([])
             for q in qs:
                 ids = self.prompt_ids(q, tokens)
@@ -238,11 +251,13 @@ class TransformersVideoBackend(VideoBackend):
                 input_ids[row, length - len(ids) :] = torch.tensor(ids)
                 mask[row, length - len(ids) :] = 1
             rows = [f.to(model.device, model.dtype) for _, f in batch]
+            extra = {k: v.to(model.device) for k, v in self.model_inputs(rows).items()}
             with self._features_supplied(rows) as stand_in:
                 out = model.generate(
                     input_ids=input_ids.to(model.device),
                     attention_mask=mask.to(model.device),
                     pixel_values_videos=stand_in,
+                    **extra,
                     **kwargs,
                 )
             for row in out[:, length:].tolist():

@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -49,10 +49,27 @@ _CLIP_VIDEO = {
     "do_convert_rgb": True,
     "do_sample_frames": False,
 }
+_QWEN2_VL_VIDEO = {
+    "resample": BICUBIC,
+    "size": {"shortest_edge": 128 * 28 * 28, "longest_edge": 28 * 28 * 768},  # pixel areas
+    "image_mean": OPENAI_CLIP_MEAN,
+    "image_std": OPENAI_CLIP_STD,
+    "do_resize": True,
+    "do_rescale": True,
+    "do_normalize": True,
+    "do_convert_rgb": True,
+    "patch_size": 14,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "min_frames": 4,
+    "max_frames": 768,
+    "do_sample_frames": False,
+}
 # video processor class -> its class attributes over BaseVideoProcessor's (transformers 4.57)
 PROCESSOR_DEFAULTS: dict[str, dict[str, Any]] = {
     "VideoLlavaVideoProcessor": _CLIP_VIDEO,
     "LlavaNextVideoVideoProcessor": _CLIP_VIDEO,
+    "Qwen2VLVideoProcessor": _QWEN2_VL_VIDEO,  # Qwen2-VL's and Qwen2.5-VL's
 }
 
 
@@ -89,7 +106,7 @@ class VideoProcessing:
     extra: dict[str, Any] = field(default_factory=dict)  # the config's other keys, as read
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any], processor_class: str) -> VideoProcessing:
+    def from_dict(cls, config: Mapping[str, Any], processor_class: str) -> Self:
         """Class defaults of ``processor_class`` overlaid with ``config`` (a null in the config
         unsets a default, as in the processor's ``__init__``)."""
         if processor_class not in PROCESSOR_DEFAULTS:
@@ -109,6 +126,13 @@ class VideoProcessing:
         known["size"] = _size_dict(known.get("size"), square)
         known["crop_size"] = _size_dict(known.get("crop_size"))
         return cls(processor_class=processor_class, extra=extra, **known)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, default_class: str) -> Self:
+        """The folder's settings (:func:`read_processor_config`; ``default_class``: the processor
+        its model type uses when the config names none)."""
+        config, _ = read_processor_config(folder)
+        return cls.from_dict(config, processor_class_of(config, default_class))
 
     def digest(self) -> str:
         """A short hash of the settings, for fingerprints."""
@@ -130,6 +154,10 @@ class VideoProcessing:
             if self.crop_size is None:
                 raise ValueError(f"{self.processor_class}: do_center_crop without crop_size")
             video = center_crop(video, (self.crop_size["height"], self.crop_size["width"]))
+        return self.rescale_normalize(video)
+
+    def rescale_normalize(self, video: torch.Tensor) -> torch.Tensor:
+        """:func:`rescale_normalize` with these settings."""
         return rescale_normalize(
             video,
             bool(self.do_rescale),
@@ -166,8 +194,7 @@ def processor_class_of(config: Mapping[str, Any], default: str) -> str:
 def load_video_processing(folder: str | Path, default_class: str) -> VideoProcessing:
     """The folder's video preprocessing settings (``default_class``: the processor its model
     type uses when the config names none)."""
-    config, _ = read_processor_config(folder)
-    return VideoProcessing.from_dict(config, processor_class_of(config, default_class))
+    return VideoProcessing.from_folder(folder, default_class)
 
 
 def resize_shape(shape: tuple[int, int], size: Mapping[str, int]) -> tuple[int, int]:
