@@ -189,3 +189,26 @@ def test_frame_specs_identities_and_fingerprints(cases, tmp_path):
     assert changed not in identities and changed.startswith("video_llava:")
     assert llava.backend.fingerprint().startswith("video_llava/transformers-")
     assert llava.backend.fingerprint() != next_video.backend.fingerprint()
+
+
+def test_a_flipped_video_is_encoded_mirrored_and_letterboxed_frames_are_refused(cases, tmp_path):
+    from tests.hf_tiny import write_qwen_folder
+    from videopanda_cluster.video.geometry import compute_geometry
+
+    backends = [c.backend for c in cases.values()] + [
+        load_backend(write_qwen_folder(tmp_path, "qwen2_vl"))
+    ]
+    frames = np.random.default_rng(1).integers(0, 256, (8, 28, 56, 3), dtype=np.uint8)
+    for backend in backends:
+        flipped, mirrored, plain = backend.encode(
+            [
+                DecodedVideo(frames, None, True),
+                DecodedVideo(frames[:, :, ::-1].copy(), None),
+                DecodedVideo(frames, None),
+            ]
+        )
+        # one batch: rows of one batch agree to rounding only
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(flipped, mirrored, strict=True))
+        assert not all(torch.allclose(a, b, atol=1e-3) for a, b in zip(flipped, plain, strict=True))
+        with pytest.raises(ValueError, match="takes frames as decoded"):
+            backend.encode([DecodedVideo(frames, compute_geometry(56, 28, 112))])

@@ -37,6 +37,17 @@ class DecodedVideo:
     geometry: Geometry | None  # the letterbox's placement; None for frames as decoded
     flipped: bool = False
 
+    def as_decoded(self) -> np.ndarray:
+        """Frames as decoded (no letterbox), mirrored left-right when the flip says so: what a
+        backend that resizes frames itself starts from. ValueError for letterboxed frames."""
+        if self.geometry is not None:
+            raise ValueError("this backend takes frames as decoded (FrameSpec.size None)")
+        if not self.flipped:
+            return self.frames
+        import numpy as np
+
+        return np.ascontiguousarray(self.frames[:, :, ::-1])
+
 
 class VideoBackend(ABC):
     """A video-LLM as the pipeline sees it."""

@@ -153,11 +153,7 @@ class TransformersVideoBackend(VideoBackend):
     def encode(self, videos: Sequence[DecodedVideo]) -> list[list[torch.Tensor]]:
         """Per video, one (tokens, D) tensor per frame; videos of one pixel shape go through
         the vision tower together."""
-        pixels = []
-        for v in videos:
-            if v.geometry is not None or v.flipped:
-                raise ValueError(f"{self.kind} takes frames as decoded (FrameSpec.size None)")
-            pixels.append(self.processing(v.frames))
+        pixels = [self.processing(v.as_decoded()) for v in videos]
         out: list[list[torch.Tensor]] = [[] for _ in videos]
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, p in enumerate(pixels):

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from ..video.sampling import FrameSpec
@@ -63,8 +62,7 @@ class Qwen2VLBackend(TransformersVideoBackend):
         model = self.model
         pixels, grids = [], []
         for video in videos:
-            frames = video.frames[:, :, ::-1] if video.flipped else video.frames
-            values, grid = self.processing.patches(np.ascontiguousarray(frames))
+            values, grid = self.processing.patches(video.as_decoded())
             pixels.append(values)
             grids.append(grid)
         grid_thw = torch.tensor(grids, device=model.device)
