@@ -14,6 +14,8 @@ from rich.table import Table
 from .model.config import AttentionImpl
 
 Opt = typer.Option
+BACKEND_HELP = "Backend to run the folder with (default: its config.json model_type)."
+NUM_FRAMES_HELP = "Frames per video (default: the model's; others where the model allows)."
 
 
 def _job_command(kind: str):
@@ -32,6 +34,8 @@ def _job_command(kind: str):
         checkpoint: Annotated[
             str | None, Opt(help="Model folder (default: the bundled model, else tiny random).")
         ] = None,
+        backend: Annotated[str | None, Opt(help=BACKEND_HELP)] = None,
+        num_frames: Annotated[int | None, Opt(help=NUM_FRAMES_HELP)] = None,
         question: Annotated[
             list[str] | None, Opt(help="Question for every video (qa; repeatable).")
         ] = None,
@@ -89,6 +93,8 @@ def _job_command(kind: str):
             "output": output,
             "job_id": job_id,
             "checkpoint": checkpoint,
+            "backend": backend,
+            "num_frames": num_frames,
             "questions": question or None,
             "caption_prompt": caption_prompt,
             "max_new_tokens": max_new_tokens,
