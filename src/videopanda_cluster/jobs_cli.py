@@ -132,7 +132,7 @@ def _job_command(kind: str):
 def run(cli_values: dict[str, Any], config_file: Path | None, debug: bool = False) -> dict:
     """Build the config, run the job with a progress bar, print its summary; a failure prints
     one line (the traceback too with ``debug``) and exits with its documented code."""
-    from .cluster.driver import run_job
+    from .cluster.driver import plan_model, run_job
     from .jobs.config import build_config, load_config
 
     console = Console()
@@ -141,6 +141,10 @@ def run(cli_values: dict[str, Any], config_file: Path | None, debug: bool = Fals
         cfg = build_config(file_values, cli_values)
     except (ValueError, OSError) as exc:
         fail(console, exc, debug, prefix="configuration error")
+    try:
+        plan_model(cfg)  # the model's folder and frame count, before the progress bar
+    except Exception as exc:
+        fail(console, exc, debug)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),

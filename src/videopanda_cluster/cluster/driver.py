@@ -21,7 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..jobs.failures import (
     ExitCode,
@@ -38,6 +38,9 @@ from ..video.sampling import FrameSpec
 from .batching import ArrivalBatcher
 from .features import VideoKey
 from .rows import answer_row, error_rows, feature_row, no_question_row
+
+if TYPE_CHECKING:
+    from ..backends import VideoBackend
 
 __all__ = ["JobFailed", "run_job"]
 
@@ -381,25 +384,42 @@ def job_id_of(cfg) -> str:
     return cfg.job_id or default_job_id(cfg)
 
 
+@dataclass(frozen=True)
+class ModelPlan:
+    """The model a job runs, found from the checkpoint folder's JSON files alone."""
+
+    checkpoint: Path
+    default_id: str | None  # the model id when the job names no checkpoint
+    backend: type[VideoBackend]
+    frames: FrameSpec  # what the backend asks of the decoder
+
+
+def plan_model(cfg) -> ModelPlan:
+    """The job's checkpoint, backend and frame spec, before any model loads: a folder that no
+    backend runs, or a frame count its model does not take, raises ValueError (one line)."""
+    from ..backends import backend_class
+
+    checkpoint, default_id = Path(cfg.checkpoint or "."), None
+    if not cfg.checkpoint:
+        checkpoint, default_id = default_checkpoint()
+    backend = backend_class(checkpoint, cfg.backend)
+    frames = backend.frame_spec(checkpoint, cfg.num_frames)
+    return ModelPlan(checkpoint, default_id, backend, frames)
+
+
 def plan_job(cfg, store) -> tuple[JobPlan, Any]:
     """Read inputs, fix the job id, and open (or resume) the ledger.
 
     Inputs that differ from the job's plan are refused (InputsChanged), or with ``cfg.update``
     planned in new shards; ``ledger.plan_update`` then tells what changed.
     """
-    from ..backends import backend_class
     from ..jobs.config import config_hash
     from ..jobs.inputs import spool_inputs
     from ..jobs.ledger import Ledger
     from .fingerprint import checkpoint_fingerprint
 
-    checkpoint, default_id = Path(cfg.checkpoint or "."), None
-    if not cfg.checkpoint:
-        checkpoint, default_id = default_checkpoint()
-    # a folder that no backend runs, or a frame count its model does not take, fails here in
-    # one line, from the folder's JSON files alone
-    backend = backend_class(checkpoint, cfg.backend)
-    frames = backend.frame_spec(checkpoint, cfg.num_frames)
+    model = plan_model(cfg)
+    checkpoint, backend = model.checkpoint, model.backend
     ckpt_hash = checkpoint_fingerprint(checkpoint)
     job_id = job_id_of(cfg)
     job_hash = hashlib.sha256(f"{config_hash(cfg)}|{ckpt_hash}".encode()).hexdigest()
@@ -413,7 +433,7 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
         "job_id": job_id,
         "kind": cfg.kind,
         "model": {
-            "id": default_id or checkpoint.name,
+            "id": model.default_id or checkpoint.name,
             "checkpoint_hash": ckpt_hash,
             "backend": backend.kind,
             "fingerprint": None,  # the loaded backend's (Pipeline)
@@ -434,7 +454,7 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
         job=job,
         checkpoint=str(checkpoint),
         backend=backend.kind,
-        frames=frames,
+        frames=model.frames,
     )
     return plan, ledger
 
