@@ -63,11 +63,6 @@ class PreprocessOptions(FrameSpec):
         timeout, ...)."""
         return cls(**{f.name: getattr(spec, f.name) for f in fields(FrameSpec)}, **settings)
 
-    @property
-    def frame_spec(self) -> FrameSpec:
-        """The :class:`FrameSpec` part of the options."""
-        return FrameSpec(**{f.name: getattr(self, f.name) for f in fields(FrameSpec)})
-
 
 def flip_coin(options: PreprocessOptions, content_hash: str | None = None) -> bool:
     """Whether to mirror this video (spec §4.3): never with ``flip="off"``; with
@@ -183,7 +178,8 @@ def extract(
         valid_box=None,
         token_grid=None,
         tokens_per_frame=None,
-        padded_frames=max(0, (options.num_frames or 0) - len(indices)),
+        # letterboxed input is padded to num_frames (Video-Panda); frames as decoded never are
+        padded_frames=max(0, (options.num_frames or 0) - len(indices)) if options.size else 0,
         flipped=False,
         rotation=decoded.rotation,
         rotated=decoded.rotated,
