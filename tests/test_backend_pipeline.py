@@ -63,6 +63,22 @@ def test_rotation_turns_frames_as_decoded(corpus, manifest):
     assert got.provenance.rotated and got.provenance.frame_size == [480, 640]
 
 
+def test_decode_limits_apply_to_frames_as_decoded(corpus):
+    """Frames above DecodeLimits.exact_pixels come scaled down by FFmpeg, as for the letterbox;
+    the provenance says so (frame_size below source_size)."""
+    from videopanda_cluster.video.probe import DecodeLimits
+
+    limits = DecodeLimits(exact_pixels=320 * 180)
+    options = PreprocessOptions(num_frames=2, rule="uniform", size=None, limits=limits)
+    got = extract(corpus / "hd_1280x720_90f_30fps.mp4", options)
+    assert got.frames.shape == (2, 180, 320, 3)
+    assert got.provenance.source_size == [1280, 720] and got.provenance.frame_size == [320, 180]
+    tight = PreprocessOptions(size=None, rule="uniform", limits=DecodeLimits(max_side=1000))
+    with pytest.raises(VideoDecodeError) as caught:
+        extract(corpus / "hd_1280x720_90f_30fps.mp4", tight)
+    assert caught.value.reason == Reason.BAD_DIMENSIONS
+
+
 def test_qwen2_vl_and_uniform_rules_through_the_decoder(corpus):
     path = corpus / "square_500x500_300f_30fps.mp4"
     spec = FrameSpec(
