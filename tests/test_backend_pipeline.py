@@ -104,6 +104,11 @@ def test_a_video_shorter_than_the_rule_is_too_few_frames(corpus, isolate):
         extract_video(corpus / "qcif_176x144_5f_10fps.mp4", options)
     assert caught.value.reason == Reason.TOO_FEW_FRAMES
     assert "the video has 5 frames" in caught.value.message and "\n" not in caught.value.message
+    # a rate-based rule whose count floors to no frame at all (Qwen2-VL's temporal patch of 2)
+    qwen = FrameSpec(num_frames=None, rule="qwen2_vl", fps=2.0, temporal_patch_size=2, size=None)
+    with pytest.raises(VideoDecodeError) as caught:
+        extract_video(corpus / "single_frame_640x480.mp4", PreprocessOptions.of(qwen))
+    assert caught.value.reason == Reason.TOO_FEW_FRAMES
     # the reference rule (Video-Panda) pads short videos instead
     padded = extract(corpus / "qcif_176x144_5f_10fps.mp4", PreprocessOptions(isolate=False))
     assert padded.provenance.padded_frames == 3
