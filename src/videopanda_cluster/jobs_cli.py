@@ -124,7 +124,7 @@ def _job_command(kind: str):
     command.__doc__ = {
         "caption": "Caption every video of INPUTS.",
         "qa": "Answer questions about every video of INPUTS (manifest questions or --question).",
-        "features": "Compute and cache the STAB tokens of every video of INPUTS.",
+        "features": "Compute and cache the visual features of every video of INPUTS.",
     }[kind]
     return command
 
