@@ -63,6 +63,7 @@ from videopanda_cluster.model.config import ATTENTION_IMPLS, VideoPandaConfig
 from videopanda_cluster.model.tiny import ensure_tiny_checkpoint
 from videopanda_cluster.storage.open import open_store
 from videopanda_cluster.video.samples import write_corpus
+from videopanda_cluster.video.sampling import FrameSpec
 
 # Set before Ray is imported (the package imports it lazily): Ray stays on 127.0.0.1.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -153,7 +154,7 @@ def _standalone(
 ) -> tuple[dict[str, StageCost], dict[tuple[str, str], str]]:
     """Each stage alone in this process (one instance, one torch thread): its costs per video,
     and the answers by (content hash, question)."""
-    options = preprocess_options(cfg, input_size)
+    options = preprocess_options(cfg, FrameSpec(size=input_size))
     n = len(videos)
 
     def cost(meter: _Meter, stage: str) -> StageCost:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.eval_fixtures import make_benchmark_fixture
+from videopanda_cluster import __version__
 from videopanda_cluster.eval.benchmarks import BenchmarkError, load_benchmark
 from videopanda_cluster.eval.config import EvalConfig
 from videopanda_cluster.eval.layout import BENCHMARKS, SUBSETS
@@ -21,7 +22,8 @@ from videopanda_cluster.storage.open import open_store
 SETTINGS = {"max_new_tokens": 4, "decode_workers": 1, "shard_size": 2, "max_in_flight": 2}
 ITEM_FIELDS = {
     "id", "subset", "video_name", "video_id", "uri", "question", "question2", "answer",
-    "question_type", "status", "error", "message", "sampled_indices", "flipped",
+    "question_type", "status", "error", "message", "sampled_indices", "flipped", "backend",
+    "fingerprint",
 }  # fmt: skip
 RUN_FIELDS = {
     "benchmark", "run_id", "job_id", "data_root", "model", "generation", "counts", "subsets",
@@ -114,6 +116,8 @@ def test_items_missing_and_run_json_account_for_every_item(evals, name):
     assert set(run) == RUN_FIELDS and run["benchmark"] == name
     assert run["subsets"] == list(SUBSETS[name]) and run["generation"]["max_new_tokens"] == 4
     assert run["model"]["checkpoint_hash"]
+    assert run["model"]["backend"] == "videopanda"
+    assert run["model"]["fingerprint"] == f"videopanda/{__version__}"
     items = loaded.items
     assert [(i["subset"], i["id"]) for i in items] == [
         (s, i) for s, ids in fx["ids"].items() for i in ids
@@ -126,6 +130,10 @@ def test_items_missing_and_run_json_account_for_every_item(evals, name):
             assert item["status"] == "ok" and item["error"] is None
             assert item["sampled_indices"] and item["video_id"] == item["video_name"]
             assert item["flipped"] is False  # the flip is off by default
+            assert (item["backend"], item["fingerprint"]) == (
+                "videopanda",
+                run["model"]["fingerprint"],
+            )
             assert item["uri"] == str(fx["files"][item["video_name"]])
     for subset, ids in fx["corrupt"].items():
         for i in ids:

@@ -165,6 +165,7 @@ def test_hashed_and_operational_fields_partition_the_model():
         "kind", "inputs", "checkpoint", "caption_prompt", "questions", "max_new_tokens",
         "do_sample", "temperature", "top_p", "top_k", "seed", "flip", "decode_timeout",
         "encode_batch", "generate_batch", "shard_size", "use_feature_cache", "attention",
+        "backend", "num_frames",
     }  # fmt: skip
     assert hashed == RESULT_FIELDS
     assert set(JobConfig.model_fields) == RESULT_FIELDS | OPERATIONAL_FIELDS
@@ -234,6 +235,8 @@ def test_operational_settings_do_not_change_the_hash(change):
         {"generate_batch": 1},
         {"shard_size": 4},
         {"use_feature_cache": False},
+        {"backend": "videopanda"},  # hashed once set (unset: the hash of jobs before backends)
+        {"num_frames": 8},
     ],
 )
 def test_result_settings_change_the_hash_and_job_id(change):
@@ -241,3 +244,10 @@ def test_result_settings_change_the_hash_and_job_id(change):
     changed = build_config({}, {**BASE, **change})
     assert config_hash(changed) != config_hash(base)
     assert default_job_id(changed) != default_job_id(base)
+
+
+def test_an_unknown_backend_is_a_config_error_naming_the_supported_ones():
+    with pytest.raises(ConfigError, match=r"field `backend`: no backend 'qwen9'; supported: "):
+        build_config({}, {**BASE, "backend": "qwen9"})
+    with pytest.raises(ConfigError, match=r"field `num_frames`"):
+        build_config({}, {**BASE, "num_frames": 0})

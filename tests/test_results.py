@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import fields
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -30,7 +31,10 @@ from videopanda_cluster.video.extract import Provenance
 JOB = {
     "job_id": "j1",
     "kind": "qa",
-    "model": {"id": "tiny", "checkpoint_hash": "ab" * 32},
+    "model": {
+        "id": "tiny", "checkpoint_hash": "ab" * 32, "backend": "videopanda",
+        "fingerprint": "videopanda/0.1",
+    },
     "generation": {
         "max_new_tokens": 6, "do_sample": False, "temperature": None, "top_p": None,
         "top_k": None, "seed": 0, "attention": "eager",
@@ -149,3 +153,52 @@ def test_jobs_written_before_the_contract_still_read(tmp_path):
     rows = table.to_pylist()
     assert rows[0]["timings"] == {"decode_s": 0.25, "encode_s": None, "generate_s": None}
     assert rows[0]["error"] == Reason.TRUNCATED.value
+
+
+V1_SHARD = Path(__file__).parent / "data" / "results-v1-shard.parquet"  # written by version 1
+
+
+def test_version_1_shards_read_with_the_new_fields_null(tmp_path):
+    """A shard written before backends (schema 1: no model.backend/fingerprint, no
+    provenance.frame_size) reads beside a version-2 shard as one table of RESULT_SCHEMA."""
+    v1 = pq.read_table(V1_SHARD)
+    assert v1.schema.metadata[b"videopanda.schema_version"] == b"1"
+    assert "backend" not in v1.schema.field("model").type.names
+    store = LocalStore(tmp_path)
+    store.put(parquet_key(results_prefix("j1"), "0000"), V1_SHARD.read_bytes())
+    WriterWorker(str(tmp_path)).write(results_prefix("j1"), "0001", ok_rows())  # resumed after
+    table = read_results(store, "j1")
+    assert table.schema == RESULT_SCHEMA
+    assert table.column("schema_version").to_pylist() == [1, 1] + [SCHEMA_VERSION] * 3
+    old, new = table.slice(0, 2).to_pylist(), table.slice(2).to_pylist()
+    assert old[0]["model"] == {
+        "id": "tiny", "checkpoint_hash": "ab" * 32, "backend": None, "fingerprint": None
+    }  # fmt: skip
+    assert old[0]["provenance"]["frame_size"] is None
+    assert old[0]["provenance"]["valid_box"] == [0, 28, 224, 196]
+    assert (old[0]["answer"], old[1]["error"]) == ("a dog", Reason.TRUNCATED.value)
+    assert {k: v for k, v in old[0].items() if k not in ("model", "provenance")} == {
+        k: v for k, v in v1.to_pylist()[0].items() if k not in ("model", "provenance")
+    }
+    assert new[0]["model"]["backend"] == "videopanda"
+    assert SCHEMA_VERSION == 2
+
+
+def test_rows_of_frames_as_decoded_take_the_encoders_token_count():
+    """Native frames have no letterbox: the provenance has no box or grid, and the row's visual
+    token count is the one the encoder reported."""
+    native = {
+        **PROVENANCE, "valid_box": None, "token_grid": None, "tokens_per_frame": None,
+        "input_size": None, "frame_size": [64, 48], "visual_tokens": None, "padded_frames": 0,
+    }  # fmt: skip
+    answer = {
+        "question_id": "q1", "question": "what?", "prompt": "p", "answer": "a",
+        "generate_s": 0.1, "generate_worker": "n2:14",
+    }  # fmt: skip
+    row = answer_row(
+        JOB, decoded("v1", provenance=native), {**ENCODED, "visual_tokens": 96}, answer
+    )
+    assert row["provenance"]["visual_tokens"] == 96 and native["visual_tokens"] is None
+    kept = answer_row(JOB, decoded("v1"), {**ENCODED, "visual_tokens": 96}, answer)
+    assert kept["provenance"]["visual_tokens"] == PROVENANCE["visual_tokens"]  # the decoder's
+    assert to_table([row]).column("provenance").to_pylist()[0]["frame_size"] == [64, 48]

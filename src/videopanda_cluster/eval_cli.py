@@ -14,6 +14,7 @@ from .eval.config import EvalConfig
 from .eval.judge import JudgeConfig
 from .eval.protocol import BUILTIN, REFERENCE
 from .jobs.failures import ExitCode
+from .jobs_cli import BACKEND_HELP, NUM_FRAMES_HELP
 from .model.config import AttentionImpl
 
 Opt = typer.Option
@@ -38,6 +39,8 @@ def run_command(
     checkpoint: Annotated[
         str | None, Opt(help="Model folder (default: bundled, else tiny random).")
     ] = None,
+    backend: Annotated[str | None, Opt(help=BACKEND_HELP)] = None,
+    num_frames: Annotated[int | None, Opt(help=NUM_FRAMES_HELP)] = None,
     max_new_tokens: Annotated[
         int | None, Opt(help=f"Tokens per answer at most (default {EvalConfig.max_new_tokens}).")
     ] = None,
@@ -63,6 +66,8 @@ def run_command(
 
     flags = {
         "checkpoint": checkpoint,
+        "backend": backend,
+        "num_frames": num_frames,
         "max_new_tokens": max_new_tokens,
         "attention": attention,
         "decode_workers": decode_workers,

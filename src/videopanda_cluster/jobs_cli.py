@@ -14,6 +14,8 @@ from rich.table import Table
 from .model.config import AttentionImpl
 
 Opt = typer.Option
+BACKEND_HELP = "Backend to run the folder with (default: its config.json model_type)."
+NUM_FRAMES_HELP = "Frames per video (default: the model's; others where the model allows)."
 
 
 def _job_command(kind: str):
@@ -32,6 +34,8 @@ def _job_command(kind: str):
         checkpoint: Annotated[
             str | None, Opt(help="Model folder (default: the bundled model, else tiny random).")
         ] = None,
+        backend: Annotated[str | None, Opt(help=BACKEND_HELP)] = None,
+        num_frames: Annotated[int | None, Opt(help=NUM_FRAMES_HELP)] = None,
         question: Annotated[
             list[str] | None, Opt(help="Question for every video (qa; repeatable).")
         ] = None,
@@ -89,6 +93,8 @@ def _job_command(kind: str):
             "output": output,
             "job_id": job_id,
             "checkpoint": checkpoint,
+            "backend": backend,
+            "num_frames": num_frames,
             "questions": question or None,
             "caption_prompt": caption_prompt,
             "max_new_tokens": max_new_tokens,
@@ -118,7 +124,7 @@ def _job_command(kind: str):
     command.__doc__ = {
         "caption": "Caption every video of INPUTS.",
         "qa": "Answer questions about every video of INPUTS (manifest questions or --question).",
-        "features": "Compute and cache the STAB tokens of every video of INPUTS.",
+        "features": "Compute and cache the visual features of every video of INPUTS.",
     }[kind]
     return command
 
@@ -126,7 +132,7 @@ def _job_command(kind: str):
 def run(cli_values: dict[str, Any], config_file: Path | None, debug: bool = False) -> dict:
     """Build the config, run the job with a progress bar, print its summary; a failure prints
     one line (the traceback too with ``debug``) and exits with its documented code."""
-    from .cluster.driver import run_job
+    from .cluster.driver import plan_model, run_job
     from .jobs.config import build_config, load_config
 
     console = Console()
@@ -135,6 +141,10 @@ def run(cli_values: dict[str, Any], config_file: Path | None, debug: bool = Fals
         cfg = build_config(file_values, cli_values)
     except (ValueError, OSError) as exc:
         fail(console, exc, debug, prefix="configuration error")
+    try:
+        plan_model(cfg)  # the model's folder and frame count, before the progress bar
+    except Exception as exc:
+        fail(console, exc, debug)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),

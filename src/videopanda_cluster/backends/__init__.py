@@ -1,5 +1,10 @@
 """Video-LLM backends: the registry from a checkpoint folder's ``config.json`` ``model_type`` to
-the backend that runs it (``base.py`` is the interface; docs/backends.md)."""
+the backend class that runs it (``base.py`` is the interface; docs/backends.md).
+
+The registry holds a function returning the class, so a backend's module (and torch) is imported
+only when that backend is used; the driver plans with the class's ``frame_spec`` (JSON only)
+before any model loads, the workers load the model with its ``load``.
+"""
 
 from __future__ import annotations
 
@@ -11,22 +16,21 @@ from typing import Any
 
 from .base import DecodedVideo, UnsupportedModel, VideoBackend
 
-__all__ = ["BACKENDS", "DecodedVideo", "UnsupportedModel", "VideoBackend", "backend_kind",
-           "load_backend"]  # fmt: skip
+__all__ = ["BACKENDS", "DecodedVideo", "UnsupportedModel", "VideoBackend", "backend_class",
+           "backend_kind", "load_backend"]  # fmt: skip
 
 
-def _lazy(module: str, name: str) -> Callable[..., VideoBackend]:
-    """The ``load`` of backend class ``name`` of ``module``, imported when first called."""
+def _lazy(module: str, name: str) -> Callable[[], type[VideoBackend]]:
+    """A function returning backend class ``name`` of ``module``, imported when first called."""
 
-    def load(folder: str | Path, **kwargs: Any) -> VideoBackend:
-        backend = getattr(importlib.import_module(f".{module}", __name__), name)
-        return backend.load(folder, **kwargs)
+    def backend() -> type[VideoBackend]:
+        return getattr(importlib.import_module(f".{module}", __name__), name)
 
-    return load
+    return backend
 
 
-# model_type of config.json -> the loader of its backend
-BACKENDS: dict[str, Callable[..., VideoBackend]] = {
+# model_type of config.json -> its backend class (imported when called)
+BACKENDS: dict[str, Callable[[], type[VideoBackend]]] = {
     "videopanda": _lazy("video_panda", "VideoPandaBackend"),
     "video_llava": _lazy("video_llava", "VideoLlavaBackend"),
     "llava_next_video": _lazy("llava_next_video", "LlavaNextVideoBackend"),
@@ -57,7 +61,12 @@ def backend_kind(folder: str | Path, requested: str | None = None) -> str:
     return kind
 
 
+def backend_class(folder: str | Path, requested: str | None = None) -> type[VideoBackend]:
+    """The backend class of ``folder`` (:func:`backend_kind`); no model is loaded."""
+    return BACKENDS[backend_kind(folder, requested)]()
+
+
 def load_backend(folder: str | Path, *, kind: str | None = None, **kwargs: Any) -> VideoBackend:
     """The backend for ``folder`` (``kind`` overrides its ``model_type``); ``kwargs`` go to its
-    loader (``device``, ``with_llm``, ``attention``)."""
-    return BACKENDS[backend_kind(folder, kind)](folder, **kwargs)
+    ``load`` (``device``, ``with_llm``, ``attention``)."""
+    return backend_class(folder, kind).load(folder, **kwargs)

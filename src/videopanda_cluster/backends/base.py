@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from ..model.config import AttentionImpl
     from ..model.generation import GenerationOptions, PromptTooLong
     from ..video.geometry import Geometry
     from ..video.sampling import FrameSpec
@@ -53,6 +54,18 @@ class VideoBackend(ABC):
     """A video-LLM as the pipeline sees it."""
 
     kind: ClassVar[str]  # the registry's name, recorded in every row
+
+    @classmethod
+    @abstractmethod
+    def load(
+        cls,
+        folder: str | Path,
+        device: str | None = None,
+        with_llm: bool = True,
+        attention: AttentionImpl | None = None,
+    ) -> VideoBackend:
+        """The model of ``folder`` on ``device``; without its LLM (``with_llm`` False) for an
+        encoder; ``attention`` the LLM's attention implementation where the model has a choice."""
 
     @classmethod
     @abstractmethod
@@ -94,6 +107,11 @@ class VideoBackend(ABC):
     ) -> list[list[str | PromptTooLong]]:
         """Per video, one answer per question; a question too long for the context gets its
         :class:`PromptTooLong` instead."""
+
+    def visual_tokens(self, features: Sequence[torch.Tensor]) -> int:
+        """Tokens one video's features hand to the LLM, recorded in its rows when the decode
+        could not tell (frames as decoded); by default the rows of its per-frame features."""
+        return sum(int(f.shape[0]) for f in features)
 
     @abstractmethod
     def prompt_text(self, question: str, features: Sequence[torch.Tensor]) -> str:

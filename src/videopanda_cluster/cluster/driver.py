@@ -21,7 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..jobs.failures import (
     ExitCode,
@@ -34,9 +34,13 @@ from ..jobs.failures import (
 )
 from ..jobs.layout import results_prefix, summary_key
 from ..video.extract import PreprocessOptions
+from ..video.sampling import FrameSpec
 from .batching import ArrivalBatcher
 from .features import VideoKey
 from .rows import answer_row, error_rows, feature_row, no_question_row
+
+if TYPE_CHECKING:
+    from ..backends import VideoBackend
 
 __all__ = ["JobFailed", "run_job"]
 
@@ -53,7 +57,13 @@ class JobPlan:
     prefix: str  # store prefix of this job
     job: dict[str, Any]  # fields copied into every row
     checkpoint: str
-    input_size: int = 448  # the model's image_size: frames are preprocessed to it
+    backend: str = "videopanda"  # a key of backends.BACKENDS
+    frames: FrameSpec = field(default_factory=FrameSpec)  # what the backend asks of the decoder
+
+    @property
+    def input_size(self) -> int | None:
+        """The letterbox side frames are preprocessed to (None: frames as decoded)."""
+        return self.frames.size
 
 
 @dataclass
@@ -122,10 +132,11 @@ def generation_options(cfg) -> dict[str, Any]:
     }
 
 
-def preprocess_options(cfg, input_size: int) -> PreprocessOptions:
-    """How a job's decoders preprocess: the reference flip's coins are seeded by the job's seed."""
-    return PreprocessOptions(
-        flip=cfg.flip, flip_seed=cfg.seed, timeout=cfg.decode_timeout, size=input_size
+def preprocess_options(cfg, frames: FrameSpec) -> PreprocessOptions:
+    """How a job's decoders preprocess: as the backend's ``frames`` spec asks; the reference
+    flip's coins are seeded by the job's seed."""
+    return PreprocessOptions.of(
+        frames, flip=cfg.flip, flip_seed=cfg.seed, timeout=cfg.decode_timeout
     )
 
 
@@ -156,7 +167,7 @@ class Pipeline:
         from .stages import DecodeWorker, EncodeWorker, GenerateWorker, WriterWorker
 
         self.cfg, self.plan, self.ledger = cfg, plan, ledger
-        self.options = preprocess_options(cfg, plan.input_size)
+        self.options = preprocess_options(cfg, plan.frames)
         restart = {"max_restarts": -1, "max_task_retries": 3}
         device = cfg.device
         cache = store_url if cfg.use_feature_cache else None
@@ -167,7 +178,7 @@ class Pipeline:
         self.encoders = [
             ray.remote(EncodeWorker)
             .options(num_cpus=1, num_gpus=cfg.num_gpus_encode, **restart)
-            .remote(plan.checkpoint, device, self.options, cache)
+            .remote(plan.checkpoint, device, self.options, cache, plan.backend)
             for _ in range(cfg.encode_workers)
         ]
         self.generators = []
@@ -175,7 +186,7 @@ class Pipeline:
             self.generators = [
                 ray.remote(GenerateWorker)
                 .options(num_cpus=1, num_gpus=cfg.num_gpus_generate, **restart)
-                .remote(plan.checkpoint, device, cfg.attention)
+                .remote(plan.checkpoint, device, cfg.attention, plan.backend)
                 for _ in range(cfg.generate_workers)
             ]
         self.writer = (
@@ -186,8 +197,27 @@ class Pipeline:
         self.generation = generation_options(cfg)
         self.stop = threading.Event()  # set: start no new shard attempt, retry nothing
         # Decoders skip cached videos; they wait (inside Ray, not here) for the cache identity,
-        # which needs the STAB weights an encoder loads.
+        # which needs the weights an encoder loads.
         self.cache_identity = self.encoders[0].cache_identity.remote() if cache else None
+        # the backend's fingerprint, for every row, once an encoder has loaded it (row_fields)
+        self.fingerprint = self.encoders[0].fingerprint.remote()
+        self.lock = threading.Lock()
+
+    def row_fields(self) -> dict[str, Any]:
+        """The job's fields of every row (``plan.job``), with the loaded backend's fingerprint
+        in ``model`` (asked of an encoder once; again after a failure)."""
+        import ray
+
+        with self.lock:
+            if self.plan.job["model"].get("fingerprint") is None:
+                try:
+                    fingerprint = ray.get(self.fingerprint)
+                except Exception:
+                    self.fingerprint = self.encoders[0].fingerprint.remote()
+                    raise
+                model = {**self.plan.job["model"], "fingerprint": fingerprint}
+                self.plan.job = {**self.plan.job, "model": model}
+            return self.plan.job
 
     def run_shard(self, shard_id: str) -> dict[str, Any] | None:
         """Process and commit one shard; None if the job stopped before it was committed.
@@ -258,7 +288,6 @@ class Pipeline:
         offset = int(shard_id) if shard_id.isdigit() else 0
         # a qa video without a question is accounted by one error row and not read
         unasked = {v for v in uri if self.cfg.kind == "qa" and not prompts[v]}
-        rows = [no_question_row(self.plan.job, v, uri[v]) for v in uri if v in unasked]
         calls = [
             self.decoders[(offset + i) % len(self.decoders)]
             .decode.options(num_returns=2)
@@ -281,25 +310,23 @@ class Pipeline:
             for members in batcher.take(time.monotonic(), closed=not decoding):
                 batches.append(self._submit(len(batches), offset, members, metas, calls, prompts))
         stage_s = Counter(decode_s=sum(m["decode_s"] for m in metas.values()))
+        job = self.row_fields()
+        rows = [no_question_row(job, v, uri[v]) for v in uri if v in unasked]
         for i in sorted(metas):
             if not metas[i]["ok"]:
-                rows += error_rows(self.plan.job, metas[i], prompts[metas[i]["video_id"]])
+                rows += error_rows(job, metas[i], prompts[metas[i]["video_id"]])
         done: dict[int, list[dict]] = {}  # the rows of each encoded video, by position
         for members, enc_meta, gen in batches:
             encoded = dict(zip(members, ray.get(enc_meta), strict=True))
             stage_s["encode_s"] += sum(e["encode_s"] for e in encoded.values())
             if gen is None:
-                done.update(
-                    {i: [feature_row(self.plan.job, metas[i], encoded[i])] for i in members}
-                )
+                done.update({i: [feature_row(job, metas[i], encoded[i])] for i in members})
                 continue
             at = {metas[i]["video_id"]: i for i in members}
             for answer in ray.get(gen):
                 i = at[answer["video_id"]]
                 stage_s["generate_s"] += answer["generate_s"]
-                done.setdefault(i, []).append(
-                    answer_row(self.plan.job, metas[i], encoded[i], answer)
-                )
+                done.setdefault(i, []).append(answer_row(job, metas[i], encoded[i], answer))
         rows += [row for i in sorted(done) for row in done[i]]
         return rows, len(videos), stage_s
 
@@ -357,23 +384,42 @@ def job_id_of(cfg) -> str:
     return cfg.job_id or default_job_id(cfg)
 
 
+@dataclass(frozen=True)
+class ModelPlan:
+    """The model a job runs, found from the checkpoint folder's JSON files alone."""
+
+    checkpoint: Path
+    default_id: str | None  # the model id when the job names no checkpoint
+    backend: type[VideoBackend]
+    frames: FrameSpec  # what the backend asks of the decoder
+
+
+def plan_model(cfg) -> ModelPlan:
+    """The job's checkpoint, backend and frame spec, before any model loads: a folder that no
+    backend runs, or a frame count its model does not take, raises ValueError (one line)."""
+    from ..backends import backend_class
+
+    checkpoint, default_id = Path(cfg.checkpoint or "."), None
+    if not cfg.checkpoint:
+        checkpoint, default_id = default_checkpoint()
+    backend = backend_class(checkpoint, cfg.backend)
+    frames = backend.frame_spec(checkpoint, cfg.num_frames)
+    return ModelPlan(checkpoint, default_id, backend, frames)
+
+
 def plan_job(cfg, store) -> tuple[JobPlan, Any]:
     """Read inputs, fix the job id, and open (or resume) the ledger.
 
     Inputs that differ from the job's plan are refused (InputsChanged), or with ``cfg.update``
     planned in new shards; ``ledger.plan_update`` then tells what changed.
     """
-    from ..backends import backend_kind
     from ..jobs.config import config_hash
     from ..jobs.inputs import spool_inputs
     from ..jobs.ledger import Ledger
-    from ..model.config import VideoPandaConfig
     from .fingerprint import checkpoint_fingerprint
 
-    checkpoint, default_id = Path(cfg.checkpoint or "."), None
-    if not cfg.checkpoint:
-        checkpoint, default_id = default_checkpoint()
-    backend_kind(checkpoint)  # a folder that no backend runs fails here, in one line
+    model = plan_model(cfg)
+    checkpoint, backend = model.checkpoint, model.backend
     ckpt_hash = checkpoint_fingerprint(checkpoint)
     job_id = job_id_of(cfg)
     job_hash = hashlib.sha256(f"{config_hash(cfg)}|{ckpt_hash}".encode()).hexdigest()
@@ -387,8 +433,10 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
         "job_id": job_id,
         "kind": cfg.kind,
         "model": {
-            "id": default_id or checkpoint.name,
+            "id": model.default_id or checkpoint.name,
             "checkpoint_hash": ckpt_hash,
+            "backend": backend.kind,
+            "fingerprint": None,  # the loaded backend's (Pipeline)
         },
         "generation": {
             "max_new_tokens": cfg.max_new_tokens,
@@ -405,7 +453,8 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
         prefix=results_prefix(job_id),
         job=job,
         checkpoint=str(checkpoint),
-        input_size=VideoPandaConfig.from_pretrained(checkpoint).image_size,
+        backend=backend.kind,
+        frames=model.frames,
     )
     return plan, ledger
 

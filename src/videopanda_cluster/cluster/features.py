@@ -1,5 +1,7 @@
-"""Feature cache: STAB tokens per video in the store, keyed by (video content hash,
-preprocessing settings, the video's flip decision, STAB weights hash).
+"""Feature cache: a backend's visual features per video in the store, keyed by (video content
+hash, preprocessing settings, the video's flip decision, the backend's feature identity: for
+Video-Panda the STAB weights hash, for any other backend its kind and weights, so backends never
+share entries).
 
 An entry is ``<key>.safetensors`` with ``frame_000`` … ``frame_007`` (each ``(tokens, width)``)
 and the decode provenance (sampled indices, pts, …) in its metadata, then ``<key>.json``, a
@@ -11,14 +13,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from ..jobs.layout import FEATURES_PREFIX, feature_key
 from ..video.extract import PreprocessOptions, decoder_version
+from ..video.sampling import FrameSpec
 
 if TYPE_CHECKING:  # decoders use this module without importing torch
     import torch
+
+
+# FrameSpec fields beside num_frames and size: hashed only when they differ from FrameSpec's
+# defaults, so the keys of entries written before sampling rules existed stay the same
+_SAMPLING_FIELDS = tuple(f.name for f in fields(FrameSpec) if f.name not in ("num_frames", "size"))
+# The backend whose entries predate backends: its kind is implied, not hashed (old keys still hit)
+IMPLIED_BACKEND = "videopanda"
 
 
 def preprocess_fingerprint(options: PreprocessOptions) -> str | None:
@@ -33,6 +43,10 @@ def preprocess_fingerprint(options: PreprocessOptions) -> str | None:
         "flip_seed": options.flip_seed if options.flip == "reference" else None,
         "decoder": decoder_version(),
     }
+    default = FrameSpec()
+    for name in _SAMPLING_FIELDS:
+        if getattr(options, name) != getattr(default, name):
+            fields[name] = getattr(options, name)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -50,16 +64,24 @@ class CacheIdentity:
 
     store_url: str
     preprocess: str
-    stab: str
+    stab: str  # the backend's feature identity (the STAB weights hash for Video-Panda)
     prefix: str = FEATURES_PREFIX
+    backend: str = IMPLIED_BACKEND
 
     @classmethod
-    def of(cls, store_url: str, features: str, options: PreprocessOptions) -> CacheIdentity | None:
-        """``features``: the backend's :meth:`~..backends.VideoBackend.feature_identity`."""
+    def of(
+        cls,
+        store_url: str,
+        features: str,
+        options: PreprocessOptions,
+        backend: str = IMPLIED_BACKEND,
+    ) -> CacheIdentity | None:
+        """``features``: the backend's :meth:`~..backends.VideoBackend.feature_identity`;
+        ``backend``: its kind."""
         fingerprint = preprocess_fingerprint(options)
         if fingerprint is None:
             return None
-        return cls(store_url, fingerprint, features)
+        return cls(store_url, fingerprint, features, backend=backend)
 
 
 class FeatureCache:
@@ -75,6 +97,8 @@ class FeatureCache:
         unflipped are never served for it."""
         ident = self.identity
         text = f"{content_hash}|{ident.preprocess}|{ident.stab}" + ("|flipped" if flipped else "")
+        if ident.backend != IMPLIED_BACKEND:
+            text += f"|backend={ident.backend}"
         return feature_key(ident.prefix, hashlib.sha256(text.encode()).hexdigest())
 
     def _provenance_key(self, content_hash: str, flipped: bool) -> str:

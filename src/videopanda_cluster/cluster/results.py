@@ -12,7 +12,13 @@ in pyarrow.dataset, pandas, DuckDB, Spark or Hugging Face ``datasets``. ``schema
 
 Jobs written before the contract kept ``results/shard-<n>.jsonl`` (trusted) next to a Parquet
 file of JSON strings; :func:`read_results` still reads their JSONL files, as rows of
-``schema_version`` 0.
+``schema_version`` 0. Shards of an earlier version read as :data:`RESULT_SCHEMA` too, the fields
+added since null, keeping their ``schema_version``:
+
+- 1: before backends; version 2 added ``model.backend`` and ``model.fingerprint`` (the backend
+  that answered and its :meth:`~..backends.VideoBackend.fingerprint`) and
+  ``provenance.frame_size`` (frames handed over as decoded; ``valid_box``, ``token_grid``,
+  ``tokens_per_frame`` and ``input_size`` are null for them).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from ..jobs.layout import results_prefix
 if TYPE_CHECKING:
     from ..storage.base import Store
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LEGACY_SCHEMA_VERSION = 0  # rows read from the JSONL files of jobs written before the contract
 
 
@@ -57,7 +63,8 @@ class ResultRow:
     """One result row: per (video, question) for QA, per video for captions and features.
 
     Nested fields are dicts in the pipeline: ``provenance`` (``Provenance.to_dict()``),
-    ``model`` (id, checkpoint_hash), ``generation`` (the generation options, None for features),
+    ``model`` (id, checkpoint_hash, backend, fingerprint), ``generation`` (the generation
+    options, None for features),
     ``timings`` (:class:`Timings`), ``workers`` (:class:`Workers`). ``error`` is a
     :class:`~videopanda_cluster.video.errors.Reason` value when ``status`` is ``"error"``.
     """
@@ -106,10 +113,18 @@ PROVENANCE = pa.struct(
         ("container", pa.string()),
         ("decoder", pa.string()),
         ("input_size", pa.int64()),
+        ("frame_size", _INTS),
         ("visual_tokens", pa.int64()),
     ]
 )
-MODEL = pa.struct([("id", pa.string()), ("checkpoint_hash", pa.string())])
+MODEL = pa.struct(
+    [
+        ("id", pa.string()),
+        ("checkpoint_hash", pa.string()),
+        ("backend", pa.string()),
+        ("fingerprint", pa.string()),
+    ]
+)
 GENERATION = pa.struct(
     [
         ("max_new_tokens", pa.int64()),
@@ -212,13 +227,21 @@ def iter_results(store: Store, job_id: str) -> Iterator[pa.RecordBatch]:
     for shard_id in sorted(shards):
         layout, key = shards[shard_id]
         if layout == "parquet":
-            table = pq.read_table(io.BytesIO(store.get(key)), schema=RESULT_SCHEMA)
+            table = _current(pq.read_table(io.BytesIO(store.get(key))))
         else:
             lines = store.get(key).decode("utf-8").splitlines()
             rows = [json.loads(line) for line in lines if line.strip()]
             table = to_table(rows, LEGACY_SCHEMA_VERSION) if rows else None
         if table is not None:
             yield from table.to_batches()
+
+
+def _current(table: pa.Table) -> pa.Table:
+    """A shard's table as :data:`RESULT_SCHEMA`: a shard of an earlier version gets the fields
+    added since as nulls (its rows keep their ``schema_version``)."""
+    if table.schema.equals(RESULT_SCHEMA, check_metadata=False):
+        return table.replace_schema_metadata(RESULT_SCHEMA.metadata)
+    return pa.Table.from_pylist(table.to_pylist(), schema=RESULT_SCHEMA)
 
 
 def read_results(store: Store, job_id: str) -> pa.Table:

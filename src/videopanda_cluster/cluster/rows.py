@@ -48,6 +48,11 @@ def error_rows(job: dict[str, Any], decoded: dict[str, Any], questions: list[dic
 
 
 def encoded_fields(row: dict[str, Any], encoded: dict[str, Any]) -> None:
+    """The encoder's fields of a row; the visual token count is the encoder's where the decode
+    could not tell it (frames as decoded)."""
+    provenance = row["provenance"]
+    if provenance is not None and provenance.get("visual_tokens") is None:
+        row["provenance"] = {**provenance, "visual_tokens": encoded.get("visual_tokens")}
     row["timings"]["encode_s"] = encoded["encode_s"]
     row["workers"]["encode"] = encoded["encode_worker"]
     row["feature_cache_hit"] = encoded["cache_hit"]

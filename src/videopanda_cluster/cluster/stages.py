@@ -1,6 +1,6 @@
 """The pipeline's stage workers. Each class becomes one Ray actor kind (see ``driver.py``).
 
-DecodeWorker    video URI -> sampled, letterboxed uint8 frames + provenance     (CPU, many)
+DecodeWorker    video URI -> sampled uint8 frames (as the backend's FrameSpec asks) + provenance
 EncodeWorker    frames -> a backend's features per frame, via the feature cache   (GPU if any)
 GenerateWorker  features + questions -> answers (the backend's answer path)      (GPU if any)
 WriterWorker    rows -> a Parquet shard of RESULT_SCHEMA (+ JSONL if asked)          (I/O)
@@ -109,19 +109,31 @@ class EncodeWorker:
     """A backend's visual encoder over batches of videos; reads and fills the feature cache."""
 
     def __init__(
-        self, checkpoint: str, device: str | None, options: PreprocessOptions, cache_url: str | None
+        self,
+        checkpoint: str,
+        device: str | None,
+        options: PreprocessOptions,
+        cache_url: str | None,
+        backend: str | None = None,
     ) -> None:
+        """``backend``: a key of ``BACKENDS`` (default: the folder's ``model_type``)."""
         from ..backends import load_backend
         from .features import CacheIdentity, FeatureCache
 
-        self.backend = load_backend(checkpoint, device=device, with_llm=False)
+        self.backend = load_backend(checkpoint, kind=backend, device=device, with_llm=False)
         self.options = options
         identity = (
-            CacheIdentity.of(cache_url, self.backend.feature_identity(), options)
+            CacheIdentity.of(
+                cache_url, self.backend.feature_identity(), options, backend=self.backend.kind
+            )
             if cache_url
             else None
         )
         self.cache = FeatureCache(identity) if identity else None
+
+    def fingerprint(self) -> str:
+        """The loaded backend's fingerprint (recorded in every row)."""
+        return self.backend.fingerprint()
 
     def cache_identity(self) -> dict[str, str] | None:
         """What decoders need to find this encoder's cache entries (None: no cache)."""
@@ -165,8 +177,9 @@ class EncodeWorker:
                 "feature_key": self.cache.key(v.content_hash, v.flipped) if self.cache else None,
                 "encode_s": elapsed,
                 "encode_worker": worker_id(),
+                "visual_tokens": self.backend.visual_tokens(features),
             }
-            for hit, v in zip(hits, videos, strict=True)
+            for hit, v, features in zip(hits, videos, tokens, strict=True)
         ]
         return metas, tokens
 
@@ -175,11 +188,15 @@ class GenerateWorker:
     """A backend's answer path: every prompt of a batch of videos."""
 
     def __init__(
-        self, checkpoint: str, device: str | None, attention: AttentionImpl = "eager"
+        self,
+        checkpoint: str,
+        device: str | None,
+        attention: AttentionImpl = "eager",
+        backend: str | None = None,
     ) -> None:
         from ..backends import load_backend
 
-        self.backend = load_backend(checkpoint, device=device, attention=attention)
+        self.backend = load_backend(checkpoint, kind=backend, device=device, attention=attention)
 
     def generate(
         self,

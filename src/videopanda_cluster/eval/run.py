@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..jobs.config import OPERATIONAL_FIELDS, build_config
+from ..jobs.config import build_config, hashed_settings
 from ..jobs.ledger import check_job_id
 from ..storage.base import Store
 from .benchmarks import Benchmark, BenchmarkError, EvalItem, load_benchmark
@@ -88,7 +88,9 @@ def run_eval(
     summary = run_job(build_config({}, {**settings, "inputs": str(inputs), "job_id": job_id}))
     store = open_store(output)
     rows = read_result_rows(store, job_id)
-    return write_run(store, bench, run_id, job_id, summary["model"], rows)
+    # the rows' model has the backend's fingerprint even when this call ran no shard
+    model = next((r["model"] for r in rows if r.get("model")), summary["model"])
+    return write_run(store, bench, run_id, job_id, model, rows)
 
 
 def _nothing_found(bench: Benchmark) -> str:
@@ -112,7 +114,7 @@ def _check_run_id(run_id: str) -> str:
 def _digest(bench: Benchmark, manifest: str, settings: dict[str, Any]) -> str:
     """sha256 of the benchmark files, the manifest and the result-affecting settings."""
     cfg = build_config({}, {**settings, "inputs": "manifest.jsonl"})  # validates the settings
-    hashed = cfg.model_dump(mode="json", exclude=set(OPERATIONAL_FIELDS | {"inputs"}))
+    hashed = hashed_settings(cfg, exclude=frozenset({"inputs"}))
     digest = hashlib.sha256(bench.name.encode())
     for path in bench.files:
         digest.update(hashlib.sha256(path.read_bytes()).digest())
@@ -146,7 +148,8 @@ def read_result_rows(store: Store, job_id: str) -> list[dict[str, Any]]:
 
 def item_record(item: EvalItem, rows: list[dict | None]) -> tuple[dict[str, Any], list[str]]:
     """The items.jsonl line of ``item`` given its result rows (None: no row), and its answers
-    (empty unless the status is "ok": a failed decode is never a prediction)."""
+    (empty unless the status is "ok": a failed decode is never a prediction). ``backend`` and
+    ``fingerprint`` are those of the backend that answered (or failed) it."""
     record = {
         "id": item.id,
         "subset": item.subset,
@@ -162,7 +165,11 @@ def item_record(item: EvalItem, rows: list[dict | None]) -> tuple[dict[str, Any]
         "message": None,
         "sampled_indices": None,
         "flipped": None,
+        "backend": None,
+        "fingerprint": None,
     }
+    model = next((r["model"] for r in rows if r is not None and r.get("model")), None) or {}
+    record.update(backend=model.get("backend"), fingerprint=model.get("fingerprint"))
     if item.uri is None:
         record.update(status="missing", message="no video file found for this item")
         return record, []

@@ -69,6 +69,8 @@ class JobConfig(BaseModel):
     output: NonEmpty = "out"  # store url
     job_id: str | None = None  # default: default_job_id(cfg)
     checkpoint: str | None = None  # model folder; None = the bundled model, else tiny random
+    backend: str | None = None  # a key of backends.BACKENDS; None: the folder's model_type
+    num_frames: Positive | None = None  # frames per video; None: the model's (others if it allows)
     caption_prompt: QuestionText = "Describe this video in detail."
     questions: list[QuestionText] = Field(default_factory=list)  # qa: for videos without questions
     # generation
@@ -115,6 +117,15 @@ class JobConfig(BaseModel):
     def _valid_job_id(cls, value: str | None) -> str | None:
         return None if value is None else check_job_id(value)
 
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str | None) -> str | None:
+        from ..backends import BACKENDS
+
+        if value is not None and value not in BACKENDS:
+            raise ValueError(f"no backend {value!r}; supported: {', '.join(sorted(BACKENDS))}")
+        return value
+
 
 OPERATIONAL_FIELDS = frozenset(
     {"address", "decode_workers", "encode_workers", "generate_workers", "max_in_flight",
@@ -124,6 +135,9 @@ OPERATIONAL_FIELDS = frozenset(
 )  # fmt: skip
 # Everything else, new fields included, is hashed.
 RESULT_FIELDS = frozenset(JobConfig.model_fields) - OPERATIONAL_FIELDS
+# Result fields added after jobs existed: hashed only when set, so the jobs planned before them
+# keep their hashes and ids (None is what every earlier job did)
+HASHED_WHEN_SET = frozenset({"backend", "num_frames"})
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -182,9 +196,17 @@ def _problem(error: Any) -> str:
     return message
 
 
+def hashed_settings(cfg: JobConfig, exclude: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The :data:`RESULT_FIELDS` of ``cfg`` that its hash covers (JSON values), but ``exclude``;
+    a field of :data:`HASHED_WHEN_SET` only when it is set."""
+    values = cfg.model_dump(mode="json", exclude=set(OPERATIONAL_FIELDS | exclude))
+    return {k: v for k, v in values.items() if not (k in HASHED_WHEN_SET and v is None)}
+
+
 def config_hash(cfg: JobConfig) -> str:
-    """sha256 (hex) of the canonical JSON of the :data:`RESULT_FIELDS` of ``cfg``."""
-    fields = cfg.model_dump(mode="json", exclude=set(OPERATIONAL_FIELDS))
+    """sha256 (hex) of the canonical JSON of the :data:`RESULT_FIELDS` of ``cfg`` (see
+    :func:`hashed_settings`)."""
+    fields = hashed_settings(cfg)
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

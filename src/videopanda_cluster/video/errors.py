@@ -21,6 +21,7 @@ class Reason(StrEnum):
     CRASHED = "decoder_crashed"  # the isolated decode process died
     NOT_A_FILE = "not_a_file"  # a directory, FIFO, device, socket or symlink loop
     SOURCE_UNREADABLE = "source_unreadable"  # the input could not be opened or read (bad URI...)
+    TOO_FEW_FRAMES = "too_few_frames"  # fewer frames than the model's sampling rule takes
     # Faults of a job's input rather than of the video file (one enum for every row error code)
     QUESTION_TOO_LONG = "question_too_long"  # the prompt and the answer exceed the model's context
     NO_QUESTION = "no_question"  # a qa job's video with no question: nothing to answer

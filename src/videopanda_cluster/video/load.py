@@ -33,10 +33,13 @@ def load_video(
     source's bytes (the pipeline's content hash) for the video's coin.
     """
     options = options or PreprocessOptions()
+    if options.size is None or options.num_frames is None:
+        raise ValueError("Video-Panda's input needs letterboxed frames (size) and a frame count")
     extracted = extract_video(source, options, runner)  # bad input fails here, as unflipped
     seeded = options.flip == "reference" and options.flip_seed is not None
     flipped = flip_coin(options, content_hash(source) if seeded else None)
     extracted.provenance.flipped = flipped
+    assert extracted.geometry is not None  # letterboxed: options.size is set
     pixels = to_model_input(extracted.frames, extracted.geometry, options.num_frames, flipped)
     return VideoInput(pixels, extracted.provenance)
 

@@ -40,8 +40,10 @@ def uniform_positions(total: int, count: int) -> list[int]:
     """``transformers``' ``BaseVideoProcessor.sample_frames`` for ``count`` frames of ``total``:
     ``torch.arange(0, total, total / count).int()``, reproduced without torch (the positions are
     computed in double precision, rounded to float32 and truncated, as torch's CPU arange)."""
-    if count < 1 or total < 1:
-        raise ValueError(f"need at least one frame, got {count} of {total}")
+    if total < 1:
+        raise ValueError(f"need at least one frame, got {total}")
+    if count < 1:  # a rate-based count that rounds to nothing: the video is too short for it
+        raise TooFewFrames(f"the sampling takes no frame of a video of {total}")
     if count > total:
         raise TooFewFrames(f"{count} frames asked of a video of {total}")
     step = total / count
