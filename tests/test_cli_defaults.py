@@ -15,7 +15,7 @@ from videopanda_cluster.eval.config import EvalConfig
 from videopanda_cluster.eval.judge import JudgeConfig
 from videopanda_cluster.eval.protocol import builtin_protocol
 from videopanda_cluster.jobs.config import JobConfig
-from videopanda_cluster.train.config import RecipeConfig
+from videopanda_cluster.train.config import WARMUP_GROUPS, RecipeConfig
 
 
 def _command(*path: str) -> click.Command:
@@ -38,6 +38,11 @@ def test_train_defaults_are_the_recipe_configs():
     checked = set()
     for name, default in _defaults("train").items():
         if name in own:
+            continue
+        if name == "warmup_group":  # a field of the warm-up's own config: None means its default
+            from videopanda_cluster.train.warmup import WarmupConfig
+
+            assert default is None and WarmupConfig().groups == WARMUP_GROUPS
             continue
         field = renamed.get(name, name)
         assert field in fields, f"--{name} maps to no RecipeConfig field"
