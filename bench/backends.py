@@ -11,10 +11,12 @@ where every number comes from):
   frames letterboxed to 448 as our decoder does (2 clips of 4 frames, mask channel);
 - ``video_llava``: ``VideoLlavaModel.get_video_features`` (its video tower, CLIP ViT-L/14 at 224,
   layer -2, and the projector to 4096) on a module holding only those parts, on the frames resized
-  to 224 on the short side and centre-cropped, as ``VideoLlavaVideoProcessor``;
+  to 224 on the short side and centre-cropped by ``VideoLlavaVideoProcessor``'s preprocessing
+  (the backends' own, ``backends/processing.py``);
 - ``qwen2_vl``: ``Qwen2VisionTransformerPretrainedModel`` (Qwen2-VL-7B's vision tower with its
   merger to 3584), on the frames resized to ``smart_resize`` of their size with the video
-  processor's min/max pixels and cut into its patches, as ``Qwen2VLVideoProcessor``.
+  processor's min/max pixels and cut into its patches by the ``qwen2_vl`` backend's
+  preprocessing (``backends/qwen2_vl_processing.py``, equal to ``Qwen2VLVideoProcessor``).
 
 The video is a synthetic scene (``video.samples``) encoded to H.264 and decoded back, 8 frames at
 ``--source`` size; the bench asserts every model was given those frames (shape and sha256).
@@ -41,17 +43,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from loadavg import load
+from videopanda_cluster.backends.processing import VideoProcessing
+from videopanda_cluster.backends.qwen2_vl_processing import QwenVideoProcessing
 from videopanda_cluster.model.config import VideoPandaConfig
 from videopanda_cluster.model.projector import build_projector
 from videopanda_cluster.model.stab import STAB
 from videopanda_cluster.video.decode import decode_all
 from videopanda_cluster.video.geometry import compute_geometry
 from videopanda_cluster.video.letterbox import letterbox
-from videopanda_cluster.video.normalize import CLIP_MEAN, CLIP_STD, to_model_input
+from videopanda_cluster.video.normalize import to_model_input
 from videopanda_cluster.video.probe import DecodeLimits, open_video
 from videopanda_cluster.video.samples import SampleSpec, write_video
 
@@ -155,17 +158,6 @@ def video_frames(width: int, height: int, count: int) -> np.ndarray:
     return np.stack(frames)
 
 
-def _normalised(frames: np.ndarray, width: int, height: int) -> torch.Tensor:
-    """(T, H, W, 3) uint8 → (T, 3, height, width) float32: PIL-bicubic resize, CLIP mean/std."""
-    resized = np.stack(
-        [np.asarray(Image.fromarray(f).resize((width, height), Image.Resampling.BICUBIC))
-         for f in frames]
-    )  # fmt: skip
-    pixels = torch.from_numpy(resized).permute(0, 3, 1, 2) / 255.0
-    mean, std = torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD)
-    return (pixels - mean[:, None, None]) / std[:, None, None]
-
-
 # -- the visual paths --------------------------------------------------------------------------
 @dataclass
 class Visual:
@@ -223,43 +215,38 @@ def video_llava(spec: Spec, frames: np.ndarray) -> Visual:
     config = VideoLlavaConfig(**spec.video_llava)
     model = VideoLlavaVisual(config).eval()
     side = config.vision_config.image_size
-    height, width = frames.shape[1:3]
-    short = min(height, width)  # shortest edge to ``side``, then the centre ``side`` square
-    size = (int(side * width / short), int(side * height / short))
-    pixels = _normalised(frames, *size)
-    top, left = (pixels.shape[2] - side) // 2, (pixels.shape[3] - side) // 2
-    videos = pixels[None, :, :, top : top + side, left : left + side].contiguous()
+    processing = VideoProcessing.from_dict(  # the processor's class defaults at this tower's side
+        {"size": {"shortest_edge": side}, "crop_size": {"height": side, "width": side}},
+        "VideoLlavaVideoProcessor",
+    )
+    videos = processing(frames)[None]
     attention = model.video_tower.config._attn_implementation
     return Visual(lambda: model(videos), model, fingerprint(frames), list(videos.shape), attention)
 
 
-def qwen2_vl_patches(pixels: torch.Tensor, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T, C, H, W) → the flattened patches (t·h·w, C·tp·p·p) and ``grid_thw`` (1, 3), in the
-    order ``Qwen2VLVideoProcessor`` lays them out (merge windows contiguous)."""
-    tp, p, m = config.temporal_patch_size, config.patch_size, config.spatial_merge_size
-    frames, channels, height, width = pixels.shape
-    t, h, w = frames // tp, height // p, width // p
-    patches = pixels.reshape(t, tp, channels, h // m, m, p, w // m, m, p)
-    patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    return patches.reshape(t * h * w, channels * tp * p * p), torch.tensor([[t, h, w]])
-
-
 def qwen2_vl(spec: Spec, frames: np.ndarray) -> Visual:
     from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
     from transformers.models.qwen2_vl.modeling_qwen2_vl import (
         Qwen2VisionTransformerPretrainedModel,
     )
 
     config = Qwen2VLVisionConfig(**spec.qwen2_vl)
     model = Qwen2VisionTransformerPretrainedModel(config).eval()
-    if len(frames) % config.temporal_patch_size:
-        raise ValueError(f"{len(frames)} frames: not a multiple of the temporal patch")
-    factor = config.patch_size * config.spatial_merge_size
-    height, width = smart_resize(frames.shape[1], frames.shape[2], factor, *spec.qwen2_vl_pixels)
-    patches, grid = qwen2_vl_patches(_normalised(frames, width, height), config)
-    return Visual(lambda: model(patches, grid_thw=grid), model, fingerprint(frames),
-                  [len(frames), 3, height, width], model.config._attn_implementation)  # fmt: skip
+    processing = QwenVideoProcessing.from_dict(
+        {
+            "min_pixels": spec.qwen2_vl_pixels[0],
+            "max_pixels": spec.qwen2_vl_pixels[1],
+            "patch_size": config.patch_size,
+            "temporal_patch_size": config.temporal_patch_size,
+            "merge_size": config.spatial_merge_size,
+        }
+    )
+    patches, grid = processing.patches(frames)
+    _, h, w = grid
+    shape = [len(frames), 3, h * config.patch_size, w * config.patch_size]
+    grid_thw = torch.tensor([grid])
+    return Visual(lambda: model(patches, grid_thw=grid_thw), model, fingerprint(frames), shape,
+                  model.config._attn_implementation)  # fmt: skip
 
 
 MODELS: dict[str, Callable[[Spec, np.ndarray], Visual]] = {

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,29 +81,3 @@ def test_quick_run_measures_every_model_on_the_same_frames(quick_run):
     table = proc.stdout.splitlines()
     assert any(line.startswith("video_llava/video_panda: time ") for line in table)
     assert sum(" | " in line for line in table) == 1 + len(MODELS)  # header and one row each
-
-
-QWEN2_VL_PROCESSOR = """
-import torch
-from transformers import Qwen2VLVideoProcessor
-processor = Qwen2VLVideoProcessor(do_resize=False)
-out = processor(videos=[ARRAYS["frames"]], return_tensors="pt")
-OUT_ARRAYS = {"patches": out["pixel_values_videos"].numpy(),
-              "grid": out["video_grid_thw"].numpy()}
-"""
-
-
-@pytest.mark.slow
-def test_qwen2_vl_input_equals_the_processor(bench_module):
-    """The patches and grid the bench gives Qwen2-VL's vision tower are
-    ``Qwen2VLVideoProcessor``'s for frames already at their ``smart_resize`` size."""
-    from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
-
-    from tests.hf_reference import run_reference
-
-    frames = np.random.default_rng(0).integers(0, 256, (4, 56, 84, 3), dtype=np.uint8)
-    out, _ = run_reference(QWEN2_VL_PROCESSOR, {"frames": frames}, {})
-    pixels = bench_module._normalised(frames, 84, 56)
-    patches, grid = bench_module.qwen2_vl_patches(pixels, Qwen2VLVisionConfig())
-    assert grid.tolist() == out["grid"].tolist() == [[2, 4, 6]]
-    np.testing.assert_allclose(patches.numpy(), out["patches"], atol=1e-5)
