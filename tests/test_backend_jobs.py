@@ -61,34 +61,40 @@ def ray_local():
 
 
 @pytest.fixture(scope="module")
-def runs(ray_local, corpus, tmp_path_factory) -> dict[str, dict[str, Any]]:
-    """Per backend: its folder, the qa job's rows and the eval run's record."""
+def inputs(corpus, tmp_path_factory) -> dict[str, Any]:
+    """The job's videos and the msvd-qa benchmark, shared by every backend."""
     root = tmp_path_factory.mktemp("backend-jobs")
-    inputs = root / "inputs"
-    inputs.mkdir()
+    (root / "inputs").mkdir()
     for name in VIDEOS:
-        (inputs / name).symlink_to(corpus / name)
+        (root / "inputs" / name).symlink_to(corpus / name)
     bench = make_benchmark_fixture("msvd-qa", root / "msvd", corpus, missing=0)
-    out = {}
-    for kind, write in WRITERS.items():
-        folder = write(root / kind)
-        settings = {"checkpoint": str(folder), "num_frames": 4, "max_new_tokens": NEW_TOKENS}
-        _, summary = job("qa", inputs, root / "store", questions=QUESTIONS, **settings)
-        run = run_eval("msvd-qa", bench["data_root"], str(root / "store"), **settings)
-        out[kind] = {
-            "folder": folder,
-            "rows": read_rows(root / "store", summary["job_id"]),
-            "run": run,
-            "eval_rows": read_result_rows(LocalStore(root / "store"), run["job_id"]),
-            "bench": bench,
-        }
-    return out
+    return {"root": root, "bench": bench}
+
+
+@pytest.fixture(scope="module", params=list(WRITERS))
+def run(request, ray_local, inputs) -> dict[str, Any]:
+    """One backend (a fixture per backend: each setup holds two jobs): its folder, the qa
+    job's rows, the eval run's record and rows."""
+    kind, root, bench = request.param, inputs["root"], inputs["bench"]
+    folder = WRITERS[kind](root / kind)
+    settings = {"checkpoint": str(folder), "num_frames": 4, "max_new_tokens": NEW_TOKENS}
+    _, summary = job("qa", root / "inputs", root / "store", questions=QUESTIONS, **settings)
+    record = run_eval("msvd-qa", bench["data_root"], str(root / "store"), **settings)
+    return {
+        "kind": kind,
+        "folder": folder,
+        "settings": settings,
+        "rows": read_rows(root / "store", summary["job_id"]),
+        "run": record,
+        "eval_rows": read_result_rows(LocalStore(root / "store"), record["job_id"]),
+        "bench": bench,
+        "root": root,
+    }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", list(WRITERS))
-def test_a_qa_job_and_an_eval_run_answer_every_question(runs, kind):
-    run = runs[kind]
+def test_a_qa_job_and_an_eval_run_answer_every_question(run):
+    kind = run["kind"]
     rows = run["rows"]
     assert len(rows) == len(VIDEOS) * len(QUESTIONS)
     assert all(r["status"] == "ok" and r["answer"] is not None for r in rows), rows
@@ -106,27 +112,26 @@ def test_a_qa_job_and_an_eval_run_answer_every_question(runs, kind):
 
 
 @pytest.fixture(scope="module")
-def reference(runs, corpus) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The real processor's inputs for every answered (backend, video, question) of the jobs,
+def reference(run, corpus) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The real processor's inputs for every answered (video, question) of the backend's job,
     on the frames each row says were sampled."""
     arrays, args = {}, {}
-    for kind, run in runs.items():
-        for n, r in enumerate(run["rows"]):
-            name = Path(r["uri"]).name
-            frames = pyav_frames(corpus / name)
-            key = f"{kind}-{n}"
-            arrays[key] = np.stack([frames[i] for i in r["provenance"]["sampled_indices"]])
-            args[key] = {"folder": str(run["folder"]), "question": r["question"], "frames": key}
+    kind = run["kind"]
+    for n, r in enumerate(run["rows"]):
+        name = Path(r["uri"]).name
+        frames = pyav_frames(corpus / name)
+        key = f"{kind}-{n}"
+        arrays[key] = np.stack([frames[i] for i in r["provenance"]["sampled_indices"]])
+        args[key] = {"folder": str(run["folder"]), "question": r["question"], "frames": key}
     return run_reference(REFERENCE, arrays, args)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", list(WRITERS))
-def test_job_answers_equal_the_models_own_generate_on_the_processors_inputs(runs, reference, kind):
+def test_job_answers_equal_the_models_own_generate_on_the_processors_inputs(run, reference):
     import transformers
 
     arrays, keys = reference
-    run = runs[kind]
+    kind = run["kind"]
     cls = backend_class(run["folder"])
     model_cls = getattr(transformers, cls.model_class)
     model = model_cls.from_pretrained(run["folder"], local_files_only=True, dtype=torch.float32)
@@ -149,3 +154,22 @@ def test_job_answers_equal_the_models_own_generate_on_the_processors_inputs(runs
         assert r["answer"] == tokenizer.decode(new, skip_special_tokens=True).strip(), json.dumps(
             {"video": r["video_id"], "question": r["question"]}
         )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", ["video_llava"], indirect=True)
+def test_caption_and_features_jobs_take_a_transformers_backend(run):
+    """Video-LLaVA's folder in the other two job kinds, on the store its qa job filled: the
+    features are the cached ones (same backend, frames and weights), the captions answered."""
+    store, inputs, settings = run["root"] / "store", run["root"] / "inputs", run["settings"]
+    _, features = job("features", inputs, store, **settings)
+    _, captions = job("caption", inputs, store, **settings)
+    for summary in (features, captions):
+        rows = read_rows(store, summary["job_id"])
+        assert len(rows) == len(VIDEOS)
+        assert all(r["status"] == "ok" and r["feature_cache_hit"] for r in rows), rows
+        assert {r["model"]["backend"] for r in rows} == {"video_llava"}
+        assert {r["feature_key"] for r in rows} == {
+            r["feature_key"] for r in run["rows"]
+        }  # the qa job's entries
+    assert all(r["answer"] for r in read_rows(store, captions["job_id"]))
