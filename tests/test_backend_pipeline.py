@@ -177,7 +177,9 @@ def test_job_commands_refuse_an_unknown_backend_or_frame_count(tiny, inputs_dir,
     base = [command, str(inputs_dir), "--output", str(tmp_path), "--checkpoint", str(tiny)]
     base += ["--question", "why?"] if command == "qa" else []
     line = one_line_usage_error([*base, "--backend", "qwen9"])
-    assert "no backend 'qwen9'; supported: videopanda" in line
+    from videopanda_cluster.backends import BACKENDS
+
+    assert f"no backend 'qwen9'; supported: {', '.join(sorted(BACKENDS))}" in line
     line = one_line_usage_error([*base, "--num-frames", "16"])
     assert line == "error: Video-Panda takes 8 frames per video, not 16"
     assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir())
