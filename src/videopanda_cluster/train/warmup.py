@@ -10,7 +10,8 @@ corpus's ground truth (``metadata.json``, as ``scene_teacher.py``): for every sa
 token, the shape kind covering most of its cell (or "none" below ``min_cover``), and the motion (a
 direction, still or none) of the shape covering it; colour labels and each frame's set of (kind,
 colour) pairs read from its mean token are available (``groups``) but not used by the recipe (colour
-learns from the language loss; "pairs" did not help, docs/training.md). Motion was left to the
+learns from the language loss; "pairs" did not help, and a per-cell colour head beside kind and
+motion cost shape accuracy, docs/training.md "Eighth round"). Motion was left to the
 distillation until its small shapes learned the axis but not the sense of a motion ("Seventh
 round"). One linear head per label group reads the projected tokens; the heads are dropped
 afterwards and the LLM is not touched. It is privileged information, used in training only;
