@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import torch
 from tests.synth_helpers import letterboxed_corpus
 from videopanda_cluster.model.modeling import VideoPanda
 from videopanda_cluster.storage import LocalStore
-from videopanda_cluster.train import recipe
+from videopanda_cluster.train import data, recipe
 from videopanda_cluster.train.config import RecipeConfig
 from videopanda_cluster.train.scene_teacher import CHANNELS, MOTIONS
 from videopanda_cluster.train.synth import load_metadata
@@ -180,3 +181,21 @@ def test_the_cli_takes_warmup_steps(corpus, tmp_path):
     training = json.loads((tmp_path / "o" / "model" / "training.json").read_text())
     assert training["warmup"]["config"]["steps"] == 2
     assert "warm-up step 2/2" in done.stdout
+
+
+def test_a_recipe_in_one_process_decodes_each_video_once(corpus, tmp_path, monkeypatch):
+    """The warm-up and every in-process stage share one decode cache (``FrameCache``)."""
+    decoded: list[str] = []
+    real = data.decode_video
+
+    def counting(path, *args, **kwargs):
+        decoded.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(data, "decode_video", counting)
+    run = dict(max_steps=2, image_size=112, global_batch=2, micro_batch=2, threads=1)
+    run.update(llm_layers=1, hparams="reference", workers=0, warmup=WarmupConfig(steps=1, batch=2))
+    recipe.run_recipe(corpus, str(tmp_path / "out"), ("prealign", "pretrain"), RecipeConfig(**run))
+    train = {v.name for v, split in load_metadata(corpus) if split == "train"}
+    assert len(train) > 4 and {Path(p).stem for p in decoded} == train
+    assert len(decoded) == len(train)  # the warm-up decoded them; both stages reused that

@@ -14,7 +14,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -36,7 +36,7 @@ VIDEO_MARKERS = ("<video>", IMAGE_MARKER)
 ROLES = {"human": "USER", "gpt": "ASSISTANT"}
 ANSWER_SEP = " ASSISTANT: "  # sep + assistant role + ": ", where each answer starts
 Overflow = Literal["truncate", "skip"]
-DEFAULT_CACHE_BYTES = 2 << 30  # decoded frames kept per dataset (uint8): 2 GiB
+DEFAULT_CACHE_BYTES = 2 << 30  # decoded frames kept per cache (uint8): 2 GiB
 
 
 class SampleError(ValueError):
@@ -187,6 +187,28 @@ def decode_video(path: str | Path, num_frames: int, size: int, isolate: bool = T
     return extracted.frames, extracted.geometry
 
 
+class FrameCache:
+    """Decoded clips (uint8 frames and geometry, exactly what :func:`decode_video` gives) kept
+    in memory up to ``max_bytes``; one cache shared by the warm-up and the stages of a run in
+    one process decodes each video once. Failures are not cached: a retry decodes again."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.max_bytes, self.bytes, self.decodes = max_bytes, 0, 0
+        self._clips: dict[tuple[str, int, int, bool], tuple[Any, Any]] = {}
+
+    def decode(self, path: str | Path, num_frames: int, size: int, isolate: bool = True):
+        """``decode_video``'s result, from memory when this cache has it."""
+        key = (str(Path(path).resolve()), num_frames, size, isolate)
+        if key in self._clips:
+            return self._clips[key]
+        decoded = decode_video(path, num_frames, size, isolate)
+        self.decodes += 1
+        if self.bytes + decoded[0].nbytes <= self.max_bytes:
+            self._clips[key] = decoded
+            self.bytes += decoded[0].nbytes
+        return decoded
+
+
 def load_video(
     path: str | Path, num_frames: int, size: int, flip: bool = False, isolate: bool = True
 ) -> torch.Tensor:
@@ -200,8 +222,9 @@ class VideoConversationDataset:
 
     ``flip`` turns on the reference's training-time horizontal flip (p = 0.5, all frames, mask
     unflipped), with the coin drawn from the ``seed`` given to :meth:`load`. Decoded frames (uint8,
-    before flip and normalisation) are kept in memory up to ``cache_bytes``, so later epochs skip
-    the decoder; what is cached is exactly what a fresh decode gives, so results do not change.
+    before flip and normalisation) are kept in ``frames`` (a new :class:`FrameCache` of
+    ``cache_bytes`` when None), so later epochs skip the decoder; what is cached is exactly what
+    a fresh decode gives, so results do not change.
     """
 
     def __init__(
@@ -215,13 +238,14 @@ class VideoConversationDataset:
         flip: bool = True,
         isolate: bool = True,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        frames: FrameCache | None = None,
     ) -> None:
         self.records = list(records)
         self.video_root = Path(video_root)
         self.tokenizer = tokenizer
         self.num_frames, self.size, self.system = num_frames, size, system
         self.flip, self.isolate = flip, isolate
-        self.cache_bytes, self._cache, self._cached_bytes = cache_bytes, {}, 0
+        self.frames = frames if frames is not None else FrameCache(cache_bytes)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -231,21 +255,11 @@ class VideoConversationDataset:
         record = self.records[index]
         ids, labels = encode_record(record, self.tokenizer, self.num_frames, self.system)
         flip = self.flip and seed is not None and random.Random(seed).random() < 0.5
-        frames, geometry = self._decoded(record.video)
+        frames, geometry = self.frames.decode(
+            self.video_root / record.video, self.num_frames, self.size, self.isolate
+        )
         pixels = to_model_input(frames, geometry, self.num_frames, flip=flip)
         return Sample(record.id, ids, labels, pixels, record.focus)
-
-    def _decoded(self, video: str):
-        """A video's decoded frames and geometry, from the cache when there (failures are not
-        cached: a rerun of a failed decode tries again)."""
-        if video in self._cache:
-            return self._cache[video]
-        decoded = decode_video(self.video_root / video, self.num_frames, self.size, self.isolate)
-        size = decoded[0].nbytes
-        if self._cached_bytes + size <= self.cache_bytes:
-            self._cache[video] = decoded
-            self._cached_bytes += size
-        return decoded
 
 
 def expand_labels(

@@ -46,8 +46,9 @@ class RayStageJob:
         model.set_attention(self.attention)
         return model
 
-    def dataset(self, model):
-        """The job's training records over its videos, prepared for ``model``."""
+    def dataset(self, model, frames=None):
+        """The job's training records over its videos, prepared for ``model``; ``frames``: a
+        ``FrameCache`` shared with other stages of a run in this process (None: its own)."""
         from .data import VideoConversationDataset, load_records, system_prompt
 
         return VideoConversationDataset(
@@ -59,6 +60,7 @@ class RayStageJob:
             system=system_prompt(self.system_prompt),
             flip=self.flip,
             isolate=self.isolate,
+            frames=frames,
         )
 
     def teacher(self):

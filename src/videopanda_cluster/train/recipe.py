@@ -29,7 +29,7 @@ from ..model.tokenizer_builder import build_sentencepiece_tokenizer
 from ..storage import LocalStore, Store, open_store
 from .checkpoints import STATE_FILE, checkpoint_prefix, download, latest_step
 from .config import RecipeConfig
-from .data import VIDEO_MARKERS, load_records
+from .data import VIDEO_MARKERS, FrameCache, load_records
 from .loop import total_steps, train_stage
 from .ray_train import RayStageJob, run_stage
 from .stages import StageConfig, stage_config
@@ -147,10 +147,12 @@ def _start_folder(
     work: Path,
     corpus: Path,
     new_model: Mapping[str, Any],
+    frames: FrameCache,
 ) -> tuple[Path, str]:
     """The model a stage starts from: the nearest earlier stage's final checkpoint in the store,
-    else a fresh small model (``new_model``: keyword arguments of :func:`init_small_model`).
-    Returns the folder and where it came from."""
+    else a fresh small model (``new_model``: keyword arguments of :func:`init_small_model`),
+    warmed up when ``new_model`` says so (decoding through ``frames``). Returns the folder and
+    where it came from."""
     for earlier in reversed(RECIPE_STAGES[: RECIPE_STAGES.index(stage)]):
         key = _final_checkpoint(store, earlier)
         if key:
@@ -161,15 +163,16 @@ def _start_folder(
     if warmup is None:
         return init_small_model(corpus, work / "init", **new_model), origin
     if not store.exists(f"{WARMUP_KEY}/{WARMUP_FILE}"):  # else: warmed up by an earlier run
-        _warm_up(store, init_small_model(corpus, work / "init", **new_model), corpus, warmup)
+        init = init_small_model(corpus, work / "init", **new_model)
+        _warm_up(store, init, corpus, warmup, frames)
     return download(store, WARMUP_KEY, work / "warmup"), f"scene warm-up of {origin}"
 
 
-def _warm_up(store: Store, init: Path, corpus: Path, cfg: WarmupConfig) -> None:
+def _warm_up(store: Store, init: Path, corpus: Path, cfg: WarmupConfig, frames: FrameCache) -> None:
     """Warm ``init`` up (``warmup.py``) and save it under ``warmup/``, its summary last (the
     marker of a finished warm-up; an interrupted one starts again from the same init)."""
     model = VideoPanda.from_pretrained(init, device="cpu", dtype=torch.float32)
-    summary = warm_up(model, corpus, cfg, log=print)
+    summary = warm_up(model, corpus, cfg, log=print, frames=frames)
     folder = init.parent / "warmup-out"
     model.save_pretrained(folder)
     for path in sorted(folder.iterdir()):
@@ -177,19 +180,17 @@ def _warm_up(store: Store, init: Path, corpus: Path, cfg: WarmupConfig) -> None:
     store.put(f"{WARMUP_KEY}/{WARMUP_FILE}", json.dumps(summary, indent=1).encode())
 
 
-def _train_local(job: RayStageJob) -> None:
-    """One process, no Ray: what a single Ray worker does, on the CPU."""
+def _train_local(job: RayStageJob, frames: FrameCache) -> None:
+    """One process, no Ray: what a single Ray worker does, on the CPU, decoding through
+    ``frames`` (shared by the run's stages: each video is decoded once)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(job.threads or threads)
     try:
-        _train_model(job, job.load_model())
+        dataset = job.dataset(model := job.load_model(), frames)
+        cfg, store = StageConfig(**job.stage), open_store(job.store)
+        train_stage(model, dataset, cfg, store, job.prefix, teacher=job.teacher())
     finally:
         torch.set_num_threads(threads)
-
-
-def _train_model(job: RayStageJob, model: VideoPanda) -> None:
-    """Train a loaded ``model`` as ``job`` says, in this process."""
-    dataset = job.dataset(model)
     cfg, store = StageConfig(**job.stage), open_store(job.store)
     train_stage(model, dataset, cfg, store, job.prefix, teacher=job.teacher())
 
@@ -282,10 +283,11 @@ def run_one_stage(
     start: Path,
     work: Path,
     options: RecipeConfig,
+    frames: FrameCache,
 ) -> tuple[str, dict]:
-    """Train one stage from the model folder ``start`` (Ray Train when ``options.workers`` ≥ 1);
-    returns its final checkpoint's key and trainer state. Paths must be absolute: Ray Train
-    workers run in other directories."""
+    """Train one stage from the model folder ``start`` (Ray Train when ``options.workers`` ≥ 1,
+    else here, decoding through ``frames``); returns its final checkpoint's key and trainer
+    state. Paths must be absolute: Ray Train workers run in other directories."""
     job = RayStageJob(
         model=str(start),
         data=str(corpus / STAGE_DATA[cfg.name]),
@@ -301,7 +303,7 @@ def run_one_stage(
         attention=options.attention,
     )
     if options.workers == 0:
-        _train_local(job)
+        _train_local(job, frames)
     else:
         result = run_stage(job, options.workers, options.use_gpu, str(work / "ray"))
         if result.error is not None:
@@ -394,7 +396,8 @@ def run_recipe(
             llm_layers=options.llm_layers,
             warmup=options.warmup,
         )
-        start, origin = _start_folder(store, ordered[0], work, corpus, new_model)
+        frames = FrameCache()  # the warm-up's and in-process stages' decoded videos
+        start, origin = _start_folder(store, ordered[0], work, corpus, new_model, frames)
         summaries = []
         for cfg in configs:
             samples = len(load_records(corpus / STAGE_DATA[cfg.name]))
@@ -410,7 +413,7 @@ def run_recipe(
                 summary["resumed"] = True
             else:
                 t0 = time.monotonic()
-                key, state = run_one_stage(cfg, corpus, store, start, work, options)
+                key, state = run_one_stage(cfg, corpus, store, start, work, options, frames)
                 secs = time.monotonic() - t0
                 summary = _stage_summary(cfg, samples, options.workers, origin, key, state, secs)
                 store.put(_summary_key(cfg.name), json.dumps(summary, indent=1).encode())

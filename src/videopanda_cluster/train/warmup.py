@@ -34,7 +34,7 @@ from torch import nn
 from ..model.modeling import VideoPanda
 from ..video.normalize import to_model_input
 from .config import WARMUP_GROUPS
-from .data import decode_video
+from .data import FrameCache
 from .distill import align_targets, frame_grid, student_positions
 from .scene_teacher import CHANNELS, SceneTeacherOptions, scene_features
 from .synth import load_metadata, video_path
@@ -130,8 +130,11 @@ class _Clip:
     labels: list[dict[str, torch.Tensor]]  # per frame, per group: (valid cells,) class ids
 
 
-def load_clips(corpus: str | Path, model: VideoPanda, cfg: WarmupConfig) -> list[_Clip]:
-    """Decode the ``cfg.split`` videos like training does and label their valid cells."""
+def load_clips(
+    corpus: str | Path, model: VideoPanda, cfg: WarmupConfig, frames: FrameCache | None = None
+) -> list[_Clip]:
+    """Decode the ``cfg.split`` videos like training does (through ``frames``, a cache the
+    stages after the warm-up reuse) and label their valid cells."""
     config = model.config
     options = SceneTeacherOptions(
         image_size=config.image_size,
@@ -140,20 +143,21 @@ def load_clips(corpus: str | Path, model: VideoPanda, cfg: WarmupConfig) -> list
         motion_weight=1.0,
         background_weight=1.0,
     )
+    frames = frames if frames is not None else FrameCache()
     clips = []
     for video, split in load_metadata(corpus):
         if split != cfg.split:
             continue
-        frames, geometry = decode_video(
+        pixels, geometry = frames.decode(
             Path(corpus) / video_path(video.name), config.num_frames, config.image_size
         )
-        masks = to_model_input(frames, geometry, config.num_frames)[:, 3]
+        masks = to_model_input(pixels, geometry, config.num_frames)[:, 3]
         cover = scene_features(video, options).tokens
         labels = []
         for k in range(config.num_frames):
             aligned = align_targets(cover[k], masks[k], frame_grid(masks[k], config), config)
             labels.append(cell_labels(aligned, cfg.min_cover))
-        clips.append(_Clip(frames, geometry, labels))
+        clips.append(_Clip(pixels, geometry, labels))
     if not clips:
         raise ValueError(f"{corpus}: no {cfg.split} videos to warm up on")
     return clips
@@ -176,15 +180,16 @@ def warm_up(
     corpus: str | Path,
     cfg: WarmupConfig = WarmupConfig(),
     log: Callable[[str], None] | None = None,
+    frames: FrameCache | None = None,
 ) -> dict[str, Any]:
     """Fit ``model``'s STAB and projector in place; returns a summary (losses, per-group cell
     accuracy over the last tenth of the steps, for "pairs" the share of frames whose whole set
-    is right, seconds)."""
+    is right, seconds). ``frames``: a decode cache to share with the stages after it."""
     from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
     began = time.monotonic()
     torch.manual_seed(cfg.seed)
-    clips = load_clips(corpus, model, cfg)
+    clips = load_clips(corpus, model, cfg, frames)
     heads = CellHeads(model.config.llm_width, cfg.groups).to(model.device)
     params = [*model.video_tower.parameters(), *model.video_projector.parameters()]
     params += list(heads.parameters())
