@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 .venv/bin/ruff check src tests bench scripts
 .venv/bin/ruff format --check src tests bench scripts
 .venv/bin/python scripts/typecheck.py
-exec .venv/bin/python -m pytest -q -m "not slow" "$@"
+exec .venv/bin/python -m pytest -q -m "not slow" -n "${TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -19,6 +19,17 @@ from videopanda_cluster.video.samples import write_corpus
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray for a module's jobs: 4 CPUs, loopback, no dashboard (test_pipeline.py has its
+    own, which also points the workers at Azurite)."""
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("corpus")

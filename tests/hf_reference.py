@@ -13,6 +13,7 @@ make that a failure, as CI does).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -42,7 +43,15 @@ _STAMP = VENV / "videopanda-packages.txt"
 
 
 def reference_python() -> Path:
-    """The side venv's python, made on first use (about 80 s from the local wheel cache)."""
+    """The side venv's python, made on first use (about 80 s from the local wheel cache) by one
+    test process at a time (parallel test workers wait for the first one's)."""
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    with open(VENV.parent / f"{VENV.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _make_venv()
+
+
+def _make_venv() -> Path:
     python = VENV / "bin" / "python"
     wanted = "\n".join(PACKAGES)
     if python.exists() and _STAMP.exists() and _STAMP.read_text() == wanted:

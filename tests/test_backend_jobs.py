@@ -52,15 +52,6 @@ for tag, item in ARGS.items():
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def inputs(corpus, tmp_path_factory) -> dict[str, Any]:
     """The job's videos and the msvd-qa benchmark, shared by every backend."""
     root = tmp_path_factory.mktemp("backend-jobs")

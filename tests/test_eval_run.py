@@ -43,15 +43,6 @@ def test_a_benchmark_without_any_video_is_an_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def evals(ray_local, corpus, tmp_path_factory) -> Iterator[tuple[Path, dict]]:
     """Every benchmark run once into one store: (store dir, {name: (fixture, run.json)})."""
     root = tmp_path_factory.mktemp("eval")

@@ -199,15 +199,6 @@ PLAIN = "what colour is the circle?"
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
     from videopanda_cluster.video.samples import SampleSpec, write_video
 
