@@ -84,6 +84,9 @@ def test_caption_job_rows_errors_and_summary(ray_local, inputs_dir, tmp_path):
     _, again = job("caption", inputs_dir, tmp_path)
     assert again["this_run"]["shards"] == 0
     assert read_rows(tmp_path, summary["job_id"]) == rows
+    # it loaded no model, yet its summary names the backend that made the rows
+    assert summary["model"]["fingerprint"] == rows[0]["model"]["fingerprint"] is not None
+    assert again["model"] == summary["model"]
 
 
 @pytest.mark.slow

@@ -637,7 +637,7 @@ def _write_summary(cfg, store, plan, ledger, stats, started, failure) -> dict[st
             "reason": one_line(failure),
             "exit_code": int(failure.exit_code),
         },
-        "model": plan.job["model"],
+        "model": _summary_model(store, plan),
     }
     if ledger.plan_update is not None:
         summary["inputs_update"] = ledger.plan_update.summary()
@@ -645,6 +645,22 @@ def _write_summary(cfg, store, plan, ledger, stats, started, failure) -> dict[st
         with contextlib.suppress(Exception):  # the failure is reported either way
             store.put(summary_key(plan.job_id), json.dumps(summary, indent=2).encode())
     return summary
+
+
+def _summary_model(store, plan) -> dict[str, Any]:
+    """``plan.job["model"]``; a run that loaded no backend (nothing left to run) takes the
+    fingerprint from the job's earlier summary when that names the same checkpoint and backend."""
+    import json
+
+    model = plan.job["model"]
+    if model.get("fingerprint") is not None:
+        return model
+    with contextlib.suppress(Exception):  # no earlier summary, or unreadable: leave it unknown
+        earlier = json.loads(store.get(summary_key(plan.job_id)))["model"]
+        same = ("checkpoint_hash", "backend")
+        if earlier.get("fingerprint") and all(earlier.get(k) == model.get(k) for k in same):
+            return {**model, "fingerprint": earlier["fingerprint"]}
+    return model
 
 
 def _store_ok(failure: JobError) -> bool:
