@@ -112,6 +112,7 @@ def _own_generate(case: Case, arrays, kind: str, batches: int) -> list[list[int]
 
 
 @pytest.mark.parametrize("kind", list(WRITERS))
+@pytest.mark.slow  # the real processor in the side venv (tests/hf_reference.py)
 def test_answers_equal_the_models_own_generate(cases, reference, kind):
     arrays, facts = reference
     case, backend = cases[kind], cases[kind].backend

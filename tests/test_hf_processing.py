@@ -61,6 +61,7 @@ def reference():
     return videos, out
 
 
+@pytest.mark.slow  # the real processor in the side venv (tests/hf_reference.py)
 def test_preprocessing_equals_the_real_processors(reference):
     videos, out = reference
     for c, (name, config) in enumerate(CONFIGS):
@@ -71,6 +72,7 @@ def test_preprocessing_equals_the_real_processors(reference):
             assert np.array_equal(got, want), (c, key, np.abs(got - want).max())
 
 
+@pytest.mark.slow  # the real processor in the side venv (tests/hf_reference.py)
 def test_uint8_resize_equals_torchvision(reference):
     videos, out = reference
     for key, video in videos.items():

@@ -84,6 +84,7 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", list(FOLDERS))
+@pytest.mark.slow  # the real processor in the side venv (tests/hf_reference.py)
 def test_answers_equal_the_models_own_generate(reference, kind):
     from transformers import AutoModelForImageTextToText
 
@@ -132,6 +133,7 @@ def test_answers_equal_the_models_own_generate(reference, kind):
     assert len(set(flat)) > 1 and all(flat)  # the answers depend on video and question
 
 
+@pytest.mark.slow  # the real processor in the side venv (tests/hf_reference.py)
 def test_too_long_prompts_and_the_grid(reference):
     folders, *_ = reference
     backend = load_backend(folders["qwen2_vl"])

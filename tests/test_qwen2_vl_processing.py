@@ -57,6 +57,7 @@ def test_smart_resize_equals_transformers():
                 assert smart_resize(h, w, 28, lo, hi) == hf_smart_resize(h, w, 28, lo, hi)
 
 
+@pytest.mark.slow  # the real processor in the side venv (tests/hf_reference.py)
 def test_preprocessing_equals_the_real_video_processor(tmp_path):
     rng = np.random.default_rng(7)
     arrays, args, ours = {}, [], []
