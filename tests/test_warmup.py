@@ -193,9 +193,18 @@ def test_a_recipe_in_one_process_decodes_each_video_once(corpus, tmp_path, monke
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(data, "decode_video", counting)
+    stages: list[str] = []
+    real_stage = recipe.train_stage
+
+    def counting_stage(model, dataset, cfg, *args, **kwargs):
+        stages.append(cfg.name)
+        return real_stage(model, dataset, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(recipe, "train_stage", counting_stage)
     run = dict(max_steps=2, image_size=112, global_batch=2, micro_batch=2, threads=1)
     run.update(llm_layers=1, hparams="reference", workers=0, warmup=WarmupConfig(steps=1, batch=2))
     recipe.run_recipe(corpus, str(tmp_path / "out"), ("prealign", "pretrain"), RecipeConfig(**run))
     train = {v.name for v, split in load_metadata(corpus) if split == "train"}
     assert len(train) > 4 and {Path(p).stem for p in decoded} == train
     assert len(decoded) == len(train)  # the warm-up decoded them; both stages reused that
+    assert stages == ["prealign", "pretrain"]  # each stage trained once

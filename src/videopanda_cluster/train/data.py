@@ -193,7 +193,7 @@ class FrameCache:
     one process decodes each video once. Failures are not cached: a retry decodes again."""
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        self.max_bytes, self.bytes, self.decodes = max_bytes, 0, 0
+        self.max_bytes, self.bytes = max_bytes, 0
         self._clips: dict[tuple[str, int, int, bool], tuple[Any, Any]] = {}
 
     def decode(self, path: str | Path, num_frames: int, size: int, isolate: bool = True):
@@ -202,7 +202,6 @@ class FrameCache:
         if key in self._clips:
             return self._clips[key]
         decoded = decode_video(path, num_frames, size, isolate)
-        self.decodes += 1
         if self.bytes + decoded[0].nbytes <= self.max_bytes:
             self._clips[key] = decoded
             self.bytes += decoded[0].nbytes

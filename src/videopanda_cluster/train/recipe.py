@@ -191,8 +191,6 @@ def _train_local(job: RayStageJob, frames: FrameCache) -> None:
         train_stage(model, dataset, cfg, store, job.prefix, teacher=job.teacher())
     finally:
         torch.set_num_threads(threads)
-    cfg, store = StageConfig(**job.stage), open_store(job.store)
-    train_stage(model, dataset, cfg, store, job.prefix, teacher=job.teacher())
 
 
 def _trainer_state(store: Store, key: str) -> dict[str, Any]:
