@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -457,3 +458,23 @@ def test_official_model_has_the_released_key_set():
     assert shapes["model.layers.31.mlp.down_proj.weight"] == (4096, 11008)
     assert shapes["lm_head.weight"] == (32000, 4096)
     assert all(internal_name(k) == n for k, n in zip(shapes, model.state_dict(), strict=True))
+
+
+def test_config_json_is_rewritten_byte_for_byte_whatever_the_hash_seed(tmp_path):
+    """Reading a config.json and saving it again gives the same bytes in every process: the
+    file's hash is part of a checkpoint's identity (``checkpoint_fingerprint``), so an exported
+    model must not change identity with Python's string-hash seed."""
+    source = tmp_path / "source"
+    VideoPandaConfig.small().save(source)
+    script = (
+        "import sys\n"
+        "from videopanda_cluster.model.config import VideoPandaConfig\n"
+        "VideoPandaConfig.from_pretrained(sys.argv[1]).save(sys.argv[2])\n"
+    )
+    written = []
+    for seed in ("0", "1", "2"):
+        out = tmp_path / f"seed-{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-c", script, source, out], check=True, env=env)
+        written.append((out / "config.json").read_bytes())
+    assert written == [(source / "config.json").read_bytes()] * 3

@@ -205,7 +205,7 @@ class VideoPandaConfig:
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> VideoPandaConfig:
         """Read our config.json or the released one (which has no ``videopanda`` section)."""
-        llm = {k: data[k] for k in _LLAMA_KEYS if k in data}
+        llm = {k: v for k, v in data.items() if k in _LLAMA_KEYS}  # the file's order, not a set's
         llm.setdefault("rope_theta", 10000.0)  # transformers-4.31 default, no key in the release
         ours = dict(data.get("videopanda", {}))
         if not ours:
