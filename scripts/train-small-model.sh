@@ -44,7 +44,7 @@ if [[ ! -f "$WORK/teacher/teacher/teacher.json" ]]; then
 fi
 TRAIN+=" --distill-weight 10 --teacher-store $WORK/teacher"
 # Warm start of STAB + projector on the scene's per-cell labels (train/warmup.py).
-TRAIN+=" --warmup-steps 1000 ${TRAIN_FLAGS:-}"
+TRAIN+=" --warmup-steps 1000${TRAIN_FLAGS:+ $TRAIN_FLAGS}"
 
 # The test corpora (TEST_SEED): the headline settings on 2000 videos (200 test clips), the
 # robustness table's on 500 (50 test clips); all else at `videopanda synth`'s defaults.

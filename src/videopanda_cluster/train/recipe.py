@@ -59,7 +59,7 @@ SMALL_HPARAMS: dict[str, dict[str, Any]] = {
     "pretrain": {"epochs": 1, "visual_lr": 1e-3, "llm_lr": 1e-3, "warmup_ratio": 0.1},
     "finetune": {
         "epochs": 5,
-        "max_steps": 1600,
+        "max_steps": 2000,
         "visual_lr": 1e-3,
         "llm_lr": 1e-3,
         "warmup_ratio": 0.02,
