@@ -59,6 +59,8 @@ SMALL_HPARAMS: dict[str, dict[str, Any]] = {
     "pretrain": {"epochs": 1, "visual_lr": 1e-3, "llm_lr": 1e-3, "warmup_ratio": 0.1},
     "finetune": {
         "epochs": 5,
+        # On the bundled corpus (6,371 records, 398 steps an epoch) the 5 epochs bind first: 1,990
+        # steps (docs/training.md, "Tenth and eleventh rounds").
         "max_steps": 2000,
         "visual_lr": 1e-3,
         "llm_lr": 1e-3,
