@@ -16,8 +16,13 @@ from videopanda_cluster.model.modeling import VideoPanda
 from videopanda_cluster.storage import LocalStore
 from videopanda_cluster.train import data, recipe
 from videopanda_cluster.train.config import RecipeConfig
-from videopanda_cluster.train.scene_teacher import CHANNELS, MOTIONS
-from videopanda_cluster.train.synth import load_metadata
+from videopanda_cluster.train.scene_teacher import (
+    CHANNELS,
+    MOTIONS,
+    SceneTeacherOptions,
+    scene_features,
+)
+from videopanda_cluster.train.synth import SynthOptions, load_metadata, make_video
 from videopanda_cluster.train.warmup import (
     GROUPS,
     PAIRS,
@@ -31,6 +36,7 @@ from videopanda_cluster.train.warmup import (
 )
 from videopanda_cluster.video.normalize import to_model_input
 from videopanda_cluster.video.samples import SHAPES
+from videopanda_cluster.video.sampling import sample_positions
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +214,46 @@ def test_a_recipe_in_one_process_decodes_each_video_once(corpus, tmp_path, monke
     assert len(train) > 4 and {Path(p).stem for p in decoded} == train
     assert len(decoded) == len(train)  # the warm-up decoded them; both stages reused that
     assert stages == ["prealign", "pretrain"]  # each stage trained once
+
+
+def test_cell_labels_give_a_small_shape_its_own_cells():
+    """A shape smaller than ``min_cover`` of any cell (a default-radius shape in a wide frame)
+    still labels the cells that hold most of it; cells with a far smaller share stay "none",
+    and ``peak_share=None`` keeps the plain threshold."""
+    cover = torch.zeros(4, len(CHANNELS))
+    square, left = CHANNELS.index("kind:square"), CHANNELS.index("motion:left")
+    cover[:3, square] = torch.tensor([0.12, 0.07, 0.02])  # one small square over three cells
+    cover[:3, left] = cover[:3, square]
+    cover[3, CHANNELS.index("kind:circle")] = 0.9  # a large circle elsewhere in the frame
+    none = {group: len(channels) for group, channels in GROUPS.items()}
+    labels = cell_labels(cover, min_cover=0.2, peak_share=0.5)
+    sq, circle = SHAPES.index("square"), SHAPES.index("circle")
+    assert labels["kind"].tolist() == [sq, sq, none["kind"], circle]
+    assert labels["motion"].tolist()[:3] == [MOTIONS.index("left")] * 2 + [none["motion"]]
+    plain = cell_labels(cover, min_cover=0.2, peak_share=None)
+    assert plain["kind"].tolist() == [none["kind"]] * 3 + [circle]
+
+
+def test_every_shape_of_a_wide_frame_has_a_labelled_cell():
+    """In 640x272 clips at `videopanda synth`'s default radii and the recipe's 168 px input,
+    the plain 0.2 threshold leaves most shapes without a cell of their kind (the warm-up then
+    teaches "none" for them); the default ``WarmupConfig`` labels nearly every one."""
+    options = SceneTeacherOptions(
+        image_size=168, kind_weight=1.0, motion_weight=1.0, background_weight=1.0
+    )
+    cfg = WarmupConfig()
+    found = {cfg.peak_share: 0, None: 0}
+    shapes = 0
+    for index in range(30):
+        video = make_video(f"v{index}", 3, index, SynthOptions(width=640, height=272))
+        cover = scene_features(video, options).tokens
+        frames = sample_positions(video.options.frames, float(video.options.fps), 8)
+        for t, frame in enumerate(frames):
+            visible = [SHAPES.index(s.kind) for s in video.shapes if frame >= s.appear]
+            shapes += len(visible)
+            for share in found:
+                kinds = cell_labels(cover[t], cfg.min_cover, share)["kind"].tolist()
+                found[share] += sum(kind in kinds for kind in visible)
+    assert shapes > 300
+    assert found[None] < 0.6 * shapes
+    assert found[cfg.peak_share] > 0.97 * shapes

@@ -64,7 +64,11 @@ class WarmupConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0
-    min_cover: float = 0.2  # a cell's label is "none" when no class covers this much of it
+    min_cover: float = 0.2  # a cell's label is "none" when no class covers this much of it...
+    # ...unless its class covers at least this share of the class's largest cover in the frame:
+    # a small shape (a default radius in a 640x272 frame is under 0.2 of every 28-px cell at
+    # 168 px) keeps the cells that hold most of it instead of teaching "none" (None: off).
+    peak_share: float | None = 0.5
     none_weight: float = 0.2  # CE weight of the "none" class (most cells are background)
     groups: tuple[str, ...] = WARMUP_GROUPS  # label groups with a head (docs/training.md)
     schedule: str = "constant"  # after the linear warmup: "constant" or "cosine" (to 0)
@@ -81,14 +85,23 @@ class WarmupConfig:
             raise ValueError(f"schedule must be constant or cosine, got {self.schedule!r}")
 
 
-def cell_labels(cover: torch.Tensor, min_cover: float) -> dict[str, torch.Tensor]:
-    """(cells, channels) cover at weight 1 → per group of :data:`GROUPS` (cells,) class ids,
-    the group's size (one past its last class) meaning "none"; and ``"pair"``, the covering
-    shape's (kind, colour) pair id, :data:`PAIRS` for none."""
+def cell_labels(
+    cover: torch.Tensor, min_cover: float, peak_share: float | None = None
+) -> dict[str, torch.Tensor]:
+    """(cells, channels) cover of one frame at weight 1 → per group of :data:`GROUPS` (cells,)
+    class ids, the group's size (one past its last class) meaning "none"; and ``"pair"``, the
+    covering shape's (kind, colour) pair id, :data:`PAIRS` for none. A cell is labelled with its
+    largest class if that covers ``min_cover`` of it or, with ``peak_share``, at least that share
+    of the class's largest cover over the frame's cells."""
     labels = {}
     for group, channels in GROUPS.items():
-        best, index = cover[:, list(channels)].max(dim=1)
-        labels[group] = torch.where(best >= min_cover, index, len(channels))
+        values = cover[:, list(channels)]  # (cells, classes)
+        best, index = values.max(dim=1)
+        keep = best >= min_cover
+        if peak_share is not None:
+            peak = values.max(dim=0).values[index]  # the cell's class at its fullest cell
+            keep |= (best > 0) & (best >= peak_share * peak)
+        labels[group] = torch.where(keep, index, len(channels))
     kind, colour = labels["kind"], labels["colour"]
     both = (kind < CLASSES["kind"]) & (colour < CLASSES["colour"])
     labels["pair"] = torch.where(both, kind * CLASSES["colour"] + colour, PAIRS)
@@ -156,7 +169,7 @@ def load_clips(
         labels = []
         for k in range(config.num_frames):
             aligned = align_targets(cover[k], masks[k], frame_grid(masks[k], config), config)
-            labels.append(cell_labels(aligned, cfg.min_cover))
+            labels.append(cell_labels(aligned, cfg.min_cover, cfg.peak_share))
         clips.append(_Clip(pixels, geometry, labels))
     if not clips:
         raise ValueError(f"{corpus}: no {cfg.split} videos to warm up on")
