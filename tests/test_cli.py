@@ -141,3 +141,23 @@ def test_demo_runs_the_main_job(tmp_path):
     assert int(line["right"]) == out.stdout.count("✓")
     assert int(line["answered"]) + int(line["failed"]) == len(odd)
     assert line[0] == score_demo(videos, rows).line()
+
+    # a rerun after the model's files changed in place (the bundled model updated by a pull)
+    # starts new jobs beside the first ones, which keep their results, instead of refusing
+    from videopanda_cluster.cluster.driver import default_checkpoint
+    from videopanda_cluster.model.tiny import ensure_tiny_checkpoint
+
+    model = tmp_path / "model"
+    shutil.copytree(default_checkpoint()[0], model)
+    demo = ("demo", "--directory", str(directory), "--output", str(store))
+    first = _cli(*demo, "--checkpoint", str(model), timeout=900)
+    assert first.returncode == 0, first.stderr
+    before = {job.name for job in (store / "jobs").iterdir()}
+    shutil.rmtree(model)
+    shutil.copytree(ensure_tiny_checkpoint(tmp_path / "tiny", image_size=224), model)
+    again = _cli(*demo, "--checkpoint", str(model), timeout=900)
+    assert again.returncode == 0, again.stderr
+    jobs = {job.name for job in (store / "jobs").iterdir()}
+    assert before < jobs and len(jobs) == len(before) + 2
+    for name in before:
+        assert len(read_result_rows(open_store(str(store)), name)) > 0

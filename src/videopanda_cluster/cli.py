@@ -147,6 +147,19 @@ def inspect(
     console.print(table)
 
 
+def _demo_job(values: dict) -> dict:
+    """A demo job's settings with an id that follows the model's files (``model_job_id``): a
+    rerun after the bundled model changed starts new jobs instead of refusing the old ones. A
+    model that cannot plan keeps the values as given; the job then fails in one line."""
+    from .cluster.driver import model_job_id
+    from .jobs.config import build_config
+
+    try:
+        return {**values, "job_id": model_job_id(build_config({}, values))}
+    except (ValueError, OSError):
+        return values
+
+
 @app.command()
 def demo(
     directory: Annotated[Path, typer.Option(help="Where to write the demo's videos.")] = Path(
@@ -184,8 +197,8 @@ def demo(
         )
     base = {"inputs": str(manifest_path(directory)), "output": output, "checkpoint": checkpoint}
     jobs = [
-        jobs_cli.run({**base, "kind": "caption", "max_new_tokens": corpus.caption_tokens}, None),
-        jobs_cli.run({**base, "kind": "qa", "max_new_tokens": corpus.answer_tokens}, None),
+        jobs_cli.run(_demo_job({**base, "kind": kind, "max_new_tokens": tokens}), None)
+        for kind, tokens in (("caption", corpus.caption_tokens), ("qa", corpus.answer_tokens))
     ]
     store = open_store(output)
     rows = [row for job in jobs for row in read_result_rows(store, job["job_id"])]

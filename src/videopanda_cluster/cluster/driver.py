@@ -384,6 +384,21 @@ def job_id_of(cfg) -> str:
     return cfg.job_id or default_job_id(cfg)
 
 
+def job_hash(cfg, checkpoint_hash: str) -> str:
+    """The hash a job's ledger keeps: its settings' and its model files'."""
+    from ..jobs.config import config_hash
+
+    return hashlib.sha256(f"{config_hash(cfg)}|{checkpoint_hash}".encode()).hexdigest()
+
+
+def model_job_id(cfg) -> str:
+    """``<kind>-<12 hex digits of job_hash>``: an id that changes with the model's files too, for
+    a command whose settings are fixed (the demo), so that a new model starts a new job."""
+    from .fingerprint import checkpoint_fingerprint
+
+    return f"{cfg.kind}-{job_hash(cfg, checkpoint_fingerprint(plan_model(cfg).checkpoint))[:12]}"
+
+
 @dataclass(frozen=True)
 class ModelPlan:
     """The model a job runs, found from the checkpoint folder's JSON files alone."""
@@ -413,7 +428,6 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
     Inputs that differ from the job's plan are refused (InputsChanged), or with ``cfg.update``
     planned in new shards; ``ledger.plan_update`` then tells what changed.
     """
-    from ..jobs.config import config_hash
     from ..jobs.inputs import spool_inputs
     from ..jobs.ledger import Ledger
     from .fingerprint import checkpoint_fingerprint
@@ -422,12 +436,16 @@ def plan_job(cfg, store) -> tuple[JobPlan, Any]:
     checkpoint, backend = model.checkpoint, model.backend
     ckpt_hash = checkpoint_fingerprint(checkpoint)
     job_id = job_id_of(cfg)
-    job_hash = hashlib.sha256(f"{config_hash(cfg)}|{ckpt_hash}".encode()).hexdigest()
     with spool_inputs(cfg.inputs, default_questions=cfg.questions or None) as inputs:
         if cfg.kind == "qa" and not inputs.asked:
             raise ValueError("a qa job needs questions: in the manifest or with --question")
         ledger = Ledger.open_or_create(
-            store, job_id, job_hash, inputs, shard_size=cfg.shard_size, update=cfg.update
+            store,
+            job_id,
+            job_hash(cfg, ckpt_hash),
+            inputs,
+            shard_size=cfg.shard_size,
+            update=cfg.update,
         )
     job = {
         "job_id": job_id,
