@@ -7,8 +7,9 @@ the language loss too slowly for a CPU budget (docs/training.md). This warm-up s
 missing warm start, a deliberate deviation used by the bundled small model: before stage 1, STAB and
 the projector are fitted for ``steps`` steps to per-cell labels read off a ``videopanda synth``
 corpus's ground truth (``metadata.json``, as ``scene_teacher.py``): for every sampled frame and STAB
-token, the shape kind covering most of its cell (or "none" below ``min_cover``), and the motion (a
-direction, still or none) of the shape covering it; colour labels and each frame's set of (kind,
+token, the shape kind covering most of its cell (or "none" below ``min_cover``, unless the cell
+holds a large share of a small shape: ``peak_share``), and the motion (a direction, still or none)
+of the shape covering it; colour labels and each frame's set of (kind,
 colour) pairs read from its mean token are available (``groups``) but not used by the recipe (colour
 learns from the language loss; "pairs" did not help, and a per-cell colour head beside kind and
 motion cost shape accuracy, docs/training.md "Eighth round"). Motion was left to the
