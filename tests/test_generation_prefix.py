@@ -18,6 +18,8 @@ from videopanda_cluster.model.generation import (
 )
 from videopanda_cluster.model.prompt import load_tokenizer, prompt_ids
 from videopanda_cluster.model.tokenizer_builder import build_sentencepiece_tokenizer
+from videopanda_cluster.train.data import load_video
+from videopanda_cluster.train.synth import SynthOptions, encode_clip, make_video, video_path
 from videopanda_cluster.video.geometry import compute_geometry
 
 # 1, 2, 5 and 2 questions of different lengths for four videos of different aspect ratios
@@ -163,10 +165,23 @@ def test_rows_end_at_eos_while_the_others_of_their_batch_go_on(tiny, frames):
     assert any(len(i) < 12 for i in shared) and any(len(i) == 12 for i in shared)
 
 
-def test_the_bundled_model_ends_answers_at_eos(small, frames):
+@pytest.fixture(scope="module")
+def world(small, tmp_path_factory) -> list[list[torch.Tensor]]:
+    """Projected frame tokens of four encoded clips of the bundled model's own world (synth
+    defaults), decoded like inference: on noise it answers a caption prompt with one word."""
+    folder = tmp_path_factory.mktemp("world")
+    videos = [make_video(f"w{i}", 5, i, SynthOptions()) for i in range(4)]
+    size = small.config.image_size
+    for video in videos:
+        encode_clip(folder, video)
+    pixels = [load_video(folder / video_path(v.name), 8, size, isolate=False) for v in videos]
+    return small.encode_frames(torch.stack(pixels))[0]
+
+
+def test_the_bundled_model_ends_answers_at_eos(small, world):
     # one-word answers end within the budget, captions (about 25 tokens) run to it
     questions = [["what colour is the circle?", "Describe this video in detail."]] * 4
-    prefixes, prompts = _prompts(small, frames["small"], questions)
+    prefixes, prompts = _prompts(small, world, questions)
     shared = _ids(small, prefixes, prompts, max_new_tokens=8)
     assert shared == _ids(small, prefixes, prompts, max_new_tokens=8, share_prefix=False)
     assert any(len(i) < 8 for i in shared)  # a trained model ends some answers itself
