@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,11 @@ def test_the_recipe_warms_up_once_and_resumes_from_it(corpus, tmp_path, monkeypa
     again = recipe.run_recipe(corpus, str(out), ("prealign",), RecipeConfig(**run, warmup=warmup))
     assert again["warmup"] == first["warmup"]
     assert (out / "model" / "model.safetensors").read_bytes() == weights
+    # a rerun asking for another warm-up (other labels: a store of an earlier version) is refused
+    # rather than started from the stored one
+    other = RecipeConfig(**run, warmup=replace(warmup, peak_share=None))
+    with pytest.raises(ValueError, match=r"warm-up .*other settings .*peak_share"):
+        recipe.run_recipe(corpus, str(out), ("prealign",), other)
     plain = recipe.run_recipe(corpus, str(tmp_path / "plain"), ("prealign",), RecipeConfig(**run))
     assert plain["warmup"] is None
     assert not LocalStore(tmp_path / "plain").exists("warmup/warmup.json")

@@ -164,9 +164,20 @@ def _start_folder(
     origin = f"random init (seed {new_model['seed']})"
     if warmup is None:
         return init_small_model(corpus, work / "init", **new_model), origin
-    if not store.exists(f"{WARMUP_KEY}/{WARMUP_FILE}"):  # else: warmed up by an earlier run
+    stored = _warmup_summary(store)
+    if stored is None:
         init = init_small_model(corpus, work / "init", **new_model)
         _warm_up(store, init, corpus, warmup, frames)
+    else:  # warmed up by an earlier run: only if with these settings
+        asked = json.loads(json.dumps(asdict(warmup)))
+        changed = sorted(
+            k for k in asked.keys() | stored["config"] if asked.get(k) != stored["config"].get(k)
+        )
+        if changed:
+            raise ValueError(
+                f"the store's warm-up was made with other settings ({', '.join(changed)}); "
+                "use a new output store"
+            )
     return download(store, WARMUP_KEY, work / "warmup"), f"scene warm-up of {origin}"
 
 
