@@ -18,9 +18,11 @@ from videopanda_cluster.train.config import RecipeConfig
 from videopanda_cluster.train.data import load_video
 from videopanda_cluster.train.recipe import (
     RECIPE_STAGES,
+    SMALL_HPARAMS,
     TRAINING_FILE,
     build_corpus_tokenizer,
     run_recipe,
+    stage_configs,
 )
 from videopanda_cluster.train.synth import SynthOptions, write_synth
 
@@ -155,6 +157,10 @@ def test_cli_help_and_run(corpus, tmp_path):
     assert bad.exit_code != 0
     bad = runner.invoke(app, [*args, "--system-prompt", "nope"], env={"COLUMNS": "200"})
     assert bad.exit_code == 2 and "--system-prompt must be train or eval" in bad.output
+    bad = runner.invoke(app, [*args, "--stage-steps", "finetune"], env={"COLUMNS": "200"})
+    assert bad.exit_code == 2 and "--stage-steps takes STAGE=N, got 'finetune'" in bad.output
+    bad = runner.invoke(app, [*args, "--stage-steps", "decode=3"], env={"COLUMNS": "200"})
+    assert bad.exit_code == 2 and "stage_steps needs a stage of" in bad.output
     bad = runner.invoke(app, [*args, "--hparams", "nope"], env={"COLUMNS": "200"})
     assert (
         bad.exit_code == 2
@@ -168,11 +174,26 @@ def test_cli_help_and_run(corpus, tmp_path):
         ({"hparams": "big"}, "hparams must be small or reference"),
         ({"workers": -1}, "workers must be >= 0"),
         ({"distill_weight": 1.0}, "distill_weight > 0 needs a teacher_store"),
+        ({"stage_steps": [("warmup", 5)]}, "stage_steps needs a stage of prealign"),
+        ({"stage_steps": [("finetune", 0)]}, "got finetune=0"),
     ],
 )
 def test_recipe_config_refuses_bad_options(changes, message):
     with pytest.raises(ValueError, match=message):
         RecipeConfig(**changes)
+
+
+@pytest.mark.parametrize("max_steps", [None, 9])
+def test_stage_steps_caps_one_stage_over_the_others(max_steps):
+    small = dict(hparams="small", max_steps=max_steps)
+    plain = {c.name: c for c in stage_configs(RecipeConfig(**small), RECIPE_STAGES)}
+    capped = RecipeConfig(**small, stage_steps=[("finetune", 7)])
+    got = {c.name: c for c in stage_configs(capped, RECIPE_STAGES)}
+    assert got["finetune"].max_steps == 7 and plain["finetune"].max_steps != 7
+    assert plain["prealign"].max_steps == (max_steps or SMALL_HPARAMS["prealign"]["max_steps"])
+    for name in ("prealign", "pretrain"):  # untouched: equal to the run without stage_steps
+        assert got[name] == plain[name]
+    assert got["finetune"].epochs == plain["finetune"].epochs  # only the step cap changes
 
 
 def test_ablated_recipe_builds_the_switched_model(corpus, tmp_path):

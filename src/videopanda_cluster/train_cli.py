@@ -31,6 +31,13 @@ def _print_stage(summary: dict[str, Any]) -> None:
     )
 
 
+def _stage_steps(text: str) -> tuple[str, int]:
+    name, _, steps = text.partition("=")
+    if not steps.strip().isdigit():
+        raise typer.BadParameter(f"--stage-steps takes STAGE=N, got {text!r}")
+    return name.strip(), int(steps)
+
+
 def train(
     corpus: Annotated[Path, Opt(help="Corpus folder written by `videopanda synth`.")],
     output: Annotated[str, Opt(help="Store: a directory or az://container/prefix.")],
@@ -41,6 +48,10 @@ def train(
     max_steps: Annotated[int | None, Opt(help="Optimiser steps per stage at most.", min=1)] = (
         RecipeConfig.max_steps
     ),
+    stage_steps: Annotated[
+        list[str] | None,
+        Opt(help="STAGE=N: that stage's step cap, over --max-steps and --hparams (repeatable)."),
+    ] = None,
     image_size: Annotated[int, Opt(help="Input frame size of a new model (112 or 224).")] = (
         RecipeConfig.image_size
     ),
@@ -117,6 +128,7 @@ def train(
         options = RecipeConfig(
             workers=workers,
             max_steps=max_steps,
+            stage_steps=tuple(_stage_steps(text) for text in stage_steps or ()),
             image_size=image_size,
             seed=seed,
             global_batch=global_batch,

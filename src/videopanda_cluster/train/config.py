@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from .warmup import WarmupConfig
 
 HPARAMS = ("small", "reference")
+RECIPE_STAGES = ("prealign", "pretrain", "finetune")
 # The label groups the scene warm-up fits by default (train/warmup.py, docs/training.md).
 WARMUP_GROUPS: tuple[str, ...] = ("kind", "motion")
 
@@ -20,10 +21,11 @@ WARMUP_GROUPS: tuple[str, ...] = ("kind", "motion")
 class RecipeConfig:
     """How ``run_recipe`` trains. ``hparams`` "small" applies ``recipe.SMALL_HPARAMS`` per stage
     (the bundled model's), "reference" the spec's (§7.1); ``epochs`` and ``max_steps`` given
-    replace the per-stage ones."""
+    replace the per-stage ones, and ``stage_steps`` replaces one stage's step cap."""
 
     workers: int = 1  # Ray Train workers; 0 trains in this process
     max_steps: int | None = None  # optimiser steps per stage at most
+    stage_steps: tuple[tuple[str, int], ...] = ()  # (stage, its step cap), over max_steps
     image_size: int = 112  # input frame size of a new model
     seed: int = 0  # initial weights and every stage's data order
     global_batch: int = 16  # samples per optimiser step
@@ -46,6 +48,13 @@ class RecipeConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ablations", tuple(self.ablations))
+        object.__setattr__(self, "stage_steps", tuple(tuple(p) for p in self.stage_steps))
+        for name, steps in self.stage_steps:
+            if name not in RECIPE_STAGES or steps < 1:
+                raise ValueError(
+                    f"stage_steps needs a stage of {', '.join(RECIPE_STAGES)} and steps >= 1, "
+                    f"got {name}={steps}"
+                )
         if self.hparams not in HPARAMS:
             raise ValueError(f"hparams must be small or reference, got {self.hparams!r}")
         if self.workers < 0:

@@ -36,7 +36,7 @@ VIDEO_MARKERS = ("<video>", IMAGE_MARKER)
 ROLES = {"human": "USER", "gpt": "ASSISTANT"}
 ANSWER_SEP = " ASSISTANT: "  # sep + assistant role + ": ", where each answer starts
 Overflow = Literal["truncate", "skip"]
-DEFAULT_CACHE_BYTES = 2 << 30  # decoded frames kept per cache (uint8): 2 GiB
+DEFAULT_CACHE_BYTES = 4 << 30  # decoded frames kept per cache (uint8): 4 GiB
 
 
 class SampleError(ValueError):
