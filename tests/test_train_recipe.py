@@ -376,6 +376,26 @@ def test_a_recipe_needing_focus_words_is_refused_before_training(corpus, tmp_pat
     assert not (tmp_path / "s" / "stages").exists()
 
 
+def test_a_rerun_with_other_stage_settings_is_refused(corpus, tmp_path):
+    """A stage in the store (finished, or stopped at a checkpoint) is only reused or resumed with
+    the settings it was trained with; what only splits batches or spaces checkpoints may change."""
+    store, stage = str(tmp_path / "s"), ("prealign",)
+    run = dict(llm_layers=1, max_steps=STEPS)
+    run_recipe(corpus, store, stage, _options(**run), work_dir=tmp_path / "w")
+    for changes, told in [
+        ({"max_steps": STEPS - 1}, f"max_steps {STEPS} → {STEPS - 1}"),  # finished: reused
+        ({"seed": 5}, "seed 0 → 5"),
+        ({"max_steps": STEPS + 1}, f"max_steps {STEPS} → {STEPS + 1}"),  # resumed at its end
+    ]:
+        with pytest.raises(ValueError, match=f"prealign .*{told}.*; use a new output store"):
+            run_recipe(corpus, store, stage, _options(**{**run, **changes}))
+    assert sorted(p.name for p in (tmp_path / "s" / "stages" / "prealign").glob("step-*")) == [
+        f"step-{STEPS:08d}"
+    ]
+    again = run_recipe(corpus, store, stage, _options(**run, micro_batch=2, global_batch=2))
+    assert again["stages"][0]["resumed"]
+
+
 @pytest.mark.slow
 def test_a_resumed_run_reports_the_time_of_the_run_that_trained_a_stage(corpus, tmp_path):
     """Rerunning a finished stage does not train it again, and training.json keeps the seconds

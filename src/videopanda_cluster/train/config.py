@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..model.config import AttentionImpl, check_attention
 
@@ -15,6 +17,16 @@ HPARAMS = ("small", "reference")
 RECIPE_STAGES = ("prealign", "pretrain", "finetune")
 # The label groups the scene warm-up fits by default (train/warmup.py, docs/training.md).
 WARMUP_GROUPS: tuple[str, ...] = ("kind", "motion")
+
+
+def changed_settings(
+    stored: Mapping[str, Any], asked: Mapping[str, Any], free: tuple[str, ...] = ()
+) -> list[str]:
+    """ "key stored → asked" for each setting (JSON-compared) that differs, less ``free``: what a
+    rerun may not change about work already in a store."""
+    old, new = (json.loads(json.dumps(dict(d))) for d in (stored, asked))
+    keys = sorted((old.keys() | new.keys()) - set(free))
+    return [f"{k} {old.get(k)} → {new.get(k)}" for k in keys if old.get(k) != new.get(k)]
 
 
 @dataclass(frozen=True)

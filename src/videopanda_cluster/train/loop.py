@@ -160,6 +160,8 @@ def train_stage(
     start = latest_step(store, prefix) if resume else None
     if start is not None:
         state = load_checkpoint(store, prefix, start, model)
+        if "config" in state:  # every checkpoint this version writes
+            cfg.check_resumable(state["config"], f"checkpoint step {start} under {prefix!r}")
         if compressor is not None:
             if "compressor" not in state:
                 raise ValueError(f"checkpoint step {start} under {prefix!r} has no compressor")

@@ -28,7 +28,7 @@ from ..model.prompt import SYSTEM_PROMPT_EVAL, SYSTEM_PROMPT_TRAIN, load_tokeniz
 from ..model.tokenizer_builder import build_sentencepiece_tokenizer
 from ..storage import LocalStore, Store, open_store
 from .checkpoints import STATE_FILE, checkpoint_prefix, download, latest_step
-from .config import RECIPE_STAGES, RecipeConfig
+from .config import RECIPE_STAGES, RecipeConfig, changed_settings
 from .data import VIDEO_MARKERS, FrameCache, load_records
 from .loop import total_steps, train_stage
 from .ray_train import RayStageJob, run_stage
@@ -168,10 +168,7 @@ def _start_folder(
         init = init_small_model(corpus, work / "init", **new_model)
         _warm_up(store, init, corpus, warmup, frames)
     else:  # warmed up by an earlier run: only if with these settings
-        asked = json.loads(json.dumps(asdict(warmup)))
-        changed = sorted(
-            k for k in asked.keys() | stored["config"] if asked.get(k) != stored["config"].get(k)
-        )
+        changed = changed_settings(stored["config"], asdict(warmup))
         if changed:
             raise ValueError(
                 f"the store's warm-up was made with other settings ({', '.join(changed)}); "
@@ -286,7 +283,11 @@ def _finished(store: Store, cfg: StageConfig, samples: int) -> str | None:
     step = latest_step(store, stage_prefix(cfg.name))
     if step is None or step < total_steps(cfg, samples):
         return None
-    return checkpoint_prefix(stage_prefix(cfg.name), step)
+    key = checkpoint_prefix(stage_prefix(cfg.name), step)
+    stored = _trainer_state(store, key).get("config")
+    if stored is not None:
+        cfg.check_resumable(stored, f"checkpoint step {step}")
+    return key
 
 
 def run_one_stage(

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from .config import changed_settings
+
 StageName = Literal["prealign", "pretrain", "finetune"]
 # The distillation head (training only) trains with STAB at the visual LR in every stage (§7.1).
 VISUAL_MODULES = ("video_tower", "video_projector", "video_tower_compressor")
+# What a stage may change when it resumes or is reused: how often it saves and how a global batch
+# is split over workers and passes; every other setting changes what it trains.
+RESUME_FREE = ("save_every", "micro_batch")
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,16 @@ class StageConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def check_resumable(self, stored: Mapping[str, Any], where: str) -> None:
+        """Refuse to continue or reuse ``where`` (trained with the settings ``stored``) unless
+        only RESUME_FREE settings differ."""
+        changed = changed_settings(stored, self.to_dict(), RESUME_FREE)
+        if changed:
+            raise ValueError(
+                f"{self.name} {where} was trained with other settings ({', '.join(changed)}); "
+                "use a new output store"
+            )
 
 
 # The reference scripts' settings (64 GPUs); override batch sizes for other clusters.
