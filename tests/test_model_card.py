@@ -121,6 +121,7 @@ def test_card_names_the_warm_start_and_the_distillation(tmp_path):
     training["stages"][0]["config"]["distill_weight"] = 10.0
     accuracy = {"kind": 0.91, "colour": 0.99, "motion": 0.955}
     training["warmup"] = {"config": {"steps": 800}, "seconds": 240.0}
+    training["wall_seconds"] = 260.0  # one run: the warm-up and the stage
     training["warmup"]["cell_accuracy_last_tenth"] = accuracy
     (model / "training.json").write_text(json.dumps(training))
     (tmp_path / "r.json").write_text(json.dumps(_report({"colour": 90.0})))
@@ -161,6 +162,34 @@ def test_a_stage_without_a_recorded_time_shows_a_dash(tmp_path):
     write_card(model, tmp_path / "r.json", tmp_path / "out", "cmd")
     card = (tmp_path / "out" / "README.md").read_text()
     assert "| finetune | train/finetune.json | 8 | 2 | 3.000 | 1.500 | - |" in card
+
+
+def test_a_resumed_training_states_the_time_of_every_part(tmp_path):
+    """A rerun that reused a warm-up or stages trained by earlier runs took less wall time than
+    the training did; the card states the sum of the parts' own times instead."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"):
+        (model / name).write_bytes(b"x")
+    (tmp_path / "r.json").write_text(json.dumps(_report({"colour": 90.0})))
+    training = _training([])  # one run: 90 s of wall time, 12 s of it in its stage
+    training["warmup"] = {"config": {"steps": 8}, "seconds": 60.0}
+    training["warmup"]["cell_accuracy_last_tenth"] = {"kind": 0.9}
+    cards = {}
+    for name, wall in (("one", 90.0), ("resumed", 30.0)):
+        (model / "training.json").write_text(json.dumps(training | {"wall_seconds": wall}))
+        write_card(model, tmp_path / "r.json", tmp_path / name, "cmd")
+        cards[name] = (tmp_path / name / "README.md").read_text()
+    assert "Training time 1.5 min (warm-up and all three stages)" in cards["one"]
+    assert "summed" not in cards["one"]
+    assert (
+        "Training time 1.2 min (warm-up and all three stages, summed over the runs "
+        in (cards["resumed"])
+    )
+    training["stages"][0]["seconds"] = None  # a stage of a store from before stage summaries
+    (model / "training.json").write_text(json.dumps(training | {"wall_seconds": 30.0}))
+    write_card(model, tmp_path / "r.json", tmp_path / "untimed", "cmd")
+    assert "Training time at least 1.0 min (" in (tmp_path / "untimed" / "README.md").read_text()
 
 
 def _caption_report(values: dict[str, float], precision: float, recall: float) -> dict:

@@ -232,7 +232,23 @@ def _warm_start_lines(training: dict[str, Any]) -> list[str]:
 
 
 def _minutes(training: dict[str, Any]) -> str:
-    return f"{training['wall_seconds'] / 60:.1f} min"
+    """How long the training took: its run's wall time, unless that run reused a warm-up or
+    stages of earlier runs (their own times then sum to more): that sum, named as such."""
+    parts = [s["seconds"] for s in training["stages"]]
+    if training.get("warmup"):
+        parts.append(training["warmup"]["seconds"])
+    summed = sum(p for p in parts if p is not None)
+    if summed <= training["wall_seconds"]:
+        return f"{training['wall_seconds'] / 60:.1f} min"
+    least = "at least " if None in parts else ""
+    return f"{least}{summed / 60:.1f} min, summed over the runs that trained them"
+
+
+def _time_line(training: dict[str, Any]) -> str:
+    minutes, _, summed = _minutes(training).partition(", ")
+    parts = ("warm-up and " if training.get("warmup") else "") + "all three stages"
+    parts += f", {summed}" if summed else ""
+    return f"- Training time {minutes} ({parts}) on this machine's 2 CPU cores."
 
 
 @dataclass(frozen=True)
@@ -294,9 +310,7 @@ def render_card(
         f"- Global batch {cfg['global_batch']}, micro-batch {cfg['micro_batch']}, AdamW, cosine "
         f"schedule, clipping {cfg['max_grad_norm']}; horizontal flip off (left/right labels).",
         *_warm_start_lines(training),
-        f"- Wall time {_minutes(training)} ("
-        + ("warm-up and " if training.get("warmup") else "")
-        + "all three stages) on this machine's 2 CPU cores.",
+        _time_line(training),
         "",
         *_stage_table(training),
         "",
