@@ -16,7 +16,7 @@ scripts/setup.sh
 VP=.venv/bin/videopanda
 WORK=${WORK:-.cache/small-model}
 DEST=${DEST:-src/videopanda_cluster/bundled/videopanda-small}
-IMAGE_SIZE=${IMAGE_SIZE:-168}
+IMAGE_SIZE=${IMAGE_SIZE:-224}
 TRAIN="train --workers 0 --hparams small --image-size $IMAGE_SIZE --llm-layers 2"
 TRAIN+=" --system-prompt eval --attention sdpa --global-batch 16 --micro-batch 16 --seed 0"
 # The generator's range: frame sizes drawn per video (longer side 96-640 px, landscape, portrait
