@@ -52,9 +52,9 @@ def train(
         list[str] | None,
         Opt(help="STAGE=N: that stage's step cap, over --max-steps and --hparams (repeatable)."),
     ] = None,
-    image_size: Annotated[int, Opt(help="Input frame size of a new model (112 or 224).")] = (
-        RecipeConfig.image_size
-    ),
+    image_size: Annotated[
+        int, Opt(help="Input frame size of a new model: a multiple of 28 (the bundled one: 224).")
+    ] = RecipeConfig.image_size,
     seed: Annotated[int, Opt(help="Seed of the initial weights and the data order.")] = (
         RecipeConfig.seed
     ),
