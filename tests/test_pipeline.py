@@ -469,7 +469,9 @@ def test_reference_flip_draws_one_seeded_coin_per_video(ray_local, inputs_dir, t
         stored = load_file(tmp_path / "a" / r["feature_key"])
         tokens = torch.cat([stored[k].reshape(-1) for k in sorted(stored)])
         want, other = (mirror, plain) if flipped[r["video_id"]] else (plain, mirror)
-        assert torch.allclose(tokens, stab(want), atol=1e-5), r["video_id"]
+        # up to the rounding of the batch the pipeline encoded it in (as the rerun below; 2e-5
+        # at most for the bundled model, against differences of 3 on average for the other side)
+        assert torch.allclose(tokens, stab(want), rtol=1e-4, atol=1e-4), r["video_id"]
         assert not torch.allclose(tokens, stab(other), atol=1e-3), r["video_id"]
 
     # a qa job reads the features from the cache: same decisions
