@@ -9,11 +9,11 @@ import typer
 from rich.console import Console
 
 from .model.config import AttentionImpl
-from .train.config import WARMUP_GROUPS, RecipeConfig
+from .train.config import RECIPE_STAGES, WARMUP_GROUPS, RecipeConfig
 
 Opt = typer.Option
 console = Console()
-STAGE_CHOICES = ("prealign", "pretrain", "finetune", "all")
+STAGE_CHOICES = (*RECIPE_STAGES, "all")
 
 
 def _print_stage(summary: dict[str, Any]) -> None:

@@ -231,23 +231,28 @@ def _warm_start_lines(training: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _minutes(training: dict[str, Any]) -> str:
-    """How long the training took: its run's wall time, unless that run reused a warm-up or
-    stages of earlier runs (their own times then sum to more): that sum, named as such."""
+def _training_time(training: dict[str, Any]) -> tuple[str, str]:
+    """How long the training took, and how that was counted: its run's wall time, unless that
+    run reused a warm-up or stages of earlier runs (their own times then sum to more)."""
     parts = [s["seconds"] for s in training["stages"]]
     if training.get("warmup"):
         parts.append(training["warmup"]["seconds"])
     summed = sum(p for p in parts if p is not None)
     if summed <= training["wall_seconds"]:
-        return f"{training['wall_seconds'] / 60:.1f} min"
+        return f"{training['wall_seconds'] / 60:.1f} min", ""
     least = "at least " if None in parts else ""
-    return f"{least}{summed / 60:.1f} min, summed over the runs that trained them"
+    return f"{least}{summed / 60:.1f} min", "summed over the runs that trained them"
+
+
+def _minutes(training: dict[str, Any]) -> str:
+    minutes, counted = _training_time(training)
+    return f"{minutes}, {counted}" if counted else minutes
 
 
 def _time_line(training: dict[str, Any]) -> str:
-    minutes, _, summed = _minutes(training).partition(", ")
+    minutes, counted = _training_time(training)
     parts = ("warm-up and " if training.get("warmup") else "") + "all three stages"
-    parts += f", {summed}" if summed else ""
+    parts += f", {counted}" if counted else ""
     return f"- Training time {minutes} ({parts}) on this machine's 2 CPU cores."
 
 

@@ -246,6 +246,7 @@ def stage_configs(options: RecipeConfig, stages: Sequence[str]) -> list[StageCon
         seed=options.seed,
         distill_weight=options.distill_weight,
     )
+    capped = dict(options.stage_steps)
     configs = []
     for name in stages:
         per_stage = dict(SMALL_HPARAMS[name]) if options.hparams == "small" else {}
@@ -253,7 +254,6 @@ def stage_configs(options: RecipeConfig, stages: Sequence[str]) -> list[StageCon
             per_stage.pop("epochs", None)
         if options.max_steps is not None:
             per_stage.pop("max_steps", None)
-        capped = dict(options.stage_steps)
         if name in capped:
             per_stage["max_steps"] = capped[name]
         configs.append(stage_config(name, **{**shared, **per_stage}))

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .config import changed_settings
+from .config import RECIPE_STAGES, changed_settings
 
 StageName = Literal["prealign", "pretrain", "finetune"]
 # The distillation head (training only) trains with STAB at the visual LR in every stage (§7.1).
@@ -54,7 +54,7 @@ class StageConfig:
     focus_layer: int = 1
 
     def __post_init__(self) -> None:
-        if self.name not in ("prealign", "pretrain", "finetune"):
+        if self.name not in RECIPE_STAGES:
             raise ValueError(f"unknown stage {self.name!r}")
         if not self.distill_weight >= 0:
             raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
