@@ -47,6 +47,33 @@ def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(setup, tmp_path)
     assert loaded.tokenizer is not None
 
 
+def test_bf16_precision_autocasts_the_passes_and_keeps_fp32_weights(setup, tmp_path):
+    """On a CPU the default is fp32 (the same run as asking for it); bf16 autocasts the passes,
+    so its losses differ a little, while weights and optimiser stay fp32."""
+    _, tokenizer, data = setup
+    ds = dataset(data, tokenizer)
+    runs = {}
+    for precision in (None, "fp32", "bf16"):
+        cfg = stage_config(
+            "finetune",
+            global_batch=1,
+            micro_batch=1,
+            save_every=4,
+            max_steps=3,
+            precision=precision,
+        )
+        model = tiny_model(tokenizer)
+        result = train_stage(model, ds, cfg, LocalStore(tmp_path / str(precision)), "ft")
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        runs[precision] = (result.losses, model.state_dict())
+    assert runs[None][0] == runs["fp32"][0]
+    fp32, bf16 = runs["fp32"][0], runs["bf16"][0]
+    assert fp32 != bf16 and bf16 == pytest.approx(fp32, rel=0.05)
+    assert not torch.equal(
+        runs["bf16"][1]["llm.lm_head.weight"], runs["fp32"][1]["llm.lm_head.weight"]
+    )
+
+
 def _changed(before: dict, model, prefix: str) -> list[bool]:
     return [
         not torch.equal(before[k], t) for k, t in model.state_dict().items() if k.startswith(prefix)

@@ -161,6 +161,8 @@ def test_cli_help_and_run(corpus, tmp_path):
     assert bad.exit_code == 2 and "--stage-steps takes STAGE=N, got 'finetune'" in bad.output
     bad = runner.invoke(app, [*args, "--stage-steps", "decode=3"], env={"COLUMNS": "200"})
     assert bad.exit_code == 2 and "stage_steps needs a stage of" in bad.output
+    bad = runner.invoke(app, [*args, "--precision", "fp16"], env={"COLUMNS": "200"})
+    assert bad.exit_code == 2 and "'fp16' is not one of" in bad.output
     bad = runner.invoke(app, [*args, "--hparams", "nope"], env={"COLUMNS": "200"})
     assert (
         bad.exit_code == 2
@@ -176,6 +178,7 @@ def test_cli_help_and_run(corpus, tmp_path):
         ({"distill_weight": 1.0}, "distill_weight > 0 needs a teacher_store"),
         ({"stage_steps": [("warmup", 5)]}, "stage_steps needs a stage of prealign"),
         ({"stage_steps": [("finetune", 0)]}, "got finetune=0"),
+        ({"precision": "fp16"}, "precision must be one of bf16, fp32, got 'fp16'"),
     ],
 )
 def test_recipe_config_refuses_bad_options(changes, message):
@@ -385,6 +388,7 @@ def test_a_rerun_with_other_stage_settings_is_refused(corpus, tmp_path):
     for changes, told in [
         ({"max_steps": STEPS - 1}, f"max_steps {STEPS} → {STEPS - 1}"),  # finished: reused
         ({"seed": 5}, "seed 0 → 5"),
+        ({"precision": "bf16"}, "precision None → bf16"),
         ({"max_steps": STEPS + 1}, f"max_steps {STEPS} → {STEPS + 1}"),  # resumed at its end
     ]:
         with pytest.raises(ValueError, match=f"prealign .*{told}.*; use a new output store"):

@@ -99,6 +99,20 @@ def test_warmup_config_rejects_unknown_groups_and_schedules():
         WarmupConfig(schedule="step")
     with pytest.raises(ValueError, match="at least 1"):
         WarmupConfig(steps=0)
+    with pytest.raises(ValueError, match="precision must be one of bf16, fp32"):
+        WarmupConfig(precision="half")
+
+
+def test_a_bf16_warm_up_autocasts_its_passes(corpus, init):
+    """bf16 changes the arithmetic (the losses differ a little), not the fp32 weights."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        model = _model(init)
+        cfg = WarmupConfig(steps=3, batch=2, precision=precision)
+        losses[precision] = warm_up(model, corpus, cfg)["losses"]
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert losses["fp32"] != losses["bf16"]
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
 
 
 def test_labels_follow_the_scene_and_the_token_grid(corpus, init):
@@ -185,13 +199,24 @@ def test_the_cli_takes_warmup_steps(corpus, tmp_path):
     args = ["--workers", "0", "--stage", "prealign", "--max-steps", "1", "--llm-layers", "1"]
     args += ["--global-batch", "2", "--micro-batch", "2"]
     done = subprocess.run(
-        [*cli, "--output", str(tmp_path / "o"), *args, "--warmup-steps", "2"],
+        [
+            *cli,
+            "--output",
+            str(tmp_path / "o"),
+            *args,
+            "--warmup-steps",
+            "2",
+            "--precision",
+            "bf16",
+        ],
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     training = json.loads((tmp_path / "o" / "model" / "training.json").read_text())
     assert training["warmup"]["config"]["steps"] == 2
+    assert training["warmup"]["config"]["precision"] == "bf16"  # the stages' precision too
+    assert [s["config"]["precision"] for s in training["stages"]] == ["bf16"]
     assert "warm-up step 2/2" in done.stdout
 
 

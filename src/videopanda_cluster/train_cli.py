@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from .model.config import AttentionImpl
-from .train.config import RECIPE_STAGES, WARMUP_GROUPS, RecipeConfig
+from .train.config import PRECISIONS, RECIPE_STAGES, WARMUP_GROUPS, Precision, RecipeConfig
 
 Opt = typer.Option
 console = Console()
@@ -113,6 +113,13 @@ def train(
         AttentionImpl,
         Opt(help="Llama attention while training: eager (reference numerics) or sdpa."),
     ] = RecipeConfig.attention,
+    precision: Annotated[
+        Precision | None,
+        Opt(
+            help=f"Arithmetic of the warm-up's and stages' passes: {' or '.join(PRECISIONS)} "
+            "(bf16 autocast; weights stay fp32). Default: bf16 on GPUs, fp32 on CPUs.",
+        ),
+    ] = RecipeConfig.precision,
 ) -> None:
     """Train the small Video-Panda on a corpus, stage by stage, and export the final model."""
     from .train.recipe import RECIPE_STAGES, run_recipe
@@ -144,11 +151,15 @@ def train(
             teacher_store=teacher_store,
             teacher_prefix=teacher_prefix,
             warmup=WarmupConfig(
-                steps=warmup_steps, seed=seed, groups=tuple(warmup_group or WARMUP_GROUPS)
+                steps=warmup_steps,
+                seed=seed,
+                groups=tuple(warmup_group or WARMUP_GROUPS),
+                precision=precision,
             )
             if warmup_steps
             else None,
             attention=attention,
+            precision=precision,
         )
         stages = RECIPE_STAGES if stage == "all" else (stage,)
         training = run_recipe(corpus, output, stages, options, on_stage=_print_stage)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..model.config import AttentionImpl, check_attention
 
@@ -17,6 +17,16 @@ HPARAMS = ("small", "reference")
 RECIPE_STAGES = ("prealign", "pretrain", "finetune")
 # The label groups the scene warm-up fits by default (train/warmup.py, docs/training.md).
 WARMUP_GROUPS: tuple[str, ...] = ("kind", "motion")
+# Arithmetic of the training passes: "bf16" autocasts matmuls and convolutions to bfloat16 (weights,
+# gradients and optimiser state stay fp32), "fp32" does not; None: the device's own
+# (stages.DEVICE_PRECISION: bf16 on CUDA as the reference, fp32 elsewhere).
+Precision = Literal["bf16", "fp32"]
+PRECISIONS: tuple[Precision, ...] = ("bf16", "fp32")
+
+
+def check_precision(precision: str | None) -> None:
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def changed_settings(
@@ -57,6 +67,7 @@ class RecipeConfig:
     warmup: WarmupConfig | None = None  # scene warm-up of a new model (a synth corpus only)
     attention: AttentionImpl = "eager"  # the Llama's attention while training: eager or sdpa
     threads: int | None = None  # torch threads per worker (None: torch's default)
+    precision: Precision | None = None  # of the stages' passes (None: the device's)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ablations", tuple(self.ablations))
@@ -72,5 +83,6 @@ class RecipeConfig:
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         check_attention(self.attention)
+        check_precision(self.precision)
         if self.distill_weight > 0 and not self.teacher_store:
             raise ValueError("distill_weight > 0 needs a teacher_store")

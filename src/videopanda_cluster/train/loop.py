@@ -200,7 +200,10 @@ def train_stage(
             if plan is not None:
                 extra |= {"targets": plan.targets[m], "distill_scale": plan.scale}
             sync = m == accumulation - 1 or not hasattr(net, "no_sync")
-            with contextlib.nullcontext() if sync else net.no_sync(), autocast(model.device):
+            with (
+                contextlib.nullcontext() if sync else net.no_sync(),
+                autocast(model.device, cfg.precision),
+            ):
                 loss, count, outcomes = net(samples, seeds, cfg.max_length, cfg.overflow, **extra)
             loss.backward()
             loss_sum += float(loss.detach())

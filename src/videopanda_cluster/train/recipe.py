@@ -245,6 +245,7 @@ def stage_configs(options: RecipeConfig, stages: Sequence[str]) -> list[StageCon
         max_steps=options.max_steps,
         seed=options.seed,
         distill_weight=options.distill_weight,
+        precision=options.precision,
     )
     capped = dict(options.stage_steps)
     configs = []

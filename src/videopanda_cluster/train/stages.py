@@ -11,9 +11,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .config import RECIPE_STAGES, changed_settings
+from .config import RECIPE_STAGES, Precision, changed_settings, check_precision
 
 StageName = Literal["prealign", "pretrain", "finetune"]
+# bf16 on CUDA as the reference; fp32 elsewhere (a CPU without bf16 units gains nothing from it).
+DEVICE_PRECISION: dict[str, Precision] = {"cuda": "bf16"}
 # The distillation head (training only) trains with STAB at the visual LR in every stage (§7.1).
 VISUAL_MODULES = ("video_tower", "video_projector", "video_tower_compressor")
 # What a stage may change when it resumes or is reused: how often it saves and how a global batch
@@ -52,10 +54,12 @@ class StageConfig:
     # layers at the position that predicts the answer must name the word the question is about.
     focus_weight: float = 0.0
     focus_layer: int = 1
+    precision: Precision | None = None  # None: the device's (DEVICE_PRECISION)
 
     def __post_init__(self) -> None:
         if self.name not in RECIPE_STAGES:
             raise ValueError(f"unknown stage {self.name!r}")
+        check_precision(self.precision)
         if not self.distill_weight >= 0:
             raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
         if not self.focus_weight >= 0 or self.focus_layer < 1:
@@ -161,8 +165,10 @@ def build_scheduler(
     return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (as the reference); plain fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(
+    device: torch.device, precision: Precision | None = None
+) -> contextlib.AbstractContextManager:
+    """The training passes' arithmetic: ``precision``, or the device's own when None."""
+    if (precision or DEVICE_PRECISION.get(device.type, "fp32")) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -34,10 +34,11 @@ from torch import nn
 
 from ..model.modeling import VideoPanda
 from ..video.normalize import to_model_input
-from .config import WARMUP_GROUPS
+from .config import WARMUP_GROUPS, Precision, check_precision
 from .data import FrameCache
 from .distill import align_targets, frame_grid, student_positions
 from .scene_teacher import CHANNELS, SceneTeacherOptions, scene_features
+from .stages import autocast
 from .synth import load_metadata, video_path
 
 GROUPS: dict[str, tuple[int, ...]] = {  # label group → its CHANNELS indices
@@ -75,8 +76,10 @@ class WarmupConfig:
     schedule: str = "constant"  # after the linear warmup: "constant" or "cosine" (to 0)
     seed: int = 0
     split: str = "train"
+    precision: Precision | None = None  # of the passes, as the stages' (stages.autocast)
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if self.steps < 1 or self.batch < 1:
             raise ValueError(f"steps and batch must be at least 1, got {self.steps}, {self.batch}")
         unknown = sorted(set(self.groups) - set(CLASSES))
@@ -232,7 +235,8 @@ def warm_up(
         pixels = torch.stack(
             [to_model_input(c.frames, c.geometry, model.config.num_frames) for c in batch]
         ).to(model.device, model.dtype)
-        logits = heads(_cell_tokens(model, pixels))
+        with autocast(model.device, cfg.precision):
+            logits = heads(_cell_tokens(model, pixels))
         loss = torch.zeros((), device=model.device)
         for group in cfg.groups:
             if group == "pairs":
