@@ -400,6 +400,27 @@ def test_a_rerun_with_other_stage_settings_is_refused(corpus, tmp_path):
     assert again["stages"][0]["resumed"]
 
 
+def test_a_rerun_asking_for_another_model_is_refused(corpus, tmp_path):
+    """A store's stages (and warm-up) hold one model's weights: a rerun that asks for another
+    frame size, depth or ablation neither reuses them nor starts from them."""
+    store, run = str(tmp_path / "s"), dict(llm_layers=1, max_steps=STEPS)
+    run_recipe(corpus, store, ("prealign",), _options(**run))
+    asks = [
+        ({"image_size": SIZE + 28}, f"image_size {SIZE} → {SIZE + 28}"),
+        ({"llm_layers": 2}, "llm_layers 1 → 2"),
+        ({"ablations": ("no_fsra",)}, r"ablations \[\] → \['no_fsra'\]"),
+    ]
+    for changes, told in asks:
+        for stages in (("prealign",), ("pretrain",)):  # reused; started from
+            with pytest.raises(
+                ValueError, match=f"prealign/step-.* another model .*{told}.*new output"
+            ):
+                run_recipe(corpus, store, stages, _options(**{**run, **changes}))
+    assert not (tmp_path / "s" / "stages" / "pretrain").exists()
+    again = run_recipe(corpus, store, ("prealign",), _options(**run))
+    assert again["stages"][0]["resumed"]
+
+
 @pytest.mark.slow
 def test_a_resumed_run_reports_the_time_of_the_run_that_trained_a_stage(corpus, tmp_path):
     """Rerunning a finished stage does not train it again, and training.json keeps the seconds

@@ -188,6 +188,11 @@ def test_the_recipe_warms_up_once_and_resumes_from_it(corpus, tmp_path, monkeypa
     other = RecipeConfig(**run, warmup=replace(warmup, peak_share=None))
     with pytest.raises(ValueError, match=r"warm-up .*other settings .*peak_share"):
         recipe.run_recipe(corpus, str(out), ("prealign",), other)
+    # ...and so is one asking for another model (the stage is gone: only the warm-up is held)
+    shutil.rmtree(out / "stages")
+    deeper = RecipeConfig(**{**run, "llm_layers": 2}, warmup=warmup)
+    with pytest.raises(ValueError, match=r"store's warmup .*another model .*llm_layers 1 → 2"):
+        recipe.run_recipe(corpus, str(out), ("prealign",), deeper)
     plain = recipe.run_recipe(corpus, str(tmp_path / "plain"), ("prealign",), RecipeConfig(**run))
     assert plain["warmup"] is None
     assert not LocalStore(tmp_path / "plain").exists("warmup/warmup.json")

@@ -157,7 +157,7 @@ def _start_folder(
     for earlier in reversed(RECIPE_STAGES[: RECIPE_STAGES.index(stage)]):
         key = _final_checkpoint(store, earlier)
         if key:
-            return download(store, key, work / f"{stage}-start"), key
+            return _stored_model(store, key, work / f"{stage}-start", new_model), key
     new_model = dict(new_model)
     warmup = new_model.pop("warmup", None)
     origin = f"random init (seed {new_model['seed']})"
@@ -174,7 +174,30 @@ def _start_folder(
                 f"the store's warm-up was made with other settings ({', '.join(changed)}); "
                 "use a new output store"
             )
-    return download(store, WARMUP_KEY, work / "warmup"), f"scene warm-up of {origin}"
+    folder = _stored_model(store, WARMUP_KEY, work / "warmup", new_model)
+    return folder, f"scene warm-up of {origin}"
+
+
+def _stored_model(store: Store, key: str, folder: Path, new_model: Mapping[str, Any]) -> Path:
+    """Download the store's model under ``key``, refusing it when it is not the model
+    ``new_model`` asks for (frame size, Llama depth, ablations): a rerun must not continue one
+    model's weights under another's settings."""
+    path = download(store, key, folder)
+    config = VideoPandaConfig.from_pretrained(path)
+    held = {
+        "image_size": config.image_size,
+        "llm_layers": config.llm["num_hidden_layers"],
+        "ablations": sorted(config.ablations),
+    }
+    asked = {name: new_model[name] for name in held}
+    asked["ablations"] = sorted(asked["ablations"])
+    changed = changed_settings(held, asked)
+    if changed:
+        raise ValueError(
+            f"the store's {key} holds another model than the one asked for "
+            f"({', '.join(changed)}); use a new output store"
+        )
+    return path
 
 
 def _warm_up(store: Store, init: Path, corpus: Path, cfg: WarmupConfig, frames: FrameCache) -> None:
@@ -435,7 +458,7 @@ def run_recipe(
             summaries.append(summary)
             if on_stage:
                 on_stage(summary)
-            start, origin = download(store, key, work / f"{cfg.name}-final"), key
+            start, origin = _stored_model(store, key, work / f"{cfg.name}-final", new_model), key
         config = VideoPandaConfig.from_pretrained(start)
         training = {
             "recipe": "videopanda small",
