@@ -133,3 +133,14 @@ def test_too_long_samples_are_counted_whether_skipped_or_truncated(setup, tmp_pa
     first = epoch_order(cut.seed, 0, len(ds))[:2]
     assert sorted(truncated.stats.ids["truncated"]) == sorted(ds.records[i].id for i in first)
     assert truncated.stats.counts == {"truncated": 2}
+
+
+def test_a_stage_stored_before_precision_existed_resumes_only_at_the_default():
+    """A checkpoint of an earlier version has no ``precision`` key: it counts as the default."""
+    cfg = stage_config("finetune", global_batch=1, micro_batch=1)
+    stored = {k: v for k, v in cfg.to_dict().items() if k != "precision"}
+    cfg.check_resumable(stored, "checkpoint step 2")  # no error
+    with pytest.raises(ValueError, match=r"precision None → bf16\); use a new output store"):
+        stage_config("finetune", global_batch=1, micro_batch=1, precision="bf16").check_resumable(
+            stored, "checkpoint step 2"
+        )
