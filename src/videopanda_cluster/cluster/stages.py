@@ -152,24 +152,24 @@ class EncodeWorker:
         start = time.perf_counter()
         tokens: list[list[torch.Tensor]] = [[] for _ in payloads]
         hits = [False] * len(payloads)
-        todo = []
-        for i, video in enumerate(videos):
+        todo: list[tuple[int, dict[str, Any]]] = []  # (index, payload) of each cache miss
+        for i, (video, payload) in enumerate(zip(videos, payloads, strict=True)):
             cached = self.cache.get(video.content_hash, video.flipped) if self.cache else None
             if cached is not None:
                 tokens[i], hits[i] = cached, True
-            elif payloads[i] is None:  # removed since the decoder saw it: the shard is retried
+            elif payload is None:  # removed since the decoder saw it: the shard is retried
                 raise RuntimeError(f"feature cache entry for {video.content_hash} disappeared")
             else:
-                todo.append(i)
+                todo.append((i, payload))
         if todo:
             decoded = [
-                DecodedVideo(payloads[i]["frames"], payloads[i]["geometry"], videos[i].flipped)
-                for i in todo
+                DecodedVideo(payload["frames"], payload["geometry"], videos[i].flipped)
+                for i, payload in todo
             ]
-            for i, features in zip(todo, self.backend.encode(decoded), strict=True):
+            for (i, payload), features in zip(todo, self.backend.encode(decoded), strict=True):
                 tokens[i] = features
                 if self.cache:
-                    self.cache.put(videos[i].content_hash, features, payloads[i]["provenance"])
+                    self.cache.put(videos[i].content_hash, features, payload["provenance"])
         elapsed = (time.perf_counter() - start) / max(1, len(payloads))
         metas = [
             {

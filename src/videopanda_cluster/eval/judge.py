@@ -195,7 +195,7 @@ class Verdict:
 def tasks_for_run(store: Store, run_id: str) -> list[JudgeTask]:
     """Every (item, dimension) of the run's prediction files, in file order, subsets as
     :data:`layout.DIMENSIONS` lists them."""
-    tasks = []
+    tasks: list[JudgeTask] = []
     for subset, dimensions in layout.DIMENSIONS.items():
         key = layout.predictions_key(run_id, subset)
         if not store.exists(key):

@@ -173,18 +173,19 @@ def item_record(item: EvalItem, rows: list[dict | None]) -> tuple[dict[str, Any]
     if item.uri is None:
         record.update(status="missing", message="no video file found for this item")
         return record, []
-    if any(r is None for r in rows):
+    returned = [r for r in rows if r is not None]
+    if len(returned) < len(rows):
         record.update(status="error", error=NO_RESULT, message="the job returned no result row")
         return record, []
-    failed = [r for r in rows if r["status"] != "ok"]
+    failed = [r for r in returned if r["status"] != "ok"]
     if failed:
         record.update(status="error", error=failed[0]["error"], message=failed[0]["message"])
         return record, []
-    provenance = rows[0].get("provenance") or {}
+    provenance = returned[0].get("provenance") or {}
     record.update(
         sampled_indices=provenance.get("sampled_indices"), flipped=provenance.get("flipped")
     )
-    return record, [r["answer"] for r in rows]
+    return record, [r["answer"] for r in returned]
 
 
 def write_run(

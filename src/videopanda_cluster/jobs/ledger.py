@@ -128,7 +128,8 @@ class _Collect:
     """Builds an :class:`Ids` from ids seen one at a time."""
 
     def __init__(self) -> None:
-        self.count, self.examples = 0, []
+        self.count = 0
+        self.examples: list[str] = []
 
     def add(self, video_id: str) -> None:
         self.count += 1

@@ -60,7 +60,9 @@ class VideoPanda(nn.Module):
 
     def set_attention(self, implementation: AttentionImpl) -> None:
         """The Llama's attention: "eager" (the reference's numerics, the default) or "sdpa"."""
-        self.llm.set_attn_implementation(check_attention(implementation))
+        implementation = check_attention(implementation)
+        if self.llm is not None:  # an encode-only model has no Llama to set
+            self.llm.set_attn_implementation(implementation)
 
     # aliases of the reference (same objects, not registered twice)
     @property

@@ -262,7 +262,8 @@ def frame_grid(mask: torch.Tensor, config: VideoPandaConfig) -> tuple[int, int]:
 def frame_starts(input_ids: Sequence[int], lengths: Sequence[int]) -> list[int]:
     """Where each frame's tokens start in the spliced sequence (placeholder i → ``lengths[i]``
     tokens)."""
-    starts, shift = [], 0
+    starts: list[int] = []
+    shift = 0
     for position, token in enumerate(input_ids):
         if token == IMAGE_TOKEN_INDEX:
             if len(starts) == len(lengths):

@@ -188,7 +188,8 @@ def train_stage(
         epoch, index = divmod(step, per_epoch)
         order = epoch_order(cfg.seed, epoch, len(dataset))
         first = index * cfg.global_batch + world.rank * shard
-        loss_sum, tokens, events = 0.0, 0, []
+        loss_sum, tokens = 0.0, 0
+        events: list[tuple[str, str]] = []
         batches = []
         for m in range(accumulation):
             positions = range(first + m * cfg.micro_batch, first + (m + 1) * cfg.micro_batch)
@@ -342,7 +343,7 @@ def _load(
     positions: range,
     seed: int,
     epoch: int,
-    events: list,
+    events: list[tuple[str, str]],
 ) -> tuple[list[Sample], list[int]]:
     """Samples at ``positions`` of the epoch order; failures go to ``events`` (reason, id)."""
     samples, seeds = [], []

@@ -61,8 +61,8 @@ class IsolatedRunner:
     @property
     def pid(self) -> int | None:
         """Process id of the live worker, or None when none is running."""
-        alive = self._proc is not None and self._proc.poll() is None
-        return self._proc.pid if alive else None
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     def start(self) -> None:
         """Start the worker process now (else the first call starts it)."""
