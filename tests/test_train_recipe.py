@@ -186,6 +186,15 @@ def test_recipe_config_refuses_bad_options(changes, message):
         RecipeConfig(**changes)
 
 
+def test_the_recipe_precision_reaches_a_warm_up_that_sets_none():
+    from videopanda_cluster.train.warmup import WarmupConfig
+
+    assert RecipeConfig(precision="bf16", warmup=WarmupConfig(steps=3)).warmup.precision == "bf16"
+    assert RecipeConfig(warmup=WarmupConfig(steps=3)).warmup.precision is None  # the device's
+    own = RecipeConfig(precision="bf16", warmup=WarmupConfig(steps=3, precision="fp32"))
+    assert own.warmup.precision == "fp32"  # a warm-up's own setting stands
+
+
 @pytest.mark.parametrize("max_steps", [None, 9])
 def test_stage_steps_caps_one_stage_over_the_others(max_steps):
     small = dict(hparams="small", max_steps=max_steps)

@@ -154,7 +154,6 @@ def train(
                 steps=warmup_steps,
                 seed=seed,
                 groups=tuple(warmup_group or WARMUP_GROUPS),
-                precision=precision,
             )
             if warmup_steps
             else None,

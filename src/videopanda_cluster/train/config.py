@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..model.config import AttentionImpl, check_attention
@@ -67,9 +67,12 @@ class RecipeConfig:
     warmup: WarmupConfig | None = None  # scene warm-up of a new model (a synth corpus only)
     attention: AttentionImpl = "eager"  # the Llama's attention while training: eager or sdpa
     threads: int | None = None  # torch threads per worker (None: torch's default)
-    precision: Precision | None = None  # of the stages' passes (None: the device's)
+    # of the stages' passes (None: the device's), and of a warm-up that sets none of its own
+    precision: Precision | None = None
 
     def __post_init__(self) -> None:
+        if self.warmup is not None and self.warmup.precision is None:
+            object.__setattr__(self, "warmup", replace(self.warmup, precision=self.precision))
         object.__setattr__(self, "ablations", tuple(self.ablations))
         object.__setattr__(self, "stage_steps", tuple(tuple(p) for p in self.stage_steps))
         for name, steps in self.stage_steps:
