@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypedDict
 from urllib.parse import unquote, urlparse
 
 from ..video.errors import Reason, VideoDecodeError, is_environment_fault
@@ -120,8 +120,15 @@ def decode_uri(
         raise VideoDecodeError(Reason.SOURCE_UNREADABLE, f"{type(exc).__name__}: {exc}") from None
 
 
+class Traffic(TypedDict, total=False):
+    """A blob download's counters (none for a local file), as :class:`DecodedSource` keywords."""
+
+    bytes_fetched: int
+    requests: int
+
+
 @contextmanager
-def _hashed(uri: str, deadline: Deadline) -> Iterator[tuple[VideoSource, str, dict[str, int]]]:
+def _hashed(uri: str, deadline: Deadline) -> Iterator[tuple[VideoSource, str, Traffic]]:
     """Yield (what to decode, content hash, the download's ``bytes_fetched`` and ``requests``).
 
     A local file is hashed, then decoded in place. A blob is read once, in ``SPILL_CHUNK`` ranged
@@ -137,7 +144,7 @@ def _hashed(uri: str, deadline: Deadline) -> Iterator[tuple[VideoSource, str, di
             check_file(source)
             with open(source, "rb") as fh:
                 content_hash = stream_sha256(fh, deadline)
-            yield source, content_hash, {}
+            yield source, content_hash, Traffic()
             return
         with tempfile.TemporaryFile(prefix="videopanda-spill-") as spill:
             content_hash = stream_sha256(source, deadline, copy_to=spill, chunk=SPILL_CHUNK)
@@ -145,7 +152,7 @@ def _hashed(uri: str, deadline: Deadline) -> Iterator[tuple[VideoSource, str, di
             yield (
                 spill,
                 content_hash,
-                {"bytes_fetched": source.bytes_fetched, "requests": source.requests},
+                Traffic(bytes_fetched=source.bytes_fetched, requests=source.requests),
             )
 
 

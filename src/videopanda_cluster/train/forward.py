@@ -17,6 +17,7 @@ never exported.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -86,15 +87,21 @@ class TrainingModel(nn.Module):
         Distillation needs the compressor, ``targets`` (one per sample) and a nonzero
         ``distill_scale``; otherwise the pass is plain CE.
         """
-        distill = self.video_tower_compressor is not None and targets is not None
-        distill = distill and distill_scale != 0
-        if distill and len(targets) != len(samples):
-            raise ValueError(f"{len(targets)} teacher targets for {len(samples)} samples")
+        compressor = self.video_tower_compressor if distill_scale != 0 else None
+        teacher = targets if compressor is not None else None
+        distill = compressor is not None and teacher is not None
+        if teacher is not None and len(teacher) != len(samples):
+            raise ValueError(f"{len(teacher)} teacher targets for {len(samples)} samples")
         self.distill_stats = None
-        embed = self.model.llm.get_input_embeddings()
-        embeds, labels, outcomes = [], [], []
+        llm = self.model.llm
+        if llm is None:
+            raise ValueError("training needs a model with its Llama")
+        embed = cast(nn.Embedding, llm.get_input_embeddings())
+        embeds: list[torch.Tensor] = []
+        labels: list[torch.Tensor] = []
+        outcomes: list[str | None] = []
         frames_of: list[FrameTarget] = []
-        focus = self.focus_head is not None and focus_weight != 0
+        head = self.focus_head if focus_weight != 0 else None
         asked: list[tuple[int, int, int]] = []  # (row, position, class) of each focus answer
         for n, (sample, seed) in enumerate(zip(samples, seeds, strict=True)):
             frames, grids = self.encode_frames(sample.pixels, seed)
@@ -104,40 +111,43 @@ class TrainingModel(nn.Module):
             fitted = fit_length(sequence, expanded.to(sequence.device), max_length, overflow)
             outcomes.append("too_long" if fitted is None else fitted[2])
             if fitted is not None:
-                if distill:
+                if teacher is not None:
                     frames_of += frame_targets(
                         len(embeds),
                         sample,
                         lengths,
                         grids,
                         fitted[0].shape[0],
-                        targets[n],
+                        teacher[n],
                         self.model.config,
                     )
-                if focus:
-                    asked += self.focus_head.targets(len(embeds), fitted[1], sample.focus)
+                if head is not None:
+                    asked += head.targets(len(embeds), fitted[1], sample.focus)
                 embeds.append(fitted[0])
                 labels.append(fitted[1])
         if not embeds:  # nothing to learn from; a zero loss that still reaches every parameter
-            zero = sum(p.flatten()[0] * 0 for p in self.parameters() if p.requires_grad)
+            zero = torch.zeros((), device=self.model.device)
+            for p in self.parameters():
+                if p.requires_grad:
+                    zero = zero + p.flatten()[0] * 0
             if distill:
                 self.distill_stats = DistillStats.empty(self.model.device)
             return zero, 0, outcomes
         batch = pad_batch(embeds, labels, side="right")
         labels_out = batch.pop("labels")[:, 1:]
-        out = self.model.llm(**batch, output_hidden_states=distill or bool(asked))
+        out = llm(**batch, output_hidden_states=distill or bool(asked))
         loss = F.cross_entropy(
             out.logits[:, :-1].float().flatten(0, 1),
             labels_out.flatten(),
             ignore_index=IGNORE_INDEX,
             reduction="sum",
         )
-        if distill:
-            stats = distill_sum(out.hidden_states, self.video_tower_compressor, frames_of)
+        if compressor is not None and teacher is not None:
+            stats = distill_sum(out.hidden_states, compressor, frames_of)
             self.distill_stats = stats
             loss = loss + distill_scale * stats.loss_sum
-        if asked:
-            loss = loss + focus_weight * self.focus_head.loss_sum(out.hidden_states, asked)
+        if head is not None and asked:
+            loss = loss + focus_weight * head.loss_sum(out.hidden_states, asked)
         return loss, int((labels_out != IGNORE_INDEX).sum()), outcomes
 
 
