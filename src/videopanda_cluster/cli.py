@@ -221,14 +221,13 @@ def model_info_cmd(
     from .model.config import VideoPandaConfig
     from .model.info import model_info
 
-    if (preset is None) == (checkpoint is None):
-        raise typer.BadParameter("give exactly one of --preset or --checkpoint")
     try:
-        config = (
-            VideoPandaConfig.preset(preset)
-            if preset
-            else VideoPandaConfig.from_pretrained(checkpoint)
-        )
+        if preset is not None and checkpoint is None:
+            config = VideoPandaConfig.preset(preset)
+        elif checkpoint is not None and preset is None:
+            config = VideoPandaConfig.from_pretrained(checkpoint)
+        else:
+            raise typer.BadParameter("give exactly one of --preset or --checkpoint")
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from None
     info = model_info(config)

@@ -24,6 +24,7 @@ import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -194,15 +195,17 @@ def train_stage(
         for m in range(accumulation):
             positions = range(first + m * cfg.micro_batch, first + (m + 1) * cfg.micro_batch)
             batches.append(_load(dataset, order, positions, cfg.seed, epoch, events))
-        plan = _plan_distill(batches, cfg, model, teacher, world) if compressor else None
+        plan = None
+        if compressor is not None and teacher is not None:
+            plan = _plan_distill(batches, cfg, model, teacher, world)
         distill_sum, frames = 0.0, 0
         for m, (samples, seeds) in enumerate(batches):
-            extra = {"focus_weight": cfg.focus_weight} if focus is not None else {}
+            extra: dict[str, Any] = {"focus_weight": cfg.focus_weight} if focus is not None else {}
             if plan is not None:
                 extra |= {"targets": plan.targets[m], "distill_scale": plan.scale}
             sync = m == accumulation - 1 or not hasattr(net, "no_sync")
             with (
-                contextlib.nullcontext() if sync else net.no_sync(),
+                contextlib.nullcontext() if sync else cast(Any, net).no_sync(),
                 autocast(model.device, cfg.precision),
             ):
                 loss, count, outcomes = net(samples, seeds, cfg.max_length, cfg.overflow, **extra)

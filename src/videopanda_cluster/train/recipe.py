@@ -126,7 +126,8 @@ def init_small_model(
     tokenizer = load_tokenizer(out)
     torch.manual_seed(seed)
     config = VideoPandaConfig.small(len(tokenizer), image_size, llm_layers)
-    model = VideoPanda(replace(config, **{name: True for name in ablations}))
+    switches: dict[str, Any] = {name: True for name in ablations}
+    model = VideoPanda(replace(config, **switches))
     model.tokenizer = tokenizer
     model.save_pretrained(out)
     return out
@@ -347,6 +348,8 @@ def run_one_stage(
         if result.error is not None:
             raise RuntimeError(f"stage {cfg.name} failed: {result.error}") from result.error
     key = _final_checkpoint(store, cfg.name)
+    if key is None:
+        raise RuntimeError(f"stage {cfg.name} finished without a checkpoint in the store")
     return key, _trainer_state(store, key)
 
 

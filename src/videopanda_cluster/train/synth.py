@@ -171,7 +171,8 @@ class Shape:
     def centre(self, index: int, frames: int) -> tuple[float, float]:
         """Centre (x, y) in frame ``index`` of a ``frames``-long clip."""
         t = index / (frames - 1)
-        return tuple(a + t * (b - a) for a, b in zip(self.start, self.end, strict=True))
+        (x0, y0), (x1, y1) = self.start, self.end
+        return (x0 + t * (x1 - x0), y0 + t * (y1 - y0))
 
     @property
     def name(self) -> str:
@@ -278,7 +279,7 @@ def make_video(name: str, seed: int, index: int, options: SynthOptions) -> Synth
     count = int(rng.integers(1, 4))
     kinds = [str(k) for k in rng.choice(SHAPES, size=count, replace=False)]
     colours = [str(c) for c in rng.choice(SYNTH_COLOURS, size=count, replace=False)]
-    background = tuple(BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))])
+    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
     shapes = [_moving_shape(rng, kinds[0], colours[0], options)]
     for kind, colour in zip(kinds[1:], colours[1:], strict=True):
         shape = _still_shape(rng, kind, colour, options, shapes)
@@ -419,8 +420,9 @@ def _conversation(
     for i, (question, answer) in enumerate(turns):
         value = f"{VIDEO_TOKEN}\n{question}" if i == 0 else question
         human = {"from": "human", "value": value}
-        if focus and focus[i] is not None:
-            human["focus"] = focus[i]
+        word = focus[i] if focus else None
+        if word is not None:
+            human["focus"] = word
         conversations += [human, {"from": "gpt", "value": answer}]
     return {"id": video.name, "video": video_path(video.name), "conversations": conversations}
 
