@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from videopanda_cluster.train.model_card import per_type_exact_match, write_card
 from videopanda_cluster.train.synth import SynthOptions, load_metadata, write_synth
 
@@ -224,6 +226,10 @@ def test_card_has_validation_robustness_and_shape_counts(tmp_path):
         for qa in video.questions:
             pred = qa["answer"] if qa["type"] != "colour" or len(video.shapes) == 1 else "nope"
             lines.append({"id": f"{video.name}_{qa['type']}", "answer": qa["answer"], "pred": pred})
+        # captions: right on clips of one shape; else only the first shape, stated right
+        first = video.caption.split(" and ")[0].split(", then")[0].removesuffix(".")
+        pred = video.caption if len(video.shapes) == 1 else f"{first}."
+        lines.append({"id": f"{video.name}_caption", "answer": video.caption, "pred": pred})
     (run / "predictions" / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     (run / "report.json").write_text(json.dumps(_caption_report({"colour": 96.0}, 93.0, 80.0)))
     (tmp_path / "val.json").write_text(json.dumps(_report({"colour": 99.0})))
@@ -250,6 +256,10 @@ def test_card_has_validation_robustness_and_shape_counts(tmp_path):
     expected = {n: 100.0 if n == 1 else 0.0 for n in counts}
     assert {n: s["colour"]["exact_match"] for n, s in results["shape_counts"].items()} == expected
     assert all(s["shape"]["exact_match"] == 100.0 for s in results["shape_counts"].values())
+    for n, scores in results["shape_counts"].items():  # one fact stated (right) of n
+        clips = sum(len(v.shapes) == n for v, _ in videos)
+        assert scores["fact_precision"] == {"exact_match": 100.0, "items": clips}
+        assert scores["fact_recall"] == {"exact_match": pytest.approx(100 / n), "items": clips}
     several = sorted(counts - {1})
     labels = ", ".join(f"{n} shapes (of the test split) (0.0)" for n in several)
     assert f"- colour (target 95): {labels}\n" in card

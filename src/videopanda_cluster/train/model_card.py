@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..eval.caption_facts import CaptionScore, score_caption
 from ..eval.metrics import exact_match
-from .synth import QUESTION_TYPES, load_metadata
+from .synth import CAPTION_TYPE, QUESTION_TYPES, load_metadata
 
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json")
 CHANCE = {"colour": 25.0, "shape": 25.0, "direction": 25.0, "count": 100 / 3, "first": 50.0}
@@ -71,24 +72,35 @@ def per_type_exact_match(report: dict[str, Any]) -> Scores:
 
 
 def by_shape_count(predictions: Path, corpus: Path) -> dict[int, Scores]:
-    """Exact match per question type for clips of 1, 2 and 3 shapes, from a run's
-    ``predictions/*.jsonl`` (ids ``<video>_<type>``) and the test corpus's ``metadata.json``."""
+    """Exact match per question type, and the caption items' fact precision and recall, for
+    clips of 1, 2 and 3 shapes, from a run's ``predictions/*.jsonl`` (ids ``<video>_<type>``)
+    and the test corpus's ``metadata.json``."""
     shapes = {v.name: len(v.shapes) for v, _ in load_metadata(corpus)}
     hits: dict[int, dict[str, list[float]]] = {}
+    captions: dict[int, CaptionScore] = {}
     for path in sorted(predictions.glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             video, _, qtype = str(row["id"]).rpartition("_")
-            if qtype in QUESTION_TYPES and video in shapes:
-                cell = hits.setdefault(shapes[video], {}).setdefault(qtype, [])
-                cell.append(exact_match(str(row["pred"]), str(row["answer"])))
-    return {
+            if video not in shapes:
+                continue
+            count, pred, answer = shapes[video], str(row["pred"]), str(row["answer"])
+            if qtype in QUESTION_TYPES:
+                hits.setdefault(count, {}).setdefault(qtype, []).append(exact_match(pred, answer))
+            elif qtype == CAPTION_TYPE:
+                captions[count] = captions.get(count, CaptionScore()) + score_caption(pred, answer)
+    out: dict[int, Scores] = {
         count: {
             qtype: {"exact_match": 100 * sum(v) / len(v), "items": len(v)}
             for qtype, v in types.items()
         }
-        for count, types in sorted(hits.items())
+        for count, types in hits.items()
     }
+    for count, score in captions.items():
+        for name, value in zip(CAPTION_METRICS, (score.precision, score.recall), strict=True):
+            cell = {"exact_match": None if value is None else 100 * value, "items": score.captions}
+            out.setdefault(count, {})[name] = cell
+    return dict(sorted(out.items()))
 
 
 def _pct(value: float | None) -> str:
