@@ -4,7 +4,6 @@ the eval layout read by our benchmark loader, the training JSON format and the C
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -24,9 +23,7 @@ from videopanda_cluster.train.synth import (
     SynthVideo,
     caption,
     load_metadata,
-    make_questions,
     question_types,
-    swapped_questions,
     vocabularies,
     write_synth,
 )
@@ -285,9 +282,7 @@ def test_finetune_asks_every_binding_of_a_multi_shape_clip_without_giving_answer
         if len(video.shapes) == 1:
             assert len(conversations) == 1
             continue
-        early = [s for s in video.shapes if s.appear == 0]
-        extra = int(len(early) > 1 and len(early) < len(video.shapes))  # a second "first"
-        assert len(conversations) == 2 and len(conversations[1]) == 2 + extra
+        assert len(conversations) == 2 and len(conversations[1]) == 2
         facts = {f"What colour is the {s.kind}?": s.colour for s in video.shapes}
         facts |= {f"What shape is the {s.colour} object?": s.kind for s in video.shapes}
         asked = [q for c in conversations for q, _ in c if q in facts]
@@ -298,39 +293,6 @@ def test_finetune_asks_every_binding_of_a_multi_shape_clip_without_giving_answer
                 assert not {shape.colour, shape.kind} <= answers
         # The two conversations together ask colour and kind of both asked shapes.
         assert len(set(asked)) == 4
-
-
-def test_a_clip_with_two_early_shapes_asks_first_about_each_with_the_answer_moved():
-    shapes = (
-        Shape("circle", "red", 10, (20, 30), (60, 30), "right"),
-        Shape("square", "green", 10, (90, 80), (90, 80), "still"),
-        Shape("triangle", "blue", 10, (30, 80), (30, 80), "still", appear=5),
-    )
-    seen = set()
-    for seed in range(40):
-        video = SynthVideo("x", OPTIONS, (0, 0, 0), shapes)
-        video = replace(video, questions=make_questions(video, np.random.default_rng(seed)))
-        (own,) = [q for q in video.questions if q["type"] == "first"]
-        (other,) = [q for q in swapped_questions(video) if q["type"] == "first"]
-        assert {own["answer"], other["answer"]} == {"circle", "square"}  # both early shapes
-        options = []
-        for q in (own, other):
-            a, b = q["question"].removeprefix("Which shape appears first, the ").split(" or the ")
-            assert {a, b.removesuffix("?")} == {q["answer"], "triangle"}
-            options.append(a == q["answer"])
-        assert options[0] != options[1]  # the answer is named first in exactly one of them
-        seen.add((own["answer"], options[0]))
-    assert len(seen) == 4  # either early shape asked first, named in either place
-
-
-def test_clips_with_one_early_shape_get_no_second_first_question():
-    late = Shape("triangle", "blue", 10, (30, 80), (30, 80), "still", appear=5)
-    main = Shape("circle", "red", 10, (20, 30), (60, 30), "right")
-    still = Shape("square", "green", 10, (90, 80), (90, 80), "still")
-    for shapes in ((main, late), (main, still), (main, still, replace(late, appear=0))):
-        video = SynthVideo("x", OPTIONS, (0, 0, 0), shapes)
-        video = replace(video, questions=make_questions(video, np.random.default_rng(0)))
-        assert [q["type"] for q in swapped_questions(video)] == ["colour", "shape"]
 
 
 def test_captions_name_each_shape_in_order_of_appearance(videos):

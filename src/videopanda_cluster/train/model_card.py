@@ -203,8 +203,7 @@ def _corpus_line(training: dict[str, Any], synth: dict[str, Any] | None) -> str:
     return line + (
         " (training conversations: captions for prealign/pretrain; for finetune, multi-turn QA"
         " with an absent-object question, per clip with several shapes its colour and shape"
-        " questions with roles swapped (and, with two early shapes and a late one, the 'first'"
-        " question about the other early shape), and a caption conversation per clip)."
+        " questions with roles swapped, and a caption conversation per clip)."
     )
 
 

@@ -332,13 +332,6 @@ def _shape_question(shape: Shape, alone: bool = False) -> QA:
     return ("shape", f"What shape is the {shape.colour} object?", shape.kind, shape.colour)
 
 
-def _first_question(early: Shape, late: Shape, early_named_first: bool) -> QA:
-    """Asks which of an early and a late shape appears first, naming the early one first or
-    second; the answer is the early one's kind."""
-    a, b = (early.kind, late.kind) if early_named_first else (late.kind, early.kind)
-    return ("first", f"Which shape appears first, the {a} or the {b}?", early.kind, None)
-
-
 def _absent_question(video: SynthVideo, rng: np.random.Generator) -> QA:
     """Asks the colour of a kind the clip lacks, or the kind of a colour it lacks (a coin
     decides); the answer is the fixed "there is no ..." phrase."""
@@ -383,8 +376,9 @@ def make_questions(video: SynthVideo, rng: np.random.Generator) -> tuple[dict[st
     late = [s for s in shapes if s.appear > 0]
     if late:
         early = [s for s in shapes if s.appear == 0]
-        pick = early[int(rng.integers(len(early)))]
-        qa.append(_first_question(pick, late[0], early_named_first=rng.permutation(2)[0] == 0))
+        pair = [early[int(rng.integers(len(early)))], late[0]]
+        a, b = (pair[i].kind for i in rng.permutation(2))
+        qa.append(("first", f"Which shape appears first, the {a} or the {b}?", pair[0].kind, None))
     qa.append(_absent_question(video, rng))
     return _as_dicts(qa)
 
@@ -431,27 +425,13 @@ def swapped_questions(video: SynthVideo) -> tuple[dict[str, str], ...]:
     """The colour and shape questions with their roles swapped (none for a lone shape): the
     colour of the shape the shape question asked about, and the kind of the shape the colour
     question asked about. With the clip's own pair they ask every binding of the two shapes,
-    and neither pair gives the other's answers away within one conversation.
-
-    A clip with two early shapes and a late one also gets the ``first`` question about the
-    early shape its own ``first`` question did not name, its answer at the other position: the
-    two then differ only in the options, so they can't both be answered without reading them.
-    """
+    and neither pair gives the other's answers away within one conversation."""
     if len(video.shapes) == 1:
         return ()
-    asked = {q["type"]: q for q in video.questions}
-    target = next(s for s in video.shapes if s.colour == asked["colour"]["answer"])
-    other = next(s for s in video.shapes if s.kind == asked["shape"]["answer"])
-    qa = [_colour_question(other), _shape_question(target)]
-    early = [s for s in video.shapes if s.appear == 0]
-    late = [s for s in video.shapes if s.appear > 0]
-    if late and len(early) > 1:
-        first = asked["first"]
-        named = next(s for s in early if s.kind == first["answer"])
-        unnamed = next(s for s in early if s is not named)
-        named_first = first["question"] == _first_question(named, late[0], True)[1]
-        qa.append(_first_question(unnamed, late[0], early_named_first=not named_first))
-    return _as_dicts(qa)
+    asked = {q["type"]: q["answer"] for q in video.questions}
+    target = next(s for s in video.shapes if s.colour == asked["colour"])
+    other = next(s for s in video.shapes if s.kind == asked["shape"])
+    return _as_dicts([_colour_question(other), _shape_question(target)])
 
 
 def training_records(videos: list[SynthVideo], seed: int) -> dict[str, list[dict[str, Any]]]:
