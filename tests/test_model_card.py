@@ -142,13 +142,17 @@ def test_card_names_the_warm_start_and_the_distillation(tmp_path):
     assert "Warm start" not in card and "Distillation" not in card and "Limits" not in card
     assert "(all three stages)" in card
     assert "Question-focus" not in card and "attention while training" not in card
+    assert "Shape-attention" not in card
     training["stages"][0]["config"] |= {"focus_weight": 1.0, "focus_layer": 1}
+    training["stages"][0]["config"] |= {"attend_weight": 1.0, "attend_layer": 2}
     training["attention"] = "sdpa"
     (model / "training.json").write_text(json.dumps(training))
     write_card(model, tmp_path / "r.json", tmp_path / "focus", "cmd")
     card = (tmp_path / "focus" / "README.md").read_text()
     assert "Question-focus loss (`train/forward.py`) with weight 1 in finetune" in card
     assert "hidden state after layer 1" in card and "attention while training: sdpa" in card
+    assert "Shape-attention loss (`train/shape_attention.py`) with weight 1 in finetune" in card
+    assert "Llama layer 2's attention" in card
 
 
 def test_a_stage_without_a_recorded_time_shows_a_dash(tmp_path):

@@ -201,12 +201,16 @@ class StoredTeacher:
 
     def __init__(self, store: Store, prefix: str, dim: int | None = None) -> None:
         self.store, self.prefix = store, prefix.rstrip("/")
+        self.channels: tuple[str, ...] | None = None  # the channel names teacher.json gives
         if dim is None:
             key = f"{self.prefix}/{TEACHER_INFO}"
             try:
-                dim = int(json.loads(store.get(key))["dim"])
+                info = json.loads(store.get(key))
+                dim = int(info["dim"])
             except KeyError:
                 raise KeyError(f"no {key} in {store!r}: pass dim or write it") from None
+            if "channels" in info:
+                self.channels = tuple(info["channels"])
         self.dim = dim
 
     def __call__(self, samples: Sequence[Sample]) -> list[TeacherFeatures]:

@@ -1,6 +1,7 @@
 """The training forward pass as one module (so DDP can wrap it): video → tokens → summed CE,
-plus the optional distillation term (spec §7.3, ``distill.py``) and the optional question-focus
-term (below).
+plus the optional distillation term (spec §7.3, ``distill.py``), the optional question-focus
+term (below) and the optional shape-attention term (``shape_attention.py``), each summed and added
+to the summed CE.
 
 Question focus (training only; a deliberate addition, not in the reference): a Llama trained from
 random weights does not learn to carry the word a question is about ("circle" in "What colour is the
@@ -29,6 +30,7 @@ from ..model.modeling import VideoPanda
 from ..model.prompt import IGNORE_INDEX
 from .data import Overflow, Sample, expand_labels, fit_length, pad_batch
 from .distill import DistillStats, FrameTarget, TeacherFeatures, distill_sum, frame_targets
+from .shape_attention import ShapeAttentionLoss
 
 
 class TrainingModel(nn.Module):
@@ -48,11 +50,13 @@ class TrainingModel(nn.Module):
         model: VideoPanda,
         compressor: VideoCompressor | None = None,
         focus: FocusHead | None = None,
+        attend: ShapeAttentionLoss | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.video_tower_compressor = compressor
         self.focus_head = focus
+        self.attend = attend
         self.distill_stats: DistillStats | None = None
 
     def encode(self, pixels: torch.Tensor, seed: int) -> list[torch.Tensor]:
@@ -79,16 +83,19 @@ class TrainingModel(nn.Module):
         targets: Sequence[TeacherFeatures] | None = None,
         distill_scale: float = 0.0,
         focus_weight: float = 0.0,
+        attend_weight: float = 0.0,
     ) -> tuple[torch.Tensor, int, list[str | None]]:
         """Summed next-token CE over the supervised tokens (plus ``distill_scale`` × the summed
         distillation frame losses when distilling), the supervised token count, and each
         sample's length outcome (None, ``"truncated"`` or ``"too_long"`` when skipped).
 
         Distillation needs the compressor, ``targets`` (one per sample) and a nonzero
-        ``distill_scale``; otherwise the pass is plain CE.
+        ``distill_scale``; otherwise the pass is plain CE. The shape-attention term
+        (``attend_weight`` × its sum) needs ``targets`` and the loss object too.
         """
         compressor = self.video_tower_compressor if distill_scale != 0 else None
-        teacher = targets if compressor is not None else None
+        attend = self.attend if attend_weight != 0 and targets is not None else None
+        teacher = targets if compressor is not None or attend is not None else None
         distill = compressor is not None and teacher is not None
         if teacher is not None and len(teacher) != len(samples):
             raise ValueError(f"{len(teacher)} teacher targets for {len(samples)} samples")
@@ -135,13 +142,19 @@ class TrainingModel(nn.Module):
             return zero, 0, outcomes
         batch = pad_batch(embeds, labels, side="right")
         labels_out = batch.pop("labels")[:, 1:]
-        out = llm(**batch, output_hidden_states=distill or bool(asked))
+        out = llm(**batch, output_hidden_states=distill or bool(asked) or attend is not None)
         loss = F.cross_entropy(
             out.logits[:, :-1].float().flatten(0, 1),
             labels_out.flatten(),
             ignore_index=IGNORE_INDEX,
             reduction="sum",
         )
+        if attend is not None:
+            answers = {r: [p for s in answer_spans(row) for p in s] for r, row in enumerate(labels)}
+            terms = attend.loss_sum(
+                llm, out.hidden_states, batch["position_ids"], answers, frames_of
+            )
+            loss = loss + attend_weight * terms
         if compressor is not None and teacher is not None:
             stats = distill_sum(out.hidden_states, compressor, frames_of)
             self.distill_stats = stats

@@ -39,6 +39,7 @@ from .checkpoints import latest_step, load_checkpoint, rng_state, save_checkpoin
 from .data import Sample, SampleError, SampleStats, VideoConversationDataset
 from .distill import Teacher, TeacherFeatures, plan_counts, teacher_targets
 from .forward import FocusHead, TrainingModel
+from .shape_attention import ShapeAttentionLoss, shape_channels
 from .stages import StageConfig, autocast, build_optimizer, build_scheduler, set_trainable
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,11 @@ def train_stage(
     model.train()
     compressor = _distill_setup(model, cfg, teacher, compressor)
     focus = _focus_setup(model, cfg, dataset)
+    attend = None
+    if cfg.attend_weight:  # StageConfig: it comes with distillation, so with a teacher
+        attend = ShapeAttentionLoss(
+            cfg.attend_layer, shape_channels(getattr(teacher, "channels", None))
+        )
     steps = total_steps(cfg, len(dataset))
     per_epoch = len(dataset) // cfg.global_batch
     accumulation = cfg.accumulation(world.size)
@@ -178,7 +184,7 @@ def train_stage(
         result.stats.ids = {k: list(v) for k, v in state["stats"].items()}
         result.checkpoint = f"{prefix}/step-{start:08d}"
         log.info("resuming %s from step %d of %d", cfg.name, start, steps)
-    inner = TrainingModel(model, compressor, focus)
+    inner = TrainingModel(model, compressor, focus, attend)
     net = wrap(inner) if wrap else inner
     trainable = [p for p in model.parameters() if p.requires_grad]
     for head in (compressor, focus):
@@ -201,6 +207,8 @@ def train_stage(
         distill_sum, frames = 0.0, 0
         for m, (samples, seeds) in enumerate(batches):
             extra: dict[str, Any] = {"focus_weight": cfg.focus_weight} if focus is not None else {}
+            if attend is not None:
+                extra["attend_weight"] = cfg.attend_weight
             if plan is not None:
                 extra |= {"targets": plan.targets[m], "distill_scale": plan.scale}
             sync = m == accumulation - 1 or not hasattr(net, "no_sync")

@@ -208,8 +208,8 @@ def _corpus_line(training: dict[str, Any], synth: dict[str, Any] | None) -> str:
 
 
 def _warm_start_lines(training: dict[str, Any]) -> list[str]:
-    """What the card says of the scene warm-up, the distillation and the question-focus loss,
-    when the run had them."""
+    """What the card says of the scene warm-up, the distillation, the question-focus loss and
+    the shape-attention loss, when the run had them."""
     lines = []
     warmup = training.get("warmup")
     if warmup:
@@ -237,6 +237,15 @@ def _warm_start_lines(training: dict[str, Any]) -> list[str]:
             f"Llama's hidden state after layer {cfg['focus_layer']}, at each position that "
             "predicts an answer token, names the word the question is about (the records' "
             "`focus`)."
+        )
+    attend = [s for s in training["stages"] if s["config"].get("attend_weight")]
+    if attend:
+        cfg = attend[0]["config"]
+        lines.append(
+            f"- Shape-attention loss (`train/shape_attention.py`) with weight "
+            f"{cfg['attend_weight']:g} in {' and '.join(s['stage'] for s in attend)}: at each "
+            f"position that predicts an answer token, Llama layer {cfg['attend_layer']}'s "
+            "attention should fall on the video's shape cells (the scene teacher's cover)."
         )
     if training.get("attention", "eager") != "eager":
         lines.append(f"- Llama attention while training: {training['attention']}.")

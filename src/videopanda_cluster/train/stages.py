@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any, Literal
 
 import torch
@@ -54,6 +54,11 @@ class StageConfig:
     # layers at the position that predicts the answer must name the word the question is about.
     focus_weight: float = 0.0
     focus_layer: int = 1
+    # Weight of the shape-attention loss (shape_attention.py; training only, not in the
+    # reference): at each answer position, Llama layer ``attend_layer`` (1-based) should attend
+    # to the video's shape cells, which the scene teacher marks; > 0 needs distill_weight > 0.
+    attend_weight: float = 0.0
+    attend_layer: int = 2
     precision: Precision | None = None  # None: the device's (DEVICE_PRECISION)
 
     def __post_init__(self) -> None:
@@ -66,6 +71,16 @@ class StageConfig:
             raise ValueError(
                 f"focus_weight must be >= 0 and focus_layer >= 1, got {self.focus_weight}, "
                 f"{self.focus_layer}"
+            )
+        if not self.attend_weight >= 0 or self.attend_layer < 1:
+            raise ValueError(
+                f"attend_weight must be >= 0 and attend_layer >= 1, got {self.attend_weight}, "
+                f"{self.attend_layer}"
+            )
+        if self.attend_weight and not self.distill_weight:
+            raise ValueError(
+                "attend_weight needs distill_weight > 0: the scene teacher's targets mark the "
+                "shape cells"
             )
         if self.global_batch < 1 or self.micro_batch < 1 or self.global_batch % self.micro_batch:
             raise ValueError("global_batch must be a positive multiple of micro_batch")
@@ -88,7 +103,9 @@ class StageConfig:
     def check_resumable(self, stored: Mapping[str, Any], where: str) -> None:
         """Refuse to continue or reuse ``where`` (trained with the settings ``stored``) unless
         only RESUME_FREE settings differ."""
-        changed = changed_settings(stored, self.to_dict(), RESUME_FREE)
+        # A setting added after ``stored`` was written counts as its default there.
+        defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}
+        changed = changed_settings({**defaults, **stored}, self.to_dict(), RESUME_FREE)
         if changed:
             raise ValueError(
                 f"{self.name} {where} was trained with other settings ({', '.join(changed)}); "

@@ -1,0 +1,169 @@
+"""The shape-attention loss: its attention rows are the layer's own, the scene teacher's colour
+cover marks the cells it asks for, training on it moves attention onto them, and a stage trains
+with it (and refuses a teacher without cover channels)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from videopanda_cluster.model.modeling import VideoPanda
+from videopanda_cluster.model.prompt import load_tokenizer
+from videopanda_cluster.storage import LocalStore
+from videopanda_cluster.train.data import VideoConversationDataset, load_records
+from videopanda_cluster.train.distill import (
+    FrameTarget,
+    StoredTeacher,
+    precompute_teacher_features,
+    random_teacher,
+    write_teacher_info,
+)
+from videopanda_cluster.train.loop import train_stage
+from videopanda_cluster.train.recipe import init_small_model
+from videopanda_cluster.train.scene_teacher import SceneTeacherOptions, write_scene_teacher
+from videopanda_cluster.train.shape_attention import (
+    SHAPE_COVER,
+    ShapeAttentionLoss,
+    attention_rows,
+    shape_channels,
+    shape_positions,
+)
+from videopanda_cluster.train.stages import stage_config
+from videopanda_cluster.train.synth import SynthOptions, write_synth
+
+SIZE = 112
+
+
+def _llama(kv_heads: int) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_attention_rows_are_the_layers_own(kv_heads):
+    llm = _llama(kv_heads).eval()
+    embeds = torch.randn(2, 12, 32)
+    position_ids = torch.stack([torch.arange(12), torch.arange(12) + 5])
+    with torch.no_grad():
+        out = llm(
+            inputs_embeds=embeds,
+            position_ids=position_ids,
+            output_attentions=True,
+            output_hidden_states=True,
+        )
+        queries = torch.tensor([3, 7, 11])
+        for layer in (1, 2):
+            for row in (0, 1):
+                rows = attention_rows(
+                    llm, out.hidden_states[layer - 1][row], position_ids[row], layer, queries
+                )
+                expected = out.attentions[layer - 1][row][:, queries]  # (heads, Q, L)
+                torch.testing.assert_close(rows, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_shape_cells_are_read_off_the_colour_cover():
+    channels = ["kind:circle", "colour:red", "colour:blue", "background"]
+    assert shape_channels(channels) == [1, 2]
+    for bad in (None, ["kind:circle", "background"]):
+        with pytest.raises(ValueError, match="needs the scene teacher"):
+            shape_channels(bad)
+    covers = [1.0, SHAPE_COVER - 0.01, 0.0, 0.6]  # red + blue cover of four cells
+    target = torch.tensor([[3.0 * c, c * 0.5, c * 0.5, 0.3 * (1 - c)] for c in covers])
+    frames = [
+        FrameTarget(1, torch.tensor([10, 11, 12, 13]), target),
+        FrameTarget(1, torch.tensor([20, 21, 22, 23]), target.flip(0)),
+        FrameTarget(0, torch.tensor([4, 5, 6, 7]), torch.zeros(4, 4)),
+    ]
+    cells = shape_positions(frames, [1, 2])
+    assert cells[1].tolist() == [10, 13, 20, 23]
+    assert cells[0].tolist() == []
+
+
+def test_training_on_the_loss_moves_attention_onto_the_shape_cells():
+    llm = _llama(4)
+    loss = ShapeAttentionLoss(2, [0])
+    embeds = torch.randn(1, 16, 32)
+    position_ids = torch.arange(16)[None]
+    frames = [FrameTarget(0, torch.tensor([2, 3, 4]), torch.ones(3, 1))]
+    answers = {0: [12, 13, 14]}
+
+    def mass() -> float:
+        with torch.no_grad():
+            out = llm(inputs_embeds=embeds, position_ids=position_ids, output_attentions=True)
+        return float(out.attentions[1][0][:, answers[0]][:, :, 2:5].sum(-1).mean())
+
+    before = mass()
+    optimizer = torch.optim.Adam(llm.parameters(), lr=1e-2)
+    for _ in range(30):
+        out = llm(inputs_embeds=embeds, position_ids=position_ids, output_hidden_states=True)
+        value = loss.loss_sum(llm, out.hidden_states, position_ids, answers, frames)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+    assert before < 0.4 < 0.9 < mass()
+    with pytest.raises(ValueError, match="layer 3 of a 2-layer"):
+        ShapeAttentionLoss(3, [0]).loss_sum(llm, out.hidden_states, position_ids, answers, frames)
+
+
+def test_attend_weight_needs_distillation_and_old_stores_stay_resumable():
+    with pytest.raises(ValueError, match="needs distill_weight"):
+        stage_config("finetune", attend_weight=1.0)
+    with pytest.raises(ValueError, match="attend_layer >= 1"):
+        stage_config("finetune", attend_layer=0, attend_weight=1.0, distill_weight=1.0)
+    cfg = stage_config("finetune")
+    stored = {k: v for k, v in cfg.to_dict().items() if not k.startswith("attend_")}
+    cfg.check_resumable(stored, "a store from before the setting")  # the defaults: no change
+    with pytest.raises(ValueError, match=r"attend_weight 0\.0 → 1\.0"):
+        replace(cfg, attend_weight=1.0, distill_weight=1.0).check_resumable(
+            {**stored, "distill_weight": 1.0}, "here"
+        )
+
+
+def test_a_stage_trains_with_the_scene_teacher_and_refuses_another(tmp_path):
+    corpus = tmp_path / "corpus"
+    write_synth(corpus, seed=4, videos=6, options=SynthOptions(frames=8, width=96, height=64))
+    folder = init_small_model(corpus, tmp_path / "init", image_size=SIZE, llm_layers=2)
+    tokenizer = load_tokenizer(folder)
+    records = load_records(corpus / "train/finetune.json")
+    data = VideoConversationDataset(records, corpus, tokenizer, size=SIZE, flip=False)
+    store = LocalStore(tmp_path / "teachers")
+    write_scene_teacher(corpus, store, "scene", SceneTeacherOptions(image_size=SIZE))
+    scene = StoredTeacher(store, "scene")
+    assert scene.channels and shape_channels(scene.channels)
+    base = stage_config(
+        "finetune", global_batch=2, micro_batch=2, save_every=10, max_steps=2, distill_weight=1.0
+    )
+    first = {}
+    for weight in (0.0, 1.0):
+        model = VideoPanda.from_pretrained(folder)
+        cfg = replace(base, attend_weight=weight)
+        out = LocalStore(tmp_path / f"w{weight}")
+        first[weight] = train_stage(model, data, cfg, out, "ft", teacher=scene).losses[0]
+    # the same CE and distillation (same init and data) plus a positive −log(attention mass)
+    assert first[1.0] > first[0.0]
+    random = random_teacher(dim=16, image_size=SIZE // 2)
+    assert precompute_teacher_features(random, data, store, "random") == []
+    write_teacher_info(store, "random", 16)
+    other = StoredTeacher(store, "random")
+    with pytest.raises(ValueError, match="needs the scene teacher"):
+        train_stage(
+            VideoPanda.from_pretrained(folder),
+            data,
+            replace(base, attend_weight=1.0),
+            LocalStore(tmp_path / "x"),
+            "ft",
+            teacher=other,
+        )
