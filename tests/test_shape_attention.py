@@ -11,7 +11,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from videopanda_cluster.model.modeling import VideoPanda
-from videopanda_cluster.model.prompt import load_tokenizer
+from videopanda_cluster.model.prompt import IGNORE_INDEX, load_tokenizer
 from videopanda_cluster.storage import LocalStore
 from videopanda_cluster.train.data import VideoConversationDataset, load_records
 from videopanda_cluster.train.distill import (
@@ -21,6 +21,7 @@ from videopanda_cluster.train.distill import (
     random_teacher,
     write_teacher_info,
 )
+from videopanda_cluster.train.forward import answer_focus
 from videopanda_cluster.train.loop import train_stage
 from videopanda_cluster.train.recipe import init_small_model
 from videopanda_cluster.train.scene_teacher import SceneTeacherOptions, write_scene_teacher
@@ -28,8 +29,8 @@ from videopanda_cluster.train.shape_attention import (
     SHAPE_COVER,
     ShapeAttentionLoss,
     attention_rows,
-    shape_channels,
-    shape_positions,
+    check_channels,
+    shape_cells,
 )
 from videopanda_cluster.train.stages import stage_config
 from videopanda_cluster.train.synth import SynthOptions, write_synth
@@ -74,36 +75,59 @@ def test_attention_rows_are_the_layers_own(kv_heads):
                 torch.testing.assert_close(rows, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_shape_cells_are_read_off_the_colour_cover():
-    channels = ["kind:circle", "colour:red", "colour:blue", "background"]
-    assert shape_channels(channels) == [1, 2]
-    for bad in (None, ["kind:circle", "background"]):
+def test_shape_cells_are_read_off_the_cover_channels():
+    channels = ["kind:circle", "kind:square", "colour:red", "colour:blue", "background"]
+    for bad in (None, ["kind:circle", "background"], ["colour:red"]):
         with pytest.raises(ValueError, match="needs the scene teacher"):
-            shape_channels(bad)
-    covers = [1.0, SHAPE_COVER - 0.01, 0.0, 0.6]  # red + blue cover of four cells
-    target = torch.tensor([[3.0 * c, c * 0.5, c * 0.5, 0.3 * (1 - c)] for c in covers])
+            ShapeAttentionLoss(2, bad)
+    # cells: a red circle, a sliver below SHAPE_COVER, background, a blue square
+    target = torch.tensor(
+        [
+            [3.0, 0.0, 1.0, 0.0, 0.0],
+            [0.2, 0.0, SHAPE_COVER - 0.01, 0.0, 0.3],
+            [0.0, 0.0, 0.0, 0.0, 0.3],
+            [0.0, 1.8, 0.0, 0.6, 0.1],
+        ]
+    )
     frames = [
         FrameTarget(1, torch.tensor([10, 11, 12, 13]), target),
         FrameTarget(1, torch.tensor([20, 21, 22, 23]), target.flip(0)),
-        FrameTarget(0, torch.tensor([4, 5, 6, 7]), torch.zeros(4, 4)),
+        FrameTarget(0, torch.tensor([4, 5, 6, 7]), torch.zeros(4, 5)),
     ]
-    cells = shape_positions(frames, [1, 2])
-    assert cells[1].tolist() == [10, 13, 20, 23]
-    assert cells[0].tolist() == []
+    cells = shape_cells(frames, channels)
+    assert cells[1].all.tolist() == [10, 13, 20, 23]
+    assert cells[1].asked("circle").tolist() == cells[1].asked("red").tolist() == [10, 23]
+    assert cells[1].asked("blue").tolist() == [13, 20]
+    # no focus word, or one that names nothing in the clip ("there is no triangle"): all shapes
+    assert cells[1].asked(None).tolist() == cells[1].asked("triangle").tolist() == [10, 13, 20, 23]
+    assert cells[0].all.tolist() == []
+
+
+def test_answer_focus_pairs_each_answer_position_with_its_word():
+    x = IGNORE_INDEX
+    labels = torch.tensor([x, x, x, 7, 2, x, x, 9, 9, 2])
+    spans = [(2, "red"), (3, "red"), (6, None), (7, None), (8, None)]
+    assert answer_focus(labels, ("red", None)) == spans
+    assert answer_focus(labels, ())[2:] == [(6, None), (7, None), (8, None)]
+    assert answer_focus(labels[:6], ("red", "circle")) == [(2, "red"), (3, "red")]  # cut off
 
 
 def test_training_on_the_loss_moves_attention_onto_the_shape_cells():
     llm = _llama(4)
-    loss = ShapeAttentionLoss(2, [0])
+    loss = ShapeAttentionLoss(2, ["kind:circle", "kind:square", "colour:red", "colour:blue"])
     embeds = torch.randn(1, 16, 32)
     position_ids = torch.arange(16)[None]
-    frames = [FrameTarget(0, torch.tensor([2, 3, 4]), torch.ones(3, 1))]
-    answers = {0: [12, 13, 14]}
+    circle, square = [3.0, 0.0, 1.0, 0.0], [0.0, 3.0, 0.0, 1.0]
+    target = torch.tensor([circle, circle, square, square, square])
+    frames = [FrameTarget(0, torch.tensor([2, 3, 4, 5, 6]), target)]
+    answers = {0: [(12, "circle"), (13, "circle"), (14, None)]}
 
-    def mass() -> float:
+    def mass() -> tuple[float, float]:
+        """Attention of the answer positions on what each asks for: the circle, all shapes."""
         with torch.no_grad():
             out = llm(inputs_embeds=embeds, position_ids=position_ids, output_attentions=True)
-        return float(out.attentions[1][0][:, answers[0]][:, :, 2:5].sum(-1).mean())
+        rows = out.attentions[1][0]  # (heads, L, L)
+        return float(rows[:, 12:14, 2:4].sum(-1).mean()), float(rows[:, 14, 2:7].sum(-1).mean())
 
     before = mass()
     optimizer = torch.optim.Adam(llm.parameters(), lr=1e-2)
@@ -113,9 +137,12 @@ def test_training_on_the_loss_moves_attention_onto_the_shape_cells():
         optimizer.zero_grad()
         value.backward()
         optimizer.step()
-    assert before < 0.4 < 0.9 < mass()
+    after = mass()
+    assert max(before) < 0.5 and min(after) > 0.9, (before, after)
     with pytest.raises(ValueError, match="layer 3 of a 2-layer"):
-        ShapeAttentionLoss(3, [0]).loss_sum(llm, out.hidden_states, position_ids, answers, frames)
+        ShapeAttentionLoss(3, loss.channels).loss_sum(
+            llm, out.hidden_states, position_ids, answers, frames
+        )
 
 
 def test_attend_weight_needs_distillation_and_old_stores_stay_resumable():
@@ -142,7 +169,7 @@ def test_a_stage_trains_with_the_scene_teacher_and_refuses_another(tmp_path):
     store = LocalStore(tmp_path / "teachers")
     write_scene_teacher(corpus, store, "scene", SceneTeacherOptions(image_size=SIZE))
     scene = StoredTeacher(store, "scene")
-    assert scene.channels and shape_channels(scene.channels)
+    assert check_channels(scene.channels) == scene.channels
     base = stage_config(
         "finetune", global_batch=2, micro_batch=2, save_every=10, max_steps=2, distill_weight=1.0
     )

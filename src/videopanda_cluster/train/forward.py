@@ -110,6 +110,7 @@ class TrainingModel(nn.Module):
         frames_of: list[FrameTarget] = []
         head = self.focus_head if focus_weight != 0 else None
         asked: list[tuple[int, int, int]] = []  # (row, position, class) of each focus answer
+        answered: dict[int, list[tuple[int, str | None]]] = {}  # row → (position, focus word)
         for n, (sample, seed) in enumerate(zip(samples, seeds, strict=True)):
             frames, grids = self.encode_frames(sample.pixels, seed)
             lengths = [f.shape[0] for f in frames]
@@ -130,6 +131,8 @@ class TrainingModel(nn.Module):
                     )
                 if head is not None:
                     asked += head.targets(len(embeds), fitted[1], sample.focus)
+                if attend is not None:
+                    answered[len(embeds)] = answer_focus(fitted[1], sample.focus)
                 embeds.append(fitted[0])
                 labels.append(fitted[1])
         if not embeds:  # nothing to learn from; a zero loss that still reaches every parameter
@@ -150,9 +153,8 @@ class TrainingModel(nn.Module):
             reduction="sum",
         )
         if attend is not None:
-            answers = {r: [p for s in answer_spans(row) for p in s] for r, row in enumerate(labels)}
             terms = attend.loss_sum(
-                llm, out.hidden_states, batch["position_ids"], answers, frames_of
+                llm, out.hidden_states, batch["position_ids"], answered, frames_of
             )
             loss = loss + attend_weight * terms
         if compressor is not None and teacher is not None:
@@ -176,6 +178,14 @@ def answer_spans(labels: torch.Tensor) -> list[range]:
             spans.append(range(start, p - 1))
             start = None
     return spans
+
+
+def answer_focus(labels: torch.Tensor, focus: Sequence[str | None]) -> list[tuple[int, str | None]]:
+    """(L,) labels and the answers' focus words → each position that predicts an answer token,
+    with its answer's focus word (None for an answer without one)."""
+    spans = answer_spans(labels)
+    words = list(focus[: len(spans)]) + [None] * (len(spans) - len(focus))
+    return [(position, word) for span, word in zip(spans, words, strict=True) for position in span]
 
 
 class FocusHead(nn.Module):

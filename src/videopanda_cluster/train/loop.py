@@ -39,7 +39,7 @@ from .checkpoints import latest_step, load_checkpoint, rng_state, save_checkpoin
 from .data import Sample, SampleError, SampleStats, VideoConversationDataset
 from .distill import Teacher, TeacherFeatures, plan_counts, teacher_targets
 from .forward import FocusHead, TrainingModel
-from .shape_attention import ShapeAttentionLoss, shape_channels
+from .shape_attention import ShapeAttentionLoss
 from .stages import StageConfig, autocast, build_optimizer, build_scheduler, set_trainable
 
 log = logging.getLogger(__name__)
@@ -155,9 +155,7 @@ def train_stage(
     focus = _focus_setup(model, cfg, dataset)
     attend = None
     if cfg.attend_weight:  # StageConfig: it comes with distillation, so with a teacher
-        attend = ShapeAttentionLoss(
-            cfg.attend_layer, shape_channels(getattr(teacher, "channels", None))
-        )
+        attend = ShapeAttentionLoss(cfg.attend_layer, getattr(teacher, "channels", None))
     steps = total_steps(cfg, len(dataset))
     per_epoch = len(dataset) // cfg.global_batch
     accumulation = cfg.accumulation(world.size)

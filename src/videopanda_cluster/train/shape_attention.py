@@ -6,13 +6,17 @@ the Llama's last layer attend to the video's background cells, not to its shapes
 that the shape cells' states hold never reaches the answer; in the runs that learn, three of four
 heads put over 90% of their attention on the shape cells. This loss asks for that directly: at
 every position that predicts an answer token, the attention of Llama layer ``layer`` (1-based),
-averaged over its heads, should fall on the video's shape cells:
+averaged over its heads, should fall on the cells of the shape the question asks about, the shape
+its ``focus`` word names ("circle" in "What colour is the circle?", "red" in "What shape is the
+red object?"), and on all shape cells when the question has no focus word or names what is not
+there:
 
-    L_attend = Σ_answer positions −log(mean_heads Σ_shape cells attention + eps)
+    L_attend = Σ_answer positions −log(mean_heads Σ_asked cells attention + eps)
 
 Which cells hold a shape is read off the scene teacher's targets (``scene_teacher.py``): a cell
-whose colour channels (each shape's cover at weight 1) sum to at least :data:`SHAPE_COVER`. Like
-the teacher and the warm-up it uses the corpus's ground truth in training only. The attention
+whose colour channels (each shape's cover at weight 1) sum to at least :data:`SHAPE_COVER`, which
+belongs to the words of its largest ``kind:`` and its largest ``colour:`` channel. Like the
+teacher and the warm-up it uses the corpus's ground truth in training only. The attention
 rows are recomputed from the layer's input hidden state (the same projections, RoPE and scaling
 as the layer), so training keeps its fused attention; the loss has no parameters of its own.
 """
@@ -20,6 +24,7 @@ as the layer), so training keeps its fused attention; the loss has no parameters
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,28 +33,62 @@ from .distill import FrameTarget
 
 SHAPE_COVER = 0.1  # share of a cell a shape must cover for the cell to count as the shape's
 COLOUR_PREFIX = "colour:"  # the scene teacher's per-colour cover channels (weight 1)
+KIND_PREFIX = "kind:"  # its per-kind cover channels (weighted)
 EPS = 1e-6
 
 
-def shape_channels(channels: Sequence[str] | None) -> list[int]:
-    """The indices of the teacher's colour cover channels; ValueError if it has none."""
-    found = [i for i, name in enumerate(channels or ()) if name.startswith(COLOUR_PREFIX)]
-    if not found:
+def _group(channels: Sequence[str], prefix: str) -> list[int]:
+    return [i for i, name in enumerate(channels) if name.startswith(prefix)]
+
+
+def check_channels(channels: Sequence[str] | None) -> tuple[str, ...]:
+    """The teacher's channel names, if they have the cover channels the loss reads."""
+    if not channels or not _group(channels, COLOUR_PREFIX) or not _group(channels, KIND_PREFIX):
         raise ValueError(
             "the shape-attention loss needs the scene teacher (videopanda synth-teacher): its "
-            f"'{COLOUR_PREFIX}*' channels mark the shape cells; this teacher has "
-            f"{list(channels) if channels else 'no channel names'}"
+            f"'{COLOUR_PREFIX}*' and '{KIND_PREFIX}*' channels mark the shape cells; this teacher "
+            f"has {list(channels) if channels else 'no channel names'}"
         )
-    return found
+    return tuple(channels)
 
 
-def shape_positions(frames: Sequence[FrameTarget], channels: Sequence[int]) -> dict[int, Any]:
-    """Per batch row, the sequence positions of its counted frames' shape cells."""
-    out: dict[int, list[torch.Tensor]] = {}
+@dataclass
+class ShapeCells:
+    """One batch row's shape cells: all of them, and those of each kind and colour word."""
+
+    all: torch.Tensor  # (n,) sequence positions
+    by_word: dict[str, torch.Tensor]
+
+    def asked(self, word: str | None) -> torch.Tensor:
+        """The cells of the shape ``word`` names, or all shape cells if it names none here."""
+        found = self.by_word.get(word) if word is not None else None
+        return found if found is not None and len(found) else self.all
+
+
+def shape_cells(frames: Sequence[FrameTarget], channels: Sequence[str]) -> dict[int, ShapeCells]:
+    """Per batch row, the shape cells of its counted frames (module docstring)."""
+    colours, kinds = _group(channels, COLOUR_PREFIX), _group(channels, KIND_PREFIX)
+    parts: dict[int, list[tuple[torch.Tensor, list[str]]]] = {}
     for frame in frames:
-        cover = frame.target[:, list(channels)].sum(dim=1)  # (h·w,)
-        out.setdefault(frame.row, []).append(frame.positions[(cover >= SHAPE_COVER).cpu()])
-    return {row: torch.cat(parts) for row, parts in out.items()}
+        target = frame.target.float().cpu()
+        covered = target[:, colours].sum(dim=1) >= SHAPE_COVER  # (h·w,)
+        positions = frame.positions.cpu()[covered]
+        words = []
+        for group in (kinds, colours):
+            best = target[covered][:, group].argmax(dim=1)
+            words.append([channels[group[i]].split(":", 1)[1] for i in best.tolist()])
+        pairs = [[k, c] for k, c in zip(*words, strict=True)]
+        parts.setdefault(frame.row, []).append((positions, [w for pair in pairs for w in pair]))
+    out = {}
+    for row, frames_of_row in parts.items():
+        everything = torch.cat([p for p, _ in frames_of_row])
+        owners: dict[str, list[int]] = {}
+        for positions, words in frames_of_row:
+            for n, position in enumerate(positions.tolist()):
+                for word in words[2 * n : 2 * n + 2]:
+                    owners.setdefault(word, []).append(position)
+        out[row] = ShapeCells(everything, {w: torch.tensor(p) for w, p in owners.items()})
+    return out
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -84,33 +123,36 @@ def attention_rows(
 class ShapeAttentionLoss:
     """The summed loss over the answer positions of a batch (module docstring)."""
 
-    def __init__(self, layer: int, channels: Sequence[int]) -> None:
+    def __init__(self, layer: int, channels: Sequence[str] | None) -> None:
         if layer < 1:
             raise ValueError(f"the attended layer is 1-based, got {layer}")
-        self.layer, self.channels = layer, list(channels)
+        self.layer, self.channels = layer, check_channels(channels)
 
     def loss_sum(
         self,
         llm: Any,
         hidden_states: Sequence[torch.Tensor],
         position_ids: torch.Tensor,
-        answers: dict[int, list[int]],
+        answers: dict[int, list[tuple[int, str | None]]],
         frames: Sequence[FrameTarget],
     ) -> torch.Tensor:
-        """``answers``: per batch row, the positions that predict an answer token; rows
-        without a shape cell add nothing."""
+        """``answers``: per batch row, each position that predicts an answer token with the
+        focus word of its question (or None); rows without a shape cell add nothing."""
         if self.layer > len(llm.model.layers):
             raise ValueError(f"layer {self.layer} of a {len(llm.model.layers)}-layer Llama")
-        cells = shape_positions(frames, self.channels)
+        cells = shape_cells(frames, self.channels)
         total = hidden_states[0].new_zeros((), dtype=torch.float32)
-        for row, positions in answers.items():
-            shape = cells.get(row)
-            if not positions or shape is None or not len(shape):
+        for row, asked in answers.items():
+            shapes = cells.get(row)
+            if not asked or shapes is None or not len(shapes.all):
                 continue
-            queries = torch.tensor(positions, device=hidden_states[0].device)
+            queries = torch.tensor([p for p, _ in asked], device=hidden_states[0].device)
             probs = attention_rows(
                 llm, hidden_states[self.layer - 1][row], position_ids[row], self.layer, queries
-            )
-            mass = probs[:, :, shape.to(probs.device)].sum(dim=-1).mean(dim=0)  # (Q,)
+            )  # (H, Q, L)
+            mask = torch.zeros(len(asked), probs.shape[-1], dtype=torch.bool)
+            for n, (_, word) in enumerate(asked):
+                mask[n, shapes.asked(word)] = True
+            mass = (probs * mask.to(probs.device)).sum(dim=-1).mean(dim=0)  # (Q,)
             total = total - torch.log(mass + EPS).sum()
         return total
