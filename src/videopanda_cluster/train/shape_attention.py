@@ -68,27 +68,23 @@ class ShapeCells:
 def shape_cells(frames: Sequence[FrameTarget], channels: Sequence[str]) -> dict[int, ShapeCells]:
     """Per batch row, the shape cells of its counted frames (module docstring)."""
     colours, kinds = _group(channels, COLOUR_PREFIX), _group(channels, KIND_PREFIX)
-    parts: dict[int, list[tuple[torch.Tensor, list[str]]]] = {}
+    found: dict[int, list[torch.Tensor]] = {}
+    owners: dict[int, dict[str, list[int]]] = {}
     for frame in frames:
         target = frame.target.float().cpu()
         covered = target[:, colours].sum(dim=1) >= SHAPE_COVER  # (h·w,)
         positions = frame.positions.cpu()[covered]
-        words = []
+        found.setdefault(frame.row, []).append(positions)
+        row = owners.setdefault(frame.row, {})
         for group in (kinds, colours):
-            best = target[covered][:, group].argmax(dim=1)
-            words.append([channels[group[i]].split(":", 1)[1] for i in best.tolist()])
-        pairs = [[k, c] for k, c in zip(*words, strict=True)]
-        parts.setdefault(frame.row, []).append((positions, [w for pair in pairs for w in pair]))
-    out = {}
-    for row, frames_of_row in parts.items():
-        everything = torch.cat([p for p, _ in frames_of_row])
-        owners: dict[str, list[int]] = {}
-        for positions, words in frames_of_row:
-            for n, position in enumerate(positions.tolist()):
-                for word in words[2 * n : 2 * n + 2]:
-                    owners.setdefault(word, []).append(position)
-        out[row] = ShapeCells(everything, {w: torch.tensor(p) for w, p in owners.items()})
-    return out
+            best = target[covered][:, group].argmax(dim=1).tolist()
+            for position, index in zip(positions.tolist(), best, strict=True):
+                word = channels[group[index]].split(":", 1)[1]
+                row.setdefault(word, []).append(position)
+    return {
+        row: ShapeCells(torch.cat(parts), {w: torch.tensor(p) for w, p in owners[row].items()})
+        for row, parts in found.items()
+    }
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
