@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -161,6 +162,12 @@ def test_cli_help_and_run(corpus, tmp_path):
     assert bad.exit_code == 2 and "--stage-steps takes STAGE=N, got 'finetune'" in bad.output
     bad = runner.invoke(app, [*args, "--stage-steps", "decode=3"], env={"COLUMNS": "200"})
     assert bad.exit_code == 2 and "stage_steps needs a stage of" in bad.output
+    for text in ("finetune.llm_lr", "finetune=1", "finetune.llm_lr=fast"):
+        bad = runner.invoke(app, [*args, "--stage-set", text], env={"COLUMNS": "200"})
+        message = f"--stage-set takes STAGE.SETTING=NUMBER, got {text!r}"
+        assert bad.exit_code == 2 and message in bad.output, bad.output
+    bad = runner.invoke(app, [*args, "--stage-set", "finetune.seeds=1"], env={"COLUMNS": "200"})
+    assert bad.exit_code == 2 and "cannot set 'seeds'" in bad.output
     bad = runner.invoke(app, [*args, "--precision", "fp16"], env={"COLUMNS": "200"})
     assert bad.exit_code == 2 and "'fp16' is not one of" in bad.output
     bad = runner.invoke(app, [*args, "--hparams", "nope"], env={"COLUMNS": "200"})
@@ -206,6 +213,28 @@ def test_stage_steps_caps_one_stage_over_the_others(max_steps):
     for name in ("prealign", "pretrain"):  # untouched: equal to the run without stage_steps
         assert got[name] == plain[name]
     assert got["finetune"].epochs == plain["finetune"].epochs  # only the step cap changes
+
+
+def test_stage_set_sets_one_stages_setting_over_the_hparams():
+    small = dict(hparams="small", stage_steps=[("finetune", 7)])
+    plain = {c.name: c for c in stage_configs(RecipeConfig(**small), RECIPE_STAGES)}
+    sets = [("finetune", "llm_lr", 5e-4), ("finetune", "weight_decay", 0.05)]
+    sets += [("finetune", "max_steps", 9.0), ("pretrain", "focus_layer", 2.0)]
+    got = {c.name: c for c in stage_configs(RecipeConfig(**small, stage_set=sets), RECIPE_STAGES)}
+    assert got["finetune"].llm_lr == 5e-4 and plain["finetune"].llm_lr == 1e-3
+    assert got["finetune"].weight_decay == 0.05 and plain["finetune"].weight_decay == 0.0
+    assert got["finetune"].max_steps == 9  # over --stage-steps
+    assert got["pretrain"].focus_layer == 2 and isinstance(got["pretrain"].focus_layer, int)
+    assert got["prealign"] == plain["prealign"]
+    assert got["finetune"].visual_lr == plain["finetune"].visual_lr  # only what was set
+    for bad, message in [
+        (("decode", "llm_lr", 1.0), "stage_set needs a stage of prealign"),
+        (("finetune", "global_batch", 8.0), "cannot set 'global_batch'; it sets visual_lr"),
+        (("finetune", "name", 1.0), "cannot set 'name'"),
+        (("finetune", "max_steps", 2.5), "finetune.max_steps takes a whole number, got 2.5"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            RecipeConfig(**small, stage_set=[bad])
 
 
 def test_ablated_recipe_builds_the_switched_model(corpus, tmp_path):

@@ -38,6 +38,18 @@ def _stage_steps(text: str) -> tuple[str, int]:
     return name.strip(), int(steps)
 
 
+def _stage_set(text: str) -> tuple[str, str, float]:
+    target, _, value = text.partition("=")
+    name, _, setting = target.partition(".")
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if not name.strip() or not setting.strip() or number is None:
+        raise typer.BadParameter(f"--stage-set takes STAGE.SETTING=NUMBER, got {text!r}")
+    return name.strip(), setting.strip(), number
+
+
 def train(
     corpus: Annotated[Path, Opt(help="Corpus folder written by `videopanda synth`.")],
     output: Annotated[str, Opt(help="Store: a directory or az://container/prefix.")],
@@ -51,6 +63,13 @@ def train(
     stage_steps: Annotated[
         list[str] | None,
         Opt(help="STAGE=N: that stage's step cap, over --max-steps and --hparams (repeatable)."),
+    ] = None,
+    stage_set: Annotated[
+        list[str] | None,
+        Opt(
+            help="STAGE.SETTING=NUMBER: one stage's setting (e.g. finetune.llm_lr=5e-4), over "
+            "--hparams and the other options (repeatable; recorded in the stage's config).",
+        ),
     ] = None,
     image_size: Annotated[
         int, Opt(help="Input frame size of a new model: a multiple of 28 (the bundled one: 224).")
@@ -136,6 +155,7 @@ def train(
             workers=workers,
             max_steps=max_steps,
             stage_steps=tuple(_stage_steps(text) for text in stage_steps or ()),
+            stage_set=tuple(_stage_set(text) for text in stage_set or ()),
             image_size=image_size,
             seed=seed,
             global_batch=global_batch,

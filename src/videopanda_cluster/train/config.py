@@ -48,6 +48,9 @@ class RecipeConfig:
     workers: int = 1  # Ray Train workers; 0 trains in this process
     max_steps: int | None = None  # optimiser steps per stage at most
     stage_steps: tuple[tuple[str, int], ...] = ()  # (stage, its step cap), over max_steps
+    # (stage, StageConfig field, value): one stage's numeric setting over the hparams' and
+    # the options' (stages.STAGE_SETTINGS names the fields), e.g. ("finetune", "llm_lr", 5e-4)
+    stage_set: tuple[tuple[str, str, float], ...] = ()
     image_size: int = 112  # input frame size of a new model
     seed: int = 0  # initial weights and every stage's data order
     global_batch: int = 16  # samples per optimiser step
@@ -81,6 +84,20 @@ class RecipeConfig:
                     f"stage_steps needs a stage of {', '.join(RECIPE_STAGES)} and steps >= 1, "
                     f"got {name}={steps}"
                 )
+        object.__setattr__(self, "stage_set", tuple(tuple(t) for t in self.stage_set))
+        from .stages import STAGE_SETTINGS  # stages.py imports this module
+
+        for name, setting, value in self.stage_set:
+            if name not in RECIPE_STAGES:
+                raise ValueError(
+                    f"stage_set needs a stage of {', '.join(RECIPE_STAGES)}, got {name}.{setting}"
+                )
+            if setting not in STAGE_SETTINGS:
+                raise ValueError(
+                    f"stage_set cannot set {setting!r}; it sets {', '.join(STAGE_SETTINGS)}"
+                )
+            if STAGE_SETTINGS[setting] is int and value != int(value):
+                raise ValueError(f"{name}.{setting} takes a whole number, got {value}")
         if self.hparams not in HPARAMS:
             raise ValueError(f"hparams must be small or reference, got {self.hparams!r}")
         if self.workers < 0:

@@ -32,7 +32,7 @@ from .config import RECIPE_STAGES, RecipeConfig, changed_settings
 from .data import VIDEO_MARKERS, FrameCache, load_records
 from .loop import total_steps, train_stage
 from .ray_train import RayStageJob, run_stage
-from .stages import StageConfig, stage_config
+from .stages import STAGE_SETTINGS, StageConfig, stage_config
 from .warmup import WarmupConfig, warm_up
 
 # The paper's stage 2 trains on the same caption data as stage 1 (Valley).
@@ -261,7 +261,8 @@ def _stage_summary(
 
 def stage_configs(options: RecipeConfig, stages: Sequence[str]) -> list[StageConfig]:
     """Each stage's StageConfig: the shared options, then the hparams' per-stage settings
-    (less ``epochs``/``max_steps`` when the options give them), then ``stage_steps``."""
+    (less ``epochs``/``max_steps`` when the options give them), then ``stage_steps``, then
+    ``stage_set``."""
     shared = dict(
         global_batch=options.global_batch,
         micro_batch=options.micro_batch,
@@ -281,6 +282,9 @@ def stage_configs(options: RecipeConfig, stages: Sequence[str]) -> list[StageCon
             per_stage.pop("max_steps", None)
         if name in capped:
             per_stage["max_steps"] = capped[name]
+        for stage, setting, value in options.stage_set:  # checked by RecipeConfig
+            if stage == name:
+                per_stage[setting] = STAGE_SETTINGS[setting](value)
         configs.append(stage_config(name, **{**shared, **per_stage}))
     return configs
 

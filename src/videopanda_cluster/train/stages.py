@@ -113,6 +113,16 @@ class StageConfig:
             )
 
 
+# The numeric settings a recipe may set per stage (RecipeConfig.stage_set, `--stage-set`): the
+# batch sizes and checkpoint interval come from the recipe's own options instead.
+STAGE_SETTINGS = {
+    f.name: int if str(f.type).startswith("int") else float
+    for f in fields(StageConfig)
+    if str(f.type).split(" ")[0] in ("int", "float")
+    and f.name not in ("global_batch", "micro_batch", "save_every")
+}
+
+
 # The reference scripts' settings (64 GPUs); override batch sizes for other clusters.
 PRESETS: dict[str, StageConfig] = {
     "prealign": StageConfig("prealign", 4e-4, 4e-5, 0.03, 512, 8, save_every=200),
