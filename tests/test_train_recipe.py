@@ -288,6 +288,22 @@ def test_recipe_distils_against_stored_teacher_features(corpus, tmp_path):
     assert distilled_loss < plain_loss + 2.0  # 1 - cos lies in [0, 2]
 
 
+def test_shape_attention_without_the_scene_teacher_is_refused_before_training(corpus, tmp_path):
+    from videopanda_cluster.storage import LocalStore
+    from videopanda_cluster.train.distill import write_teacher_info
+
+    write_teacher_info(LocalStore(tmp_path / "teacher"), "t", 16)  # no channel names
+    options = _options(
+        distill_weight=1.0,
+        teacher_store=str(tmp_path / "teacher"),
+        teacher_prefix="t",
+        stage_set=[("finetune", "attend_weight", 1.0)],
+    )
+    with pytest.raises(ValueError, match="needs the scene teacher"):
+        run_recipe(corpus, str(tmp_path / "out"), RECIPE_STAGES, options)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.safetensors"))
+
+
 def test_llm_layers_and_eval_system_prompt(corpus, tmp_path):
     """A 2-layer model trained on conversations rendered with the eval system prompt: the
     exported model has 2 Llama layers, training.json says both, and the dataset the stage

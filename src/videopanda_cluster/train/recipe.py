@@ -30,8 +30,10 @@ from ..storage import LocalStore, Store, open_store
 from .checkpoints import STATE_FILE, checkpoint_prefix, download, latest_step
 from .config import RECIPE_STAGES, RecipeConfig, changed_settings
 from .data import VIDEO_MARKERS, FrameCache, load_records
+from .distill import StoredTeacher
 from .loop import total_steps, train_stage
 from .ray_train import RayStageJob, run_stage
+from .shape_attention import check_channels
 from .stages import STAGE_SETTINGS, StageConfig, stage_config
 from .warmup import WarmupConfig, warm_up
 
@@ -431,6 +433,9 @@ def run_recipe(
     ordered = [s for s in RECIPE_STAGES if s in stages]
     configs = stage_configs(options, ordered)
     check_stage_data(configs, corpus, options.hparams)
+    if any(cfg.attend_weight for cfg in configs) and options.teacher_store:  # fail before training
+        teacher = StoredTeacher(open_store(options.teacher_store), options.teacher_prefix)
+        check_channels(teacher.channels)
     began = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(work_dir).resolve() if work_dir else Path(tmp)
