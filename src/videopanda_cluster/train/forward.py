@@ -205,8 +205,9 @@ class FocusHead(nn.Module):
     ) -> list[tuple[int, int, int]]:
         """(row, position, class) of the answers of one fitted sample that have a focus word
         (answers cut off by truncation have none)."""
-        pairs = zip(answer_spans(labels), focus, strict=False)
-        return [(row, pos, self.index[w]) for span, w in pairs if w is not None for pos in span]
+        return [
+            (row, pos, self.index[w]) for pos, w in answer_focus(labels, focus) if w is not None
+        ]
 
     def loss_sum(
         self, hidden_states: Sequence[torch.Tensor], asked: Sequence[tuple[int, int, int]]
