@@ -173,14 +173,23 @@ def test_a_stage_trains_with_the_scene_teacher_and_refuses_another(tmp_path):
     base = stage_config(
         "finetune", global_batch=2, micro_batch=2, save_every=10, max_steps=2, distill_weight=1.0
     )
-    first = {}
+    first, terms = {}, {}
     for weight in (0.0, 1.0):
         model = VideoPanda.from_pretrained(folder)
         cfg = replace(base, attend_weight=weight)
         out = LocalStore(tmp_path / f"w{weight}")
-        first[weight] = train_stage(model, data, cfg, out, "ft", teacher=scene).losses[0]
+        result = train_stage(model, data, cfg, out, "ft", teacher=scene)
+        first[weight] = result.losses[0]
+        terms[weight] = {k: v[0] for k, v in result.terms.items()}
     # the same CE and distillation (same init and data) plus a positive −log(attention mass)
     assert first[1.0] > first[0.0]
+    assert set(terms[0.0]) == {"ce", "distill"} and set(terms[1.0]) == {"ce", "distill", "attend"}
+    assert terms[1.0]["ce"] == pytest.approx(terms[0.0]["ce"])
+    assert terms[1.0]["distill"] == pytest.approx(terms[0.0]["distill"])
+    for weight, parts in terms.items():  # the loss is the weighted sum of its logged terms
+        assert first[weight] == pytest.approx(
+            parts["ce"] + base.distill_weight * parts["distill"] + weight * parts.get("attend", 0)
+        )
     random = random_teacher(dim=16, image_size=SIZE // 2)
     assert precompute_teacher_features(random, data, store, "random") == []
     write_teacher_info(store, "random", 16)

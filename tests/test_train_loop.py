@@ -37,6 +37,8 @@ def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(setup, tmp_path)
     resumed_model = tiny_model(tokenizer)
     resumed = train_stage(resumed_model, ds, cfg, store, "ft")
     assert resumed.losses == whole.losses
+    # plain CE: its one term is the loss, and the history resumes with the rest of the state
+    assert resumed.terms == whole.terms == {"ce": whole.losses}
     a, b = full.state_dict(), resumed_model.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]

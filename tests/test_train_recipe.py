@@ -26,6 +26,7 @@ from videopanda_cluster.train.recipe import (
     stage_configs,
 )
 from videopanda_cluster.train.synth import SynthOptions, write_synth
+from videopanda_cluster.train_cli import stage_line
 
 SIZE = 112
 STEPS = 2
@@ -286,6 +287,17 @@ def test_recipe_distils_against_stored_teacher_features(corpus, tmp_path):
     assert distilled["stages"][0]["config"]["distill_weight"] == 1.0
     assert distilled_loss > plain_loss  # the same CE (same seed) plus 1 - cos > 0
     assert distilled_loss < plain_loss + 2.0  # 1 - cos lies in [0, 2]
+    # the summary keeps each term of the last step; the CLI's line shows them when there are two
+    plain, both = init["stages"][0], distilled["stages"][0]
+    assert plain["last_terms"] == {"ce": plain["last_loss"]}
+    terms = both["last_terms"]
+    assert set(terms) == {"ce", "distill"} and 0 <= terms["distill"] <= 2
+    assert both["last_loss"] == pytest.approx(terms["ce"] + terms["distill"])
+    assert "(ce" not in stage_line(plain)
+    shown = (
+        f"last loss {both['last_loss']:.4f} (ce {terms['ce']:.4f}, distill {terms['distill']:.4f})"
+    )
+    assert shown in stage_line(both)
 
 
 def test_shape_attention_without_the_scene_teacher_is_refused_before_training(corpus, tmp_path):

@@ -16,19 +16,24 @@ console = Console()
 STAGE_CHOICES = (*RECIPE_STAGES, "all")
 
 
-def _print_stage(summary: dict[str, Any]) -> None:
+def stage_line(summary: dict[str, Any]) -> str:
+    """One line for a stage summary of ``run_recipe``: steps, last loss (and, for an objective
+    of several terms, each term unweighted), time and checkpoint."""
     if summary["resumed"]:
-        console.print(
-            f"{summary['stage']}: already trained → {summary['checkpoint']}", markup=False
-        )
-        return
+        return f"{summary['stage']}: already trained → {summary['checkpoint']}"
     loss = summary["last_loss"]
     shown = "n/a" if loss is None else f"{loss:.4f}"
-    console.print(
+    terms = summary.get("last_terms", {})
+    if set(terms) - {"ce"}:
+        shown += " (" + ", ".join(f"{k} {v:.4f}" for k, v in terms.items()) + ")"
+    return (
         f"{summary['stage']}: {summary['steps']} steps, last loss {shown}, "
-        f"{summary['seconds']:.1f} s → {summary['checkpoint']}",
-        markup=False,
+        f"{summary['seconds']:.1f} s → {summary['checkpoint']}"
     )
+
+
+def _print_stage(summary: dict[str, Any]) -> None:
+    console.print(stage_line(summary), markup=False)
 
 
 def _stage_steps(text: str) -> tuple[str, int]:

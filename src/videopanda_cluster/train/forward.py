@@ -58,6 +58,8 @@ class TrainingModel(nn.Module):
         self.focus_head = focus
         self.attend = attend
         self.distill_stats: DistillStats | None = None
+        # the last pass's unweighted sums of its token terms: "ce", and "focus" / "attend" when on
+        self.term_sums: dict[str, float] = {}
 
     def encode(self, pixels: torch.Tensor, seed: int) -> list[torch.Tensor]:
         """(F, 4, S, S) → F projected frame token tensors, with gradients."""
@@ -100,6 +102,7 @@ class TrainingModel(nn.Module):
         if teacher is not None and len(teacher) != len(samples):
             raise ValueError(f"{len(teacher)} teacher targets for {len(samples)} samples")
         self.distill_stats = None
+        self.term_sums = {}
         llm = self.model.llm
         if llm is None:
             raise ValueError("training needs a model with its Llama")
@@ -152,17 +155,21 @@ class TrainingModel(nn.Module):
             ignore_index=IGNORE_INDEX,
             reduction="sum",
         )
+        self.term_sums["ce"] = float(loss.detach())
         if attend is not None:
             terms = attend.loss_sum(
                 llm, out.hidden_states, batch["position_ids"], answered, frames_of
             )
+            self.term_sums["attend"] = float(terms.detach())
             loss = loss + attend_weight * terms
         if compressor is not None and teacher is not None:
             stats = distill_sum(out.hidden_states, compressor, frames_of)
             self.distill_stats = stats
             loss = loss + distill_scale * stats.loss_sum
         if head is not None and asked:
-            loss = loss + focus_weight * head.loss_sum(out.hidden_states, asked)
+            focused = head.loss_sum(out.hidden_states, asked)
+            self.term_sums["focus"] = float(focused.detach())
+            loss = loss + focus_weight * focused
         return loss, int((labels_out != IGNORE_INDEX).sum()), outcomes
 
 

@@ -13,7 +13,8 @@ over the global batch). Gradients are scaled by 1 / T after all micro-batches, a
 each micro-batch backpropagates ``CE_sum + (w · T / F) · D_sum``; T and F are known before the
 first forward pass because they follow from the data alone (labels, masks, teacher validity,
 length policy; ``distill.plan_counts``), all-reduced over the workers. The reported loss is the
-total (CE mean + w · L_distill), and ``StepResult.distill`` is L_distill. The compressor's weights
+total (CE mean + w · L_distill + the weighted focus and shape-attention token means when on), and
+``StageResult.terms`` keeps each term unweighted, step by step. The compressor's weights
 are saved in ``trainer_state.pt`` (key ``"compressor"``), never in the model folder.
 """
 
@@ -80,18 +81,22 @@ class World:
 class StepResult:
     step: int  # optimiser steps done
     total_steps: int
-    loss: float  # token-mean CE over the global batch (nan when it had no supervised token)
+    loss: float  # the step's objective over the global batch (nan when it had no supervised token)
     tokens: int  # supervised tokens in the global batch
     lrs: dict[str, float]
     grad_norm: float | None
     checkpoint: str | None  # store prefix written after this step
     distill: float | None = None  # L_distill over the global batch (None: off or no frame)
+    terms: dict[str, float] = field(default_factory=dict)  # StageResult.terms, this step's
 
 
 @dataclass
 class StageResult:
     steps: int
     losses: list[float] = field(default_factory=list)
+    # each term of the objective, unweighted, per step: "ce", "focus", "attend" as token means
+    # and "distill" as L_distill (the loss is ce + the weighted others)
+    terms: dict[str, list[float]] = field(default_factory=dict)
     stats: SampleStats = field(default_factory=SampleStats)
     checkpoint: str | None = None  # the last checkpoint written
 
@@ -179,6 +184,7 @@ def train_stage(
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         result.losses = list(state["losses"])
+        result.terms = {k: list(v) for k, v in state.get("terms", {}).items()}  # older: none
         result.stats.ids = {k: list(v) for k, v in state["stats"].items()}
         result.checkpoint = f"{prefix}/step-{start:08d}"
         log.info("resuming %s from step %d of %d", cfg.name, start, steps)
@@ -189,11 +195,17 @@ def train_stage(
         if head is not None:
             trainable += list(head.parameters())
     shard = cfg.global_batch // world.size
+    names = (
+        "ce",
+        *(["focus"] if focus is not None else []),
+        *(["attend"] if attend is not None else []),
+    )
     for step in range(start or 0, steps):
         epoch, index = divmod(step, per_epoch)
         order = epoch_order(cfg.seed, epoch, len(dataset))
         first = index * cfg.global_batch + world.rank * shard
         loss_sum, tokens = 0.0, 0
+        term_sums = dict.fromkeys(names, 0.0)
         events: list[tuple[str, str]] = []
         batches = []
         for m in range(accumulation):
@@ -218,6 +230,8 @@ def train_stage(
             loss.backward()
             loss_sum += float(loss.detach())
             tokens += count
+            for name in names:
+                term_sums[name] += inner.term_sums.get(name, 0.0)
             events += [(o, s.id) for o, s in zip(outcomes, samples, strict=True) if o]
             if inner.distill_stats is not None:
                 distill_sum += float(inner.distill_stats.frame_losses.sum())
@@ -227,7 +241,9 @@ def train_stage(
                 f"step {step}: planned {plan.local} (tokens, frames), forward had "
                 f"{(tokens, frames)}"
             )
-        totals = world.all_reduce(torch.tensor([loss_sum, tokens], dtype=torch.float64))
+        totals = world.all_reduce(
+            torch.tensor([loss_sum, tokens, *term_sums.values()], dtype=torch.float64)
+        )
         global_tokens = int(totals[1])
         grad_norm = None
         if global_tokens:
@@ -252,6 +268,14 @@ def train_stage(
             summed = world.all_reduce(torch.tensor([distill_sum], dtype=torch.float64))
             distill_value = float(summed[0]) / plan.frames
         result.losses.append(loss_value)
+        terms = {
+            name: float(total) / global_tokens if global_tokens else float("nan")
+            for name, total in zip(names, totals[2:].tolist(), strict=True)
+        }
+        if distill_value is not None:
+            terms["distill"] = distill_value
+        for name, value in terms.items():
+            result.terms.setdefault(name, []).append(value)
         done = step + 1
         key = None
         if done % cfg.save_every == 0 or done == steps:
@@ -261,6 +285,7 @@ def train_stage(
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_state(),
                 "losses": list(result.losses),
+                "terms": {k: list(v) for k, v in result.terms.items()},
                 "stats": result.stats.ids,
                 "config": cfg.to_dict(),
             }
@@ -274,7 +299,15 @@ def train_stage(
         if on_step:
             on_step(
                 StepResult(
-                    done, steps, loss_value, global_tokens, lrs, grad_norm, key, distill_value
+                    done,
+                    steps,
+                    loss_value,
+                    global_tokens,
+                    lrs,
+                    grad_norm,
+                    key,
+                    distill_value,
+                    terms,
                 )
             )
     if result.stats.ids:

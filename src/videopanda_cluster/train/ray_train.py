@@ -97,7 +97,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def report(step: StepResult) -> None:
         if step.step % job.report_every and step.step != step.total_steps:
             return
-        ray.train.report({"step": step.step, "loss": step.loss, "tokens": step.tokens, **step.lrs})
+        terms = {f"loss_{name}": value for name, value in step.terms.items()}
+        ray.train.report(
+            {"step": step.step, "loss": step.loss, "tokens": step.tokens, **terms, **step.lrs}
+        )
 
     train_stage(
         model,

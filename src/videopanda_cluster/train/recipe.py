@@ -249,6 +249,8 @@ def _stage_summary(
         "steps": len(losses),
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
+        # the objective's terms at the last step, unweighted (loop.StageResult.terms)
+        "last_terms": {k: float(v[-1]) for k, v in state.get("terms", {}).items() if len(v)},
         "losses": losses,
         "seconds": None if secs is None else round(secs, 3),
         "resumed": False,  # True: trained by an earlier run (``seconds`` are that run's)
