@@ -30,6 +30,7 @@ from videopanda_cluster.train.shape_attention import (
     ShapeAttentionLoss,
     attention_rows,
     check_channels,
+    predicted_words,
     shape_cells,
 )
 from videopanda_cluster.train.stages import stage_config
@@ -112,6 +113,30 @@ def test_answer_focus_pairs_each_answer_position_with_its_word():
     assert answer_focus(labels[:6], ("red", "circle")) == [(2, "red"), (3, "red")]  # cut off
 
 
+def test_an_answer_without_focus_looks_at_the_shape_of_each_word_it_writes():
+    words = "a red circle moves left and green triangle appears stays still then , . two"
+    ids = {w: i + 10 for i, w in enumerate(words.split())}
+    vocab = {i: w for w, i in ids.items() if w not in {"a", "and", "then", ",", ".", "two"}}
+    x = IGNORE_INDEX
+    caption = "a red circle moves left and a green triangle appears and stays still ."
+    tokens = [ids[w] for w in caption.split()]
+    # a question with focus "red" answered "circle", a count answer, then the caption
+    labels = torch.tensor([x, x, ids["circle"], 2, x, ids["two"], 2, x, x, *tokens, 2])
+    asked = answer_focus(labels, ("red", None, None))
+    got = dict(predicted_words(asked, labels, vocab))
+    assert got[1] == got[2] == "red"  # the focus word wins over the word predicted
+    assert got[4] is None and got[5] is None  # "two", end of answer: no shape
+    caption_words = [got[p] for p in range(8, 8 + len(tokens) + 1)]
+    assert caption_words == [
+        None, "red", "circle", "circle", "circle",  # a red circle moves left
+        None, None, "green", "triangle", "triangle",  # and a green triangle appears
+        None, "triangle", "triangle", None, None,  # and stays still . </s>
+    ]  # fmt: skip
+    # a second caption does not inherit the first one's shape
+    again = torch.tensor([x, *tokens[:2], 2, x, x, ids["moves"], 2])
+    assert predicted_words(answer_focus(again, ()), again, vocab)[-2:] == [(5, None), (6, None)]
+
+
 def test_training_on_the_loss_moves_attention_onto_the_shape_cells():
     llm = _llama(4)
     loss = ShapeAttentionLoss(2, ["kind:circle", "kind:square", "colour:red", "colour:blue"])
@@ -170,6 +195,9 @@ def test_a_stage_trains_with_the_scene_teacher_and_refuses_another(tmp_path):
     write_scene_teacher(corpus, store, "scene", SceneTeacherOptions(image_size=SIZE))
     scene = StoredTeacher(store, "scene")
     assert check_channels(scene.channels) == scene.channels
+    vocab = ShapeAttentionLoss(2, scene.channels, tokenizer).vocab  # the corpus's own words
+    assert {"red", "circle", "moves", "left", "still"} <= set(vocab.values())
+    assert all(tokenizer.decode([i]).strip() == w for i, w in vocab.items())
     base = stage_config(
         "finetune", global_batch=2, micro_batch=2, save_every=10, max_steps=2, distill_weight=1.0
     )

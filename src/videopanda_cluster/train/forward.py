@@ -135,7 +135,8 @@ class TrainingModel(nn.Module):
                 if head is not None:
                     asked += head.targets(len(embeds), fitted[1], sample.focus)
                 if attend is not None:
-                    answered[len(embeds)] = answer_focus(fitted[1], sample.focus)
+                    asked_here = answer_focus(fitted[1], sample.focus)
+                    answered[len(embeds)] = attend.targets(asked_here, fitted[1])
                 embeds.append(fitted[0])
                 labels.append(fitted[1])
         if not embeds:  # nothing to learn from; a zero loss that still reaches every parameter

@@ -160,7 +160,8 @@ def train_stage(
     focus = _focus_setup(model, cfg, dataset)
     attend = None
     if cfg.attend_weight:  # StageConfig: it comes with distillation, so with a teacher
-        attend = ShapeAttentionLoss(cfg.attend_layer, getattr(teacher, "channels", None))
+        channels = getattr(teacher, "channels", None)
+        attend = ShapeAttentionLoss(cfg.attend_layer, channels, dataset.tokenizer)
     steps = total_steps(cfg, len(dataset))
     per_epoch = len(dataset) // cfg.global_batch
     accumulation = cfg.accumulation(world.size)

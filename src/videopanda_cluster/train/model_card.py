@@ -245,7 +245,8 @@ def _warm_start_lines(training: dict[str, Any]) -> list[str]:
             f"- Shape-attention loss (`train/shape_attention.py`) with weight "
             f"{cfg['attend_weight']:g} in {' and '.join(s['stage'] for s in attend)}: at each "
             f"position that predicts an answer token, Llama layer {cfg['attend_layer']}'s "
-            "attention should fall on the video's shape cells (the scene teacher's cover)."
+            "attention should fall on the cells of the shape it asks about or names (the "
+            "scene teacher's cover)."
         )
     if training.get("attention", "eager") != "eager":
         lines.append(f"- Llama attention while training: {training['attention']}.")

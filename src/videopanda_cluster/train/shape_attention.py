@@ -8,8 +8,11 @@ heads put over 90% of their attention on the shape cells. This loss asks for tha
 every position that predicts an answer token, the attention of Llama layer ``layer`` (1-based),
 averaged over its heads, should fall on the cells of the shape the question asks about, the shape
 its ``focus`` word names ("circle" in "What colour is the circle?", "red" in "What shape is the
-red object?"), and on all shape cells when the question has no focus word or names what is not
-there:
+red object?"). In an answer without a focus word (a caption, "first", count) each position looks
+at the shape of the word it predicts: the colour or kind it names, or for a motion word
+("moves", "left", "still") the shape of the phrase it is in, so writing "a red circle moves
+left and a green ..." looks at the red circle and then at the green shape. Elsewhere, and for a
+word that names what is not there, it asks for all shape cells:
 
     L_attend = Σ_answer positions −log(mean_heads Σ_asked cells attention + eps)
 
@@ -23,13 +26,14 @@ as the layer), so training keeps its fused attention; the loss has no parameters
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .distill import FrameTarget
+from .synth import MOTION_WORDS
 
 SHAPE_COVER = 0.1  # share of a cell a shape must cover for the cell to count as the shape's
 COLOUR_PREFIX = "colour:"  # the scene teacher's per-colour cover channels (weight 1)
@@ -116,13 +120,52 @@ def attention_rows(
     return scores.masked_fill(future[None], float("-inf")).softmax(dim=-1)
 
 
+def token_words(tokenizer: Any, words: Sequence[str]) -> dict[int, str]:
+    """The ids of the tokenizer's tokens that are one of ``words`` on their own."""
+    wanted = set(words)
+    decoded = ((i, tokenizer.decode([i]).strip().lower()) for i in range(len(tokenizer)))
+    return {i: word for i, word in decoded if word in wanted}
+
+
+def predicted_words(
+    asked: Sequence[tuple[int, str | None]], labels: torch.Tensor, vocab: Mapping[int, str]
+) -> list[tuple[int, str | None]]:
+    """``asked``: each answer position with its answer's focus word (``forward.answer_focus``);
+    ``labels`` (L,); ``vocab``: token id → shape or motion word. A position without a focus
+    word gets the shape word of the token it predicts, or for a motion word the last shape word
+    before it in its answer (module docstring)."""
+    found: list[tuple[int, str | None]] = []
+    current, last = None, None
+    for position, word in asked:
+        if last is None or position != last + 1:  # a new answer
+            current = None
+        last = position
+        if word is None:
+            token = vocab.get(int(labels[position + 1]))
+            if token is not None and token not in MOTION_WORDS:
+                current = token
+            word = current if token is not None else None
+        found.append((position, word))
+    return found
+
+
 class ShapeAttentionLoss:
     """The summed loss over the answer positions of a batch (module docstring)."""
 
-    def __init__(self, layer: int, channels: Sequence[str] | None) -> None:
+    def __init__(self, layer: int, channels: Sequence[str] | None, tokenizer: Any = None) -> None:
         if layer < 1:
             raise ValueError(f"the attended layer is 1-based, got {layer}")
         self.layer, self.channels = layer, check_channels(channels)
+        shapes = [
+            c.split(":", 1)[1] for c in self.channels if c.startswith((COLOUR_PREFIX, KIND_PREFIX))
+        ]
+        self.vocab = token_words(tokenizer, [*shapes, *MOTION_WORDS]) if tokenizer else {}
+
+    def targets(
+        self, asked: Sequence[tuple[int, str | None]], labels: torch.Tensor
+    ) -> list[tuple[int, str | None]]:
+        """Each answer position with the word of the shape it should look at (None: all)."""
+        return predicted_words(asked, labels, self.vocab)
 
     def loss_sum(
         self,

@@ -49,6 +49,8 @@ QUESTION_TYPES = ("colour", "shape", "direction", "count", "first", "absent")
 CAPTION_TYPE = "caption"  # the eval splits' caption items (scored by eval.caption_facts)
 SYNTH_COLOURS = ("red", "green", "blue", "yellow")
 DIRECTIONS = ("left", "right", "up", "down")
+# the words a caption's phrase (:func:`_phrase`) uses for a shape's motion
+MOTION_WORDS = (*DIRECTIONS, "moves", "stays", "still", "appears")
 COUNTS = ("one", "two", "three")
 
 
