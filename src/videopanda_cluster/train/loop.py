@@ -86,8 +86,12 @@ class StepResult:
     lrs: dict[str, float]
     grad_norm: float | None
     checkpoint: str | None  # store prefix written after this step
-    distill: float | None = None  # L_distill over the global batch (None: off or no frame)
     terms: dict[str, float] = field(default_factory=dict)  # StageResult.terms, this step's
+
+    @property
+    def distill(self) -> float | None:
+        """L_distill over the global batch (None: off or no frame)."""
+        return self.terms.get("distill")
 
 
 @dataclass
@@ -307,7 +311,6 @@ def train_stage(
                     lrs,
                     grad_norm,
                     key,
-                    distill_value,
                     terms,
                 )
             )
