@@ -142,8 +142,9 @@ def test_card_names_the_warm_start_and_the_distillation(tmp_path):
     assert "Warm start" not in card and "Distillation" not in card and "Limits" not in card
     assert "(all three stages)" in card
     assert "Question-focus" not in card and "attention while training" not in card
-    assert "Shape-attention" not in card
+    assert "Shape-attention" not in card and "Question-copy" not in card
     training["stages"][0]["config"] |= {"focus_weight": 1.0, "focus_layer": 1}
+    training["stages"][0]["config"] |= {"copy_weight": 2.0, "copy_layer": 1}
     training["stages"][0]["config"] |= {"attend_weight": 1.0, "attend_layer": 2}
     training["attention"] = "sdpa"
     (model / "training.json").write_text(json.dumps(training))
@@ -153,6 +154,8 @@ def test_card_names_the_warm_start_and_the_distillation(tmp_path):
     assert "hidden state after layer 1" in card and "attention while training: sdpa" in card
     assert "Shape-attention loss (`train/shape_attention.py`) with weight 1 in finetune" in card
     assert "Llama layer 2's attention" in card
+    assert "Question-copy loss (`train/question_copy.py`) with weight 2 in finetune" in card
+    assert "some head of Llama layer 1 should attend" in card
 
 
 def test_a_stage_without_a_recorded_time_shows_a_dash(tmp_path):

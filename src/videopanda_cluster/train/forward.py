@@ -1,7 +1,7 @@
 """The training forward pass as one module (so DDP can wrap it): video → tokens → summed CE,
 plus the optional distillation term (spec §7.3, ``distill.py``), the optional question-focus
-term (below) and the optional shape-attention term (``shape_attention.py``), each summed and added
-to the summed CE.
+term (below), the optional shape-attention term (``shape_attention.py``) and the optional
+question-copy term (``question_copy.py``), each summed and added to the summed CE.
 
 Question focus (training only; a deliberate addition, not in the reference): a Llama trained from
 random weights does not learn to carry the word a question is about ("circle" in "What colour is the
@@ -30,6 +30,7 @@ from ..model.modeling import VideoPanda
 from ..model.prompt import IGNORE_INDEX
 from .data import Overflow, Sample, expand_labels, fit_length, pad_batch
 from .distill import DistillStats, FrameTarget, TeacherFeatures, distill_sum, frame_targets
+from .question_copy import QuestionCopyLoss, spliced_ids
 from .shape_attention import ShapeAttentionLoss
 
 
@@ -51,14 +52,17 @@ class TrainingModel(nn.Module):
         compressor: VideoCompressor | None = None,
         focus: FocusHead | None = None,
         attend: ShapeAttentionLoss | None = None,
+        question_copy: QuestionCopyLoss | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.video_tower_compressor = compressor
         self.focus_head = focus
         self.attend = attend
+        self.question_copy = question_copy
         self.distill_stats: DistillStats | None = None
-        # the last pass's unweighted sums of its token terms: "ce", and "focus" / "attend" when on
+        # the last pass's unweighted sums of its token terms: "ce", and "focus" / "attend" /
+        # "copy" when on
         self.term_sums: dict[str, float] = {}
 
     def encode(self, pixels: torch.Tensor, seed: int) -> list[torch.Tensor]:
@@ -86,6 +90,7 @@ class TrainingModel(nn.Module):
         distill_scale: float = 0.0,
         focus_weight: float = 0.0,
         attend_weight: float = 0.0,
+        copy_weight: float = 0.0,
     ) -> tuple[torch.Tensor, int, list[str | None]]:
         """Summed next-token CE over the supervised tokens (plus ``distill_scale`` × the summed
         distillation frame losses when distilling), the supervised token count, and each
@@ -93,7 +98,8 @@ class TrainingModel(nn.Module):
 
         Distillation needs the compressor, ``targets`` (one per sample) and a nonzero
         ``distill_scale``; otherwise the pass is plain CE. The shape-attention term
-        (``attend_weight`` × its sum) needs ``targets`` and the loss object too.
+        (``attend_weight`` × its sum) needs ``targets`` and the loss object too; the
+        question-copy term (``copy_weight`` × its sum) needs its loss object.
         """
         compressor = self.video_tower_compressor if distill_scale != 0 else None
         attend = self.attend if attend_weight != 0 and targets is not None else None
@@ -114,6 +120,8 @@ class TrainingModel(nn.Module):
         head = self.focus_head if focus_weight != 0 else None
         asked: list[tuple[int, int, int]] = []  # (row, position, class) of each focus answer
         answered: dict[int, list[tuple[int, str | None]]] = {}  # row → (position, focus word)
+        copier = self.question_copy if copy_weight != 0 else None
+        copied: dict[int, list[tuple[int, list[int]]]] = {}  # row → (position, word positions)
         for n, (sample, seed) in enumerate(zip(samples, seeds, strict=True)):
             frames, grids = self.encode_frames(sample.pixels, seed)
             lengths = [f.shape[0] for f in frames]
@@ -134,9 +142,13 @@ class TrainingModel(nn.Module):
                     )
                 if head is not None:
                     asked += head.targets(len(embeds), fitted[1], sample.focus)
-                if attend is not None:
+                if attend is not None or copier is not None:
                     asked_here = answer_focus(fitted[1], sample.focus)
-                    answered[len(embeds)] = attend.targets(asked_here, fitted[1])
+                    if attend is not None:
+                        answered[len(embeds)] = attend.targets(asked_here, fitted[1])
+                    if copier is not None:
+                        ids = spliced_ids(sample.input_ids, lengths, fitted[0].shape[0])
+                        copied[len(embeds)] = copier.targets(ids, asked_here)
                 embeds.append(fitted[0])
                 labels.append(fitted[1])
         if not embeds:  # nothing to learn from; a zero loss that still reaches every parameter
@@ -149,7 +161,8 @@ class TrainingModel(nn.Module):
             return zero, 0, outcomes
         batch = pad_batch(embeds, labels, side="right")
         labels_out = batch.pop("labels")[:, 1:]
-        out = llm(**batch, output_hidden_states=distill or bool(asked) or attend is not None)
+        hidden = distill or bool(asked) or attend is not None or copier is not None
+        out = llm(**batch, output_hidden_states=hidden)
         loss = F.cross_entropy(
             out.logits[:, :-1].float().flatten(0, 1),
             labels_out.flatten(),
@@ -163,6 +176,10 @@ class TrainingModel(nn.Module):
             )
             self.term_sums["attend"] = float(terms.detach())
             loss = loss + attend_weight * terms
+        if copier is not None:
+            copying = copier.loss_sum(llm, out.hidden_states, batch["position_ids"], copied)
+            self.term_sums["copy"] = float(copying.detach())
+            loss = loss + copy_weight * copying
         if compressor is not None and teacher is not None:
             stats = distill_sum(out.hidden_states, compressor, frames_of)
             self.distill_stats = stats

@@ -40,6 +40,7 @@ from .checkpoints import latest_step, load_checkpoint, rng_state, save_checkpoin
 from .data import Sample, SampleError, SampleStats, VideoConversationDataset
 from .distill import Teacher, TeacherFeatures, plan_counts, teacher_targets
 from .forward import FocusHead, TrainingModel
+from .question_copy import QuestionCopyLoss
 from .shape_attention import ShapeAttentionLoss
 from .stages import StageConfig, autocast, build_optimizer, build_scheduler, set_trainable
 
@@ -166,6 +167,9 @@ def train_stage(
     if cfg.attend_weight:  # StageConfig: it comes with distillation, so with a teacher
         channels = getattr(teacher, "channels", None)
         attend = ShapeAttentionLoss(cfg.attend_layer, channels, dataset.tokenizer)
+    copier = None
+    if cfg.copy_weight:
+        copier = QuestionCopyLoss(cfg.copy_layer, dataset.tokenizer, _focus_words(dataset))
     steps = total_steps(cfg, len(dataset))
     per_epoch = len(dataset) // cfg.global_batch
     accumulation = cfg.accumulation(world.size)
@@ -193,7 +197,7 @@ def train_stage(
         result.stats.ids = {k: list(v) for k, v in state["stats"].items()}
         result.checkpoint = f"{prefix}/step-{start:08d}"
         log.info("resuming %s from step %d of %d", cfg.name, start, steps)
-    inner = TrainingModel(model, compressor, focus, attend)
+    inner = TrainingModel(model, compressor, focus, attend, copier)
     net = wrap(inner) if wrap else inner
     trainable = [p for p in model.parameters() if p.requires_grad]
     for head in (compressor, focus):
@@ -204,6 +208,7 @@ def train_stage(
         "ce",
         *(["focus"] if focus is not None else []),
         *(["attend"] if attend is not None else []),
+        *(["copy"] if copier is not None else []),
     )
     for step in range(start or 0, steps):
         epoch, index = divmod(step, per_epoch)
@@ -224,6 +229,8 @@ def train_stage(
             extra: dict[str, Any] = {"focus_weight": cfg.focus_weight} if focus is not None else {}
             if attend is not None:
                 extra["attend_weight"] = cfg.attend_weight
+            if copier is not None:
+                extra["copy_weight"] = cfg.copy_weight
             if plan is not None:
                 extra |= {"targets": plan.targets[m], "distill_scale": plan.scale}
             sync = m == accumulation - 1 or not hasattr(net, "no_sync")
@@ -345,13 +352,16 @@ def _distill_setup(
 def _focus_setup(
     model: VideoPanda, cfg: StageConfig, dataset: VideoConversationDataset
 ) -> FocusHead | None:
-    """The trainable question-focus head (forward.py) when this stage has the loss, else None.
-    Its words are the sorted focus words of the whole dataset, the same on every worker."""
+    """The trainable question-focus head (forward.py) when this stage has the loss, else None."""
     if not cfg.focus_weight:
         return None
-    words = sorted({w for r in dataset.records for w in r.focus if w is not None})
-    head = FocusHead(model.config.llm_width, words, cfg.focus_layer)  # after seed_everything
+    head = FocusHead(model.config.llm_width, _focus_words(dataset), cfg.focus_layer)  # seeded
     return head.to(device=model.device, dtype=model.dtype).train().requires_grad_(True)
+
+
+def _focus_words(dataset: VideoConversationDataset) -> list[str]:
+    """The sorted focus words of the whole dataset (the same on every worker)."""
+    return sorted({w for r in dataset.records for w in r.focus if w is not None})
 
 
 @dataclass

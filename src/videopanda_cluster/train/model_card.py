@@ -207,9 +207,35 @@ def _corpus_line(training: dict[str, Any], synth: dict[str, Any] | None) -> str:
     )
 
 
+# The training-only losses a stage may add: its weight's setting, its name, what it asks for
+# (formatted with the stage's settings).
+TRAINING_LOSSES = (
+    (
+        "focus_weight",
+        "Question-focus loss (`train/forward.py`)",
+        "a training-only linear head on the Llama's hidden state after layer {focus_layer}, at "
+        "each position that predicts an answer token, names the word the question is about (the "
+        "records' `focus`).",
+    ),
+    (
+        "attend_weight",
+        "Shape-attention loss (`train/shape_attention.py`)",
+        "at each position that predicts an answer token, Llama layer {attend_layer}'s attention "
+        "should fall on the cells of the shape it asks about or names (the scene teacher's "
+        "cover).",
+    ),
+    (
+        "copy_weight",
+        "Question-copy loss (`train/question_copy.py`)",
+        "at each position that predicts an answer to a question with a focus word, some head of "
+        "Llama layer {copy_layer} should attend to that word in the question.",
+    ),
+)
+
+
 def _warm_start_lines(training: dict[str, Any]) -> list[str]:
-    """What the card says of the scene warm-up, the distillation, the question-focus loss and
-    the shape-attention loss, when the run had them."""
+    """What the card says of the scene warm-up, the distillation and the training-only losses,
+    when the run had them."""
     lines = []
     warmup = training.get("warmup")
     if warmup:
@@ -228,26 +254,14 @@ def _warm_start_lines(training: dict[str, Any]) -> list[str]:
             f"- Distillation (spec §7.3) with weight {weight:g} in every stage, against the "
             "scene teacher of `videopanda synth-teacher` (ground-truth cover per frame and token)."
         )
-    focus = [s for s in training["stages"] if s["config"].get("focus_weight")]
-    if focus:
-        cfg = focus[0]["config"]
-        lines.append(
-            f"- Question-focus loss (`train/forward.py`) with weight {cfg['focus_weight']:g} in "
-            f"{' and '.join(s['stage'] for s in focus)}: a training-only linear head on the "
-            f"Llama's hidden state after layer {cfg['focus_layer']}, at each position that "
-            "predicts an answer token, names the word the question is about (the records' "
-            "`focus`)."
-        )
-    attend = [s for s in training["stages"] if s["config"].get("attend_weight")]
-    if attend:
-        cfg = attend[0]["config"]
-        lines.append(
-            f"- Shape-attention loss (`train/shape_attention.py`) with weight "
-            f"{cfg['attend_weight']:g} in {' and '.join(s['stage'] for s in attend)}: at each "
-            f"position that predicts an answer token, Llama layer {cfg['attend_layer']}'s "
-            "attention should fall on the cells of the shape it asks about or names (the "
-            "scene teacher's cover)."
-        )
+    for key, name, what in TRAINING_LOSSES:
+        stages = [s for s in training["stages"] if s["config"].get(key)]
+        if stages:
+            cfg = stages[0]["config"]
+            lines.append(
+                f"- {name} with weight {cfg[key]:g} in {' and '.join(s['stage'] for s in stages)}: "
+                + what.format(**cfg)
+            )
     if training.get("attention", "eager") != "eager":
         lines.append(f"- Llama attention while training: {training['attention']}.")
     return lines

@@ -59,6 +59,11 @@ class StageConfig:
     # to the video's shape cells, which the scene teacher marks; > 0 needs distill_weight > 0.
     attend_weight: float = 0.0
     attend_layer: int = 2
+    # Weight of the question-copy loss (question_copy.py; training only, not in the reference):
+    # at each answer with a focus word, some head of Llama layer ``copy_layer`` (1-based) should
+    # attend to that word in the question.
+    copy_weight: float = 0.0
+    copy_layer: int = 1
     precision: Precision | None = None  # None: the device's (DEVICE_PRECISION)
 
     def __post_init__(self) -> None:
@@ -76,6 +81,11 @@ class StageConfig:
             raise ValueError(
                 f"attend_weight must be >= 0 and attend_layer >= 1, got {self.attend_weight}, "
                 f"{self.attend_layer}"
+            )
+        if not self.copy_weight >= 0 or self.copy_layer < 1:
+            raise ValueError(
+                f"copy_weight must be >= 0 and copy_layer >= 1, got {self.copy_weight}, "
+                f"{self.copy_layer}"
             )
         if self.attend_weight and not self.distill_weight:
             raise ValueError(
