@@ -43,6 +43,8 @@ if [[ ! -f "$WORK/teacher/teacher/teacher.json" ]]; then
         > /dev/null
 fi
 TRAIN+=" --distill-weight 10 --teacher-store $WORK/teacher"
+# The shape-attention loss reads the scene teacher's shape cells (train/shape_attention.py).
+TRAIN+=" --stage-set finetune.attend_weight=1"
 # Warm start of STAB + projector on the scene's per-cell labels (train/warmup.py).
 TRAIN+=" --warmup-steps 1000${TRAIN_FLAGS:+ $TRAIN_FLAGS}"
 

@@ -68,6 +68,10 @@ SMALL_HPARAMS: dict[str, dict[str, Any]] = {
         "warmup_ratio": 0.02,
         "focus_weight": 1.0,  # the question-focus loss (forward.py), after the first Llama layer
         "focus_layer": 1,
+        # the question-copy loss (question_copy.py): a head of the first Llama layer brings the
+        # question's focus word to the answer (docs/training.md, "Twentieth round")
+        "copy_weight": 1.0,
+        "copy_layer": 1,
     },
 }
 _VOCAB_LIMIT = re.compile(r"value <= (\d+)")
