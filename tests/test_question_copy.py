@@ -8,8 +8,8 @@ from typing import ClassVar
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from tests.test_train_helpers import tiny_llama
 from videopanda_cluster.model.modeling import VideoPanda
 from videopanda_cluster.model.prompt import IGNORE_INDEX, load_tokenizer
 from videopanda_cluster.storage import LocalStore
@@ -67,22 +67,8 @@ def test_the_focus_word_is_found_in_its_own_question():
         QuestionCopyLoss(1, _Words(), [])
 
 
-def _llama() -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config)
-
-
 def test_training_on_the_loss_moves_one_head_onto_the_word():
-    llm = _llama()
+    llm = tiny_llama()
     loss = QuestionCopyLoss(1, _Words(), ["red"])
     embeds = torch.randn(1, 16, 32)
     position_ids = torch.arange(16)[None]

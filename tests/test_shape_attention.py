@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from tests.test_train_helpers import tiny_llama
 from videopanda_cluster.model.modeling import VideoPanda
 from videopanda_cluster.model.prompt import IGNORE_INDEX, load_tokenizer
 from videopanda_cluster.storage import LocalStore
@@ -39,24 +39,9 @@ from videopanda_cluster.train.synth import SynthOptions, write_synth
 SIZE = 112
 
 
-def _llama(kv_heads: int) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=64,
-        attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config)
-
-
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_attention_rows_are_the_layers_own(kv_heads):
-    llm = _llama(kv_heads).eval()
+    llm = tiny_llama(kv_heads).eval()
     embeds = torch.randn(2, 12, 32)
     position_ids = torch.stack([torch.arange(12), torch.arange(12) + 5])
     with torch.no_grad():
@@ -138,7 +123,7 @@ def test_an_answer_without_focus_looks_at_the_shape_of_each_word_it_writes():
 
 
 def test_training_on_the_loss_moves_attention_onto_the_shape_cells():
-    llm = _llama(4)
+    llm = tiny_llama(4)
     loss = ShapeAttentionLoss(2, ["kind:circle", "kind:square", "colour:red", "colour:blue"])
     embeds = torch.randn(1, 16, 32)
     position_ids = torch.arange(16)[None]

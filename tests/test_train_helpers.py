@@ -8,6 +8,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from tests.model_helpers import randomize_
 from videopanda_cluster import VideoPanda, VideoPandaConfig
@@ -73,3 +74,19 @@ def dataset(data: Path, tokenizer) -> VideoConversationDataset:
     return VideoConversationDataset(
         load_records(data), data.parent, tokenizer, num_frames=4, size=SIZE, isolate=False
     )
+
+
+def tiny_llama(kv_heads: int = 4) -> LlamaForCausalLM:
+    """A seeded 2-layer, 4-head Llama of width 32 with eager attention (attention-loss tests)."""
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)

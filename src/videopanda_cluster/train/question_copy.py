@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .data import expand_labels
-from .shape_attention import EPS, attention_rows
+from .shape_attention import EPS, attended_mass
 
 
 def word_positions(ids: Sequence[int], start: int, stop: int, word: Sequence[int]) -> list[int]:
@@ -83,14 +83,8 @@ class QuestionCopyLoss:
         for row, asked in answers.items():
             if not asked:
                 continue
-            queries = torch.tensor([p for p, _ in asked], device=hidden_states[0].device)
-            probs = attention_rows(
-                llm, hidden_states[self.layer - 1][row], position_ids[row], self.layer, queries
-            )  # (H, Q, L)
-            mask = torch.zeros(len(asked), probs.shape[-1], dtype=torch.bool)
-            for n, (_, where) in enumerate(asked):
-                mask[n, where] = True
-            mass = (probs * mask.to(probs.device)).sum(dim=-1).amax(dim=0)  # (Q,)
+            hidden = hidden_states[self.layer - 1][row]
+            mass = attended_mass(llm, hidden, position_ids[row], self.layer, asked, heads="max")
             total = total - torch.log(mass + EPS).sum()
         return total
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -120,6 +120,26 @@ def attention_rows(
     return scores.masked_fill(future[None], float("-inf")).softmax(dim=-1)
 
 
+def attended_mass(
+    llm: Any,
+    hidden: torch.Tensor,
+    position_ids: torch.Tensor,
+    layer: int,
+    asked: Sequence[tuple[int, Any]],
+    heads: Literal["mean", "max"] = "mean",
+) -> torch.Tensor:
+    """(Q,) the attention of each asked position of one sequence on its target positions (any
+    index of a position row), averaged over layer ``layer``'s heads or the best head's
+    (``heads="max"``). ``hidden``, ``position_ids``: as for :func:`attention_rows`."""
+    queries = torch.tensor([p for p, _ in asked], device=hidden.device)
+    probs = attention_rows(llm, hidden, position_ids, layer, queries)  # (H, Q, L)
+    mask = torch.zeros(len(asked), probs.shape[-1], dtype=torch.bool)
+    for n, (_, where) in enumerate(asked):
+        mask[n, where] = True
+    mass = (probs * mask.to(probs.device)).sum(dim=-1)  # (H, Q)
+    return mass.amax(dim=0) if heads == "max" else mass.mean(dim=0)
+
+
 def token_words(tokenizer: Any, words: Sequence[str]) -> dict[int, str]:
     """The ids of the tokenizer's tokens that are one of ``words`` on their own."""
     wanted = set(words)
@@ -185,13 +205,8 @@ class ShapeAttentionLoss:
             shapes = cells.get(row)
             if not asked or shapes is None or not len(shapes.all):
                 continue
-            queries = torch.tensor([p for p, _ in asked], device=hidden_states[0].device)
-            probs = attention_rows(
-                llm, hidden_states[self.layer - 1][row], position_ids[row], self.layer, queries
-            )  # (H, Q, L)
-            mask = torch.zeros(len(asked), probs.shape[-1], dtype=torch.bool)
-            for n, (_, word) in enumerate(asked):
-                mask[n, shapes.asked(word)] = True
-            mass = (probs * mask.to(probs.device)).sum(dim=-1).mean(dim=0)  # (Q,)
+            targets = [(position, shapes.asked(word)) for position, word in asked]
+            hidden = hidden_states[self.layer - 1][row]
+            mass = attended_mass(llm, hidden, position_ids[row], self.layer, targets)  # (Q,)
             total = total - torch.log(mass + EPS).sum()
         return total
