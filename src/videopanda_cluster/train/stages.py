@@ -72,21 +72,12 @@ class StageConfig:
         check_precision(self.precision)
         if not self.distill_weight >= 0:
             raise ValueError(f"distill_weight must be >= 0, got {self.distill_weight}")
-        if not self.focus_weight >= 0 or self.focus_layer < 1:
-            raise ValueError(
-                f"focus_weight must be >= 0 and focus_layer >= 1, got {self.focus_weight}, "
-                f"{self.focus_layer}"
-            )
-        if not self.attend_weight >= 0 or self.attend_layer < 1:
-            raise ValueError(
-                f"attend_weight must be >= 0 and attend_layer >= 1, got {self.attend_weight}, "
-                f"{self.attend_layer}"
-            )
-        if not self.copy_weight >= 0 or self.copy_layer < 1:
-            raise ValueError(
-                f"copy_weight must be >= 0 and copy_layer >= 1, got {self.copy_weight}, "
-                f"{self.copy_layer}"
-            )
+        for loss in ("focus", "attend", "copy"):  # each training-only loss: a weight and a layer
+            weight, layer = getattr(self, f"{loss}_weight"), getattr(self, f"{loss}_layer")
+            if not weight >= 0 or layer < 1:
+                raise ValueError(
+                    f"{loss}_weight must be >= 0 and {loss}_layer >= 1, got {weight}, {layer}"
+                )
         if self.attend_weight and not self.distill_weight:
             raise ValueError(
                 "attend_weight needs distill_weight > 0: the scene teacher's targets mark the "
