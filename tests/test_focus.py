@@ -12,8 +12,8 @@ from safetensors import safe_open
 from tests.test_train_helpers import Stop, build, dataset, tiny_model
 from videopanda_cluster.model.prompt import IGNORE_INDEX
 from videopanda_cluster.storage import LocalStore
-from videopanda_cluster.train.data import SampleError, parse_records
-from videopanda_cluster.train.forward import FocusHead, answer_spans
+from videopanda_cluster.train.data import SampleError, answer_spans, parse_records
+from videopanda_cluster.train.forward import FocusHead
 from videopanda_cluster.train.loop import train_stage
 from videopanda_cluster.train.stages import stage_config
 from videopanda_cluster.train.synth import CAPTION_PROMPTS, SynthOptions, load_metadata, write_synth

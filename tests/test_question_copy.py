@@ -13,8 +13,7 @@ from tests.test_train_helpers import tiny_llama
 from videopanda_cluster.model.modeling import VideoPanda
 from videopanda_cluster.model.prompt import IGNORE_INDEX, load_tokenizer
 from videopanda_cluster.storage import LocalStore
-from videopanda_cluster.train.data import VideoConversationDataset, load_records
-from videopanda_cluster.train.forward import answer_focus
+from videopanda_cluster.train.data import VideoConversationDataset, answer_focus, load_records
 from videopanda_cluster.train.loop import train_stage
 from videopanda_cluster.train.question_copy import QuestionCopyLoss, spliced_ids, word_positions
 from videopanda_cluster.train.recipe import init_small_model

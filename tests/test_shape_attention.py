@@ -13,7 +13,7 @@ from tests.test_train_helpers import tiny_llama
 from videopanda_cluster.model.modeling import VideoPanda
 from videopanda_cluster.model.prompt import IGNORE_INDEX, load_tokenizer
 from videopanda_cluster.storage import LocalStore
-from videopanda_cluster.train.data import VideoConversationDataset, load_records
+from videopanda_cluster.train.data import VideoConversationDataset, answer_focus, load_records
 from videopanda_cluster.train.distill import (
     FrameTarget,
     StoredTeacher,
@@ -21,7 +21,6 @@ from videopanda_cluster.train.distill import (
     random_teacher,
     write_teacher_info,
 )
-from videopanda_cluster.train.forward import answer_focus
 from videopanda_cluster.train.loop import train_stage
 from videopanda_cluster.train.recipe import init_small_model
 from videopanda_cluster.train.scene_teacher import SceneTeacherOptions, write_scene_teacher
@@ -89,13 +88,13 @@ def test_shape_cells_are_read_off_the_cover_channels():
     assert cells[0].all.tolist() == []
 
 
-def test_answer_focus_pairs_each_answer_position_with_its_word():
+def test_answer_focus_pairs_each_answer_with_its_word():
     x = IGNORE_INDEX
     labels = torch.tensor([x, x, x, 7, 2, x, x, 9, 9, 2])
-    spans = [(2, "red"), (3, "red"), (6, None), (7, None), (8, None)]
+    spans = [(range(2, 4), "red"), (range(6, 9), None)]
     assert answer_focus(labels, ("red", None)) == spans
-    assert answer_focus(labels, ())[2:] == [(6, None), (7, None), (8, None)]
-    assert answer_focus(labels[:6], ("red", "circle")) == [(2, "red"), (3, "red")]  # cut off
+    assert answer_focus(labels, ()) == [(range(2, 4), None), (range(6, 9), None)]
+    assert answer_focus(labels[:6], ("red", "circle")) == [(range(2, 4), "red")]  # cut off
 
 
 def test_an_answer_without_focus_looks_at_the_shape_of_each_word_it_writes():

@@ -310,3 +310,28 @@ def pad_batch(
         "attention_mask": mask.to(device),
         "position_ids": positions.to(device),
     }
+
+
+def answer_spans(labels: torch.Tensor) -> list[range]:
+    """(L,) labels → per answer, the positions whose logits predict its tokens."""
+    supervised = (labels != IGNORE_INDEX).tolist()
+    spans, start = [], None
+    for p in range(1, len(supervised) + 1):
+        inside = p < len(supervised) and supervised[p]
+        if inside and start is None:
+            start = p - 1  # position p - 1 predicts the answer's first token, at p
+        elif not inside and start is not None:
+            spans.append(range(start, p - 1))
+            start = None
+    return spans
+
+
+FocusedAnswer = tuple[range, str | None]  # the positions that predict an answer; its focus word
+
+
+def answer_focus(labels: torch.Tensor, focus: Sequence[str | None]) -> list[FocusedAnswer]:
+    """(L,) labels and the answers' focus words → each answer's span (:func:`answer_spans`)
+    with its focus word (None for an answer without one, or whose word was cut off)."""
+    spans = answer_spans(labels)
+    words = list(focus[: len(spans)]) + [None] * (len(spans) - len(focus))
+    return list(zip(spans, words, strict=True))

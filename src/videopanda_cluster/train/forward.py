@@ -28,7 +28,7 @@ from ..model.compressor import VideoCompressor
 from ..model.generation import splice
 from ..model.modeling import VideoPanda
 from ..model.prompt import IGNORE_INDEX
-from .data import Overflow, Sample, expand_labels, fit_length, pad_batch
+from .data import Overflow, Sample, answer_focus, expand_labels, fit_length, pad_batch
 from .distill import DistillStats, FrameTarget, TeacherFeatures, distill_sum, frame_targets
 from .question_copy import QuestionCopyLoss, spliced_ids
 from .shape_attention import ShapeAttentionLoss
@@ -143,12 +143,12 @@ class TrainingModel(nn.Module):
                 if head is not None:
                     asked += head.targets(len(embeds), fitted[1], sample.focus)
                 if attend is not None or copier is not None:
-                    asked_here = answer_focus(fitted[1], sample.focus)
+                    answers = answer_focus(fitted[1], sample.focus)
                     if attend is not None:
-                        answered[len(embeds)] = attend.targets(asked_here, fitted[1])
+                        answered[len(embeds)] = attend.targets(answers, fitted[1])
                     if copier is not None:
                         ids = spliced_ids(sample.input_ids, lengths, fitted[0].shape[0])
-                        copied[len(embeds)] = copier.targets(ids, asked_here)
+                        copied[len(embeds)] = copier.targets(ids, answers)
                 embeds.append(fitted[0])
                 labels.append(fitted[1])
         if not embeds:  # nothing to learn from; a zero loss that still reaches every parameter
@@ -191,28 +191,6 @@ class TrainingModel(nn.Module):
         return loss, int((labels_out != IGNORE_INDEX).sum()), outcomes
 
 
-def answer_spans(labels: torch.Tensor) -> list[range]:
-    """(L,) labels → per answer, the positions whose logits predict its tokens."""
-    supervised = (labels != IGNORE_INDEX).tolist()
-    spans, start = [], None
-    for p in range(1, len(supervised) + 1):
-        inside = p < len(supervised) and supervised[p]
-        if inside and start is None:
-            start = p - 1  # position p - 1 predicts the answer's first token, at p
-        elif not inside and start is not None:
-            spans.append(range(start, p - 1))
-            start = None
-    return spans
-
-
-def answer_focus(labels: torch.Tensor, focus: Sequence[str | None]) -> list[tuple[int, str | None]]:
-    """(L,) labels and the answers' focus words → each position that predicts an answer token,
-    with its answer's focus word (None for an answer without one)."""
-    spans = answer_spans(labels)
-    words = list(focus[: len(spans)]) + [None] * (len(spans) - len(focus))
-    return [(position, word) for span, word in zip(spans, words, strict=True) for position in span]
-
-
 class FocusHead(nn.Module):
     """The question-focus head: the Llama hidden state after ``layer`` layers at a position that
     predicts an answer token → which of ``words`` the question is about."""
@@ -231,7 +209,10 @@ class FocusHead(nn.Module):
         """(row, position, class) of the answers of one fitted sample that have a focus word
         (answers cut off by truncation have none)."""
         return [
-            (row, pos, self.index[w]) for pos, w in answer_focus(labels, focus) if w is not None
+            (row, pos, self.index[word])
+            for span, word in answer_focus(labels, focus)
+            if word is not None
+            for pos in span
         ]
 
     def loss_sum(

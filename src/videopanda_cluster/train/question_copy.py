@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .data import expand_labels
+from .data import FocusedAnswer, expand_labels
 from .shape_attention import EPS, attended_mass
 
 
@@ -49,24 +49,21 @@ class QuestionCopyLoss:
         self.tokens = {w: tokenizer.encode(w, add_special_tokens=False) for w in words}
 
     def targets(
-        self, ids: torch.Tensor, asked: Sequence[tuple[int, str | None]]
+        self, ids: torch.Tensor, answers: Sequence[FocusedAnswer]
     ) -> list[tuple[int, list[int]]]:
         """``ids`` (L,): the spliced sequence's token ids (visual positions any non-token);
-        ``asked``: each answer position with its focus word (``forward.answer_focus``) → each
-        position with a focus word and the word's positions in its question, the text since the
-        previous answer (positions whose word is not found there are left out)."""
+        ``answers``: each answer's span with its focus word (``data.answer_focus``) → each
+        position of an answer with a focus word, with the word's positions in its question, the
+        text since the previous answer (answers whose word is not found there are left out)."""
         listed = ids.tolist()
         found: list[tuple[int, list[int]]] = []
-        question_start, question_end, last = 0, 0, None
-        for position, word in asked:
-            if last is None or position != last + 1:  # a new answer: its question ends here
-                question_start, question_end = (last + 2 if last is not None else 0), position + 1
-            last = position
-            if word is None:
-                continue
-            where = word_positions(listed, question_start, question_end, self.tokens[word])
-            if where:
-                found.append((position, where))
+        question_start = 0
+        for span, word in answers:
+            if word is not None and len(span):
+                question = (question_start, span.start + 1)
+                where = word_positions(listed, *question, self.tokens[word])
+                found += [(position, where) for position in span] if where else []
+            question_start = span.stop + 1  # after the answer's last token and its </s>
         return found
 
     def loss_sum(

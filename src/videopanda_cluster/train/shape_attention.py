@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import torch
 
+from .data import FocusedAnswer
 from .distill import FrameTarget
 from .synth import MOTION_WORDS
 
@@ -148,24 +149,23 @@ def token_words(tokenizer: Any, words: Sequence[str]) -> dict[int, str]:
 
 
 def predicted_words(
-    asked: Sequence[tuple[int, str | None]], labels: torch.Tensor, vocab: Mapping[int, str]
+    answers: Sequence[FocusedAnswer], labels: torch.Tensor, vocab: Mapping[int, str]
 ) -> list[tuple[int, str | None]]:
-    """``asked``: each answer position with its answer's focus word (``forward.answer_focus``);
-    ``labels`` (L,); ``vocab``: token id → shape or motion word. A position without a focus
-    word gets the shape word of the token it predicts, or for a motion word the last shape word
-    before it in its answer (module docstring)."""
+    """``answers``: each answer's span with its focus word (``data.answer_focus``); ``labels``
+    (L,); ``vocab``: token id → shape or motion word → each answer position with its word. A
+    position of an answer without a focus word gets the shape word of the token it predicts, or
+    for a motion word the last shape word before it in its answer (module docstring)."""
     found: list[tuple[int, str | None]] = []
-    current, last = None, None
-    for position, word in asked:
-        if last is None or position != last + 1:  # a new answer
-            current = None
-        last = position
-        if word is None:
-            token = vocab.get(int(labels[position + 1]))
-            if token is not None and token not in MOTION_WORDS:
-                current = token
-            word = current if token is not None else None
-        found.append((position, word))
+    for span, focus in answers:
+        current = None
+        for position in span:
+            word = focus
+            if word is None:
+                token = vocab.get(int(labels[position + 1]))
+                if token is not None and token not in MOTION_WORDS:
+                    current = token
+                word = current if token is not None else None
+            found.append((position, word))
     return found
 
 
@@ -182,10 +182,10 @@ class ShapeAttentionLoss:
         self.vocab = token_words(tokenizer, [*shapes, *MOTION_WORDS]) if tokenizer else {}
 
     def targets(
-        self, asked: Sequence[tuple[int, str | None]], labels: torch.Tensor
+        self, answers: Sequence[FocusedAnswer], labels: torch.Tensor
     ) -> list[tuple[int, str | None]]:
         """Each answer position with the word of the shape it should look at (None: all)."""
-        return predicted_words(asked, labels, self.vocab)
+        return predicted_words(answers, labels, self.vocab)
 
     def loss_sum(
         self,
