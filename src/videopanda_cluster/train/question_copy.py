@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .data import FocusedAnswer, expand_labels
-from .shape_attention import EPS, attended_mass
+from .shape_attention import attention_nll
 
 
 def word_positions(ids: Sequence[int], start: int, stop: int, word: Sequence[int]) -> list[int]:
@@ -60,8 +60,7 @@ class QuestionCopyLoss:
         question_start = 0
         for span, word in answers:
             if word is not None and len(span):
-                question = (question_start, span.start + 1)
-                where = word_positions(listed, *question, self.tokens[word])
+                where = word_positions(listed, question_start, span.start + 1, self.tokens[word])
                 found += [(position, where) for position in span] if where else []
             question_start = span.stop + 1  # after the answer's last token and its </s>
         return found
@@ -74,16 +73,7 @@ class QuestionCopyLoss:
         answers: dict[int, list[tuple[int, list[int]]]],
     ) -> torch.Tensor:
         """``answers``: per batch row, :meth:`targets`' pairs; rows without any add nothing."""
-        if self.layer > len(llm.model.layers):
-            raise ValueError(f"layer {self.layer} of a {len(llm.model.layers)}-layer Llama")
-        total = hidden_states[0].new_zeros((), dtype=torch.float32)
-        for row, asked in answers.items():
-            if not asked:
-                continue
-            hidden = hidden_states[self.layer - 1][row]
-            mass = attended_mass(llm, hidden, position_ids[row], self.layer, asked, heads="max")
-            total = total - torch.log(mass + EPS).sum()
-        return total
+        return attention_nll(llm, hidden_states, position_ids, self.layer, answers, heads="max")
 
 
 def spliced_ids(input_ids: Sequence[int], lengths: Sequence[int], length: int) -> torch.Tensor:

@@ -141,6 +141,28 @@ def attended_mass(
     return mass.amax(dim=0) if heads == "max" else mass.mean(dim=0)
 
 
+def attention_nll(
+    llm: Any,
+    hidden_states: Sequence[torch.Tensor],
+    position_ids: torch.Tensor,
+    layer: int,
+    targets: Mapping[int, Sequence[tuple[int, Any]]],
+    heads: Literal["mean", "max"] = "mean",
+) -> torch.Tensor:
+    """Σ −log(attended mass + eps) over ``targets`` (per batch row, each asked position with its
+    target positions; rows without any add nothing), the attention being layer ``layer``'s
+    (1-based) as :func:`attended_mass` reads it from the Llama's L + 1 hidden states."""
+    if layer > len(llm.model.layers):
+        raise ValueError(f"layer {layer} of a {len(llm.model.layers)}-layer Llama")
+    total = hidden_states[0].new_zeros((), dtype=torch.float32)
+    for row, asked in targets.items():
+        if asked:
+            hidden = hidden_states[layer - 1][row]
+            mass = attended_mass(llm, hidden, position_ids[row], layer, asked, heads)  # (Q,)
+            total = total - torch.log(mass + EPS).sum()
+    return total
+
+
 def token_words(tokenizer: Any, words: Sequence[str]) -> dict[int, str]:
     """The ids of the tokenizer's tokens that are one of ``words`` on their own."""
     wanted = set(words)
@@ -197,16 +219,10 @@ class ShapeAttentionLoss:
     ) -> torch.Tensor:
         """``answers``: per batch row, each position that predicts an answer token with the
         focus word of its question (or None); rows without a shape cell add nothing."""
-        if self.layer > len(llm.model.layers):
-            raise ValueError(f"layer {self.layer} of a {len(llm.model.layers)}-layer Llama")
         cells = shape_cells(frames, self.channels)
-        total = hidden_states[0].new_zeros((), dtype=torch.float32)
-        for row, asked in answers.items():
-            shapes = cells.get(row)
-            if not asked or shapes is None or not len(shapes.all):
-                continue
-            targets = [(position, shapes.asked(word)) for position, word in asked]
-            hidden = hidden_states[self.layer - 1][row]
-            mass = attended_mass(llm, hidden, position_ids[row], self.layer, targets)  # (Q,)
-            total = total - torch.log(mass + EPS).sum()
-        return total
+        targets = {
+            row: [(position, shapes.asked(word)) for position, word in asked]
+            for row, asked in answers.items()
+            if (shapes := cells.get(row)) is not None and len(shapes.all)
+        }
+        return attention_nll(llm, hidden_states, position_ids, self.layer, targets)
