@@ -17,6 +17,7 @@ from videopanda_cluster.jobs.config import JobConfig
 from videopanda_cluster.train.synth import (
     CAPTION_PROMPTS,
     SPLITS,
+    SYNTH_COLOURS,
     VIDEO_TOKEN,
     Shape,
     SynthOptions,
@@ -302,6 +303,7 @@ def test_captions_name_each_shape_in_order_of_appearance(videos):
         assert text.startswith(f"A {main.colour} {main.kind} moves {main.motion}")
         assert text.endswith(".") and text.count(".") == 1
         early = [s for s in video.shapes if s.appear == 0]
+        early = early[:1] + sorted(early[1:], key=lambda s: SYNTH_COLOURS.index(s.colour))
         late = [s for s in video.shapes if s.appear > 0]
         for shape in early[1:]:
             assert f" and a {shape.colour} {shape.kind} stays still" in text
@@ -323,6 +325,22 @@ def test_caption_of_a_three_shape_clip_reads_as_the_grammar_says():
         "A red circle moves right and a green square stays still, "
         "then a blue triangle appears and stays still."
     )
+
+
+def test_shapes_that_appear_together_are_named_in_colour_order():
+    """The order of two still shapes comes from the clip (their colours), not from the order the
+    generator drew them in, which no model can see."""
+
+    def still(kind, colour, x):
+        return Shape(kind, colour, 10, (x, 80), (x, 80), "still")
+
+    main = Shape("circle", "yellow", 10, (20, 30), (60, 30), "right")
+    drawn = (main, still("square", "blue", 90), still("triangle", "red", 30))
+    swapped = (main, drawn[2], drawn[1])
+    want = ("A yellow circle moves right and a red triangle stays still and a blue square stays "
+            "still.")  # fmt: skip
+    assert caption(SynthVideo("x", OPTIONS, (0, 0, 0), drawn)) == want
+    assert caption(SynthVideo("x", OPTIONS, (0, 0, 0), swapped)) == want
 
 
 def test_a_size_range_draws_each_videos_size(tmp_path):

@@ -307,12 +307,21 @@ def _phrase(shape: Shape) -> str:
     )
 
 
+def _caption_order(shape: Shape) -> tuple[int, bool, int]:
+    """Where ``shape`` comes in its caption: by the frame it appears in, the moving shape before
+    still ones, and shapes that appear together in :data:`SYNTH_COLOURS` order. The tie-break is
+    one the clip shows: the order the generator drew the shapes in is not, and a caption that
+    follows it asks a model to guess (docs/training.md, "Twenty-first round")."""
+    return shape.appear, shape.motion == "still", SYNTH_COLOURS.index(shape.colour)
+
+
 def caption(video: SynthVideo) -> str:
-    """One sentence naming every shape's colour, kind and motion in order of appearance, e.g.
-    "A red circle moves left and a green triangle stays still, then a blue square appears and
-    stays still." (the grammar ``eval.caption_facts`` parses)."""
-    early = [_phrase(s) for s in video.shapes if s.appear == 0]
-    late = [_phrase(s) for s in sorted(video.shapes, key=lambda s: s.appear) if s.appear > 0]
+    """One sentence naming every shape's colour, kind and motion in order of appearance
+    (:func:`_caption_order`), e.g. "A red circle moves left and a green triangle stays still,
+    then a blue square appears and stays still." (the grammar ``eval.caption_facts`` parses)."""
+    shapes = sorted(video.shapes, key=_caption_order)
+    early = [_phrase(s) for s in shapes if s.appear == 0]
+    late = [_phrase(s) for s in shapes if s.appear > 0]
     text = ", then ".join([" and ".join(early), *late])
     return text[0].upper() + text[1:] + "."
 
