@@ -283,6 +283,8 @@ def test_finetune_asks_every_binding_of_a_multi_shape_clip_without_giving_answer
         if len(video.shapes) == 1:
             assert len(conversations) == 1
             continue
+        if len([s for s in video.shapes if s.appear == 0]) == 2 and video.shapes[-1].appear:
+            conversations.pop()  # the other early shape's "first" question (tested below)
         assert len(conversations) == 2 and len(conversations[1]) == 2
         facts = {f"What colour is the {s.kind}?": s.colour for s in video.shapes}
         facts |= {f"What shape is the {s.colour} object?": s.kind for s in video.shapes}
@@ -294,6 +296,33 @@ def test_finetune_asks_every_binding_of_a_multi_shape_clip_without_giving_answer
                 assert not {shape.colour, shape.kind} <= answers
         # The two conversations together ask colour and kind of both asked shapes.
         assert len(set(asked)) == 4
+
+
+def test_finetune_asks_which_appears_first_of_both_early_shapes(corpora, videos):
+    """A clip with two early shapes and a late one is asked "first" about each early shape (the
+    moving one and the still one) against the late one, each answer true of the scene."""
+    by_name = {v.name: v for v, _ in videos}
+    records = json.loads((corpora["a"] / "train" / "finetune.json").read_text())
+    asked: dict[str, set[tuple[str, str]]] = {}
+    for record in records:
+        for question, answer in _pairs(record):
+            if question.startswith("Which shape appears first"):
+                asked.setdefault(record["id"], set()).add((question, answer))
+    checked = 0
+    for name, pairs in asked.items():
+        video = by_name[name]
+        early = {s.kind for s in video.shapes if s.appear == 0}
+        (late,) = (s.kind for s in video.shapes if s.appear > 0)
+        for question, answer in pairs:
+            assert answer in early and {answer, late} == set(_options(question))
+        assert {a for _, a in pairs} == early
+        checked += len(early) == 2
+    assert checked  # the fixture has such clips
+
+
+def _options(question: str) -> list[str]:
+    """ "Which shape appears first, the circle or the square?" → ["circle", "square"]."""
+    return question.removesuffix("?").split("first, the ")[1].split(" or the ")
 
 
 def test_captions_name_each_shape_in_order_of_appearance(videos):

@@ -445,17 +445,36 @@ def swapped_questions(video: SynthVideo) -> tuple[dict[str, str], ...]:
     return _as_dicts([_colour_question(other), _shape_question(target)])
 
 
+def other_first_question(video: SynthVideo) -> tuple[dict[str, str], ...]:
+    """For a clip with two early shapes and a late one, the ``first`` question about the early
+    shape its own ``first`` question did not name, with the answer in the other slot (none for
+    other clips). Trained as its own conversation: with both, the question's two options must be
+    read, since the moving shape (always early) is the answer only when it is named."""
+    early = [s for s in video.shapes if s.appear == 0]
+    asked = next((q for q in video.questions if q["type"] == "first"), None)
+    if asked is None or len(early) != 2:
+        return ()
+    other = next(s for s in early if s.kind != asked["answer"])
+    late = next(s for s in video.shapes if s.appear > 0)
+    was_first = not asked["question"].endswith(f"the {asked['answer']}?")
+    a, b = (late.kind, other.kind) if was_first else (other.kind, late.kind)
+    return _as_dicts(
+        [("first", f"Which shape appears first, the {a} or the {b}?", other.kind, None)]
+    )
+
+
 def training_records(videos: list[SynthVideo], seed: int) -> dict[str, list[dict[str, Any]]]:
     """``prealign`` (caption) and ``finetune`` records: per clip its questions as one multi-turn
     conversation, and for a clip with several shapes a second one, the swapped colour and shape
-    questions (:func:`swapped_questions`), turns shuffled; then a caption conversation with
-    another prompt, so the QA stage keeps the model captioning."""
+    questions (:func:`swapped_questions`), and for a clip with two early shapes the other one's
+    ``first`` question (:func:`other_first_question`), turns shuffled; then a caption
+    conversation with another prompt, so the QA stage keeps the model captioning."""
     prealign, finetune = [], []
     for index, video in enumerate(videos):
         rng = _rng(seed, _TRAIN, index)
         prompt = CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))]
         prealign.append(_conversation(video, [(prompt, video.caption)]))
-        for questions in (video.questions, swapped_questions(video)):
+        for questions in (video.questions, swapped_questions(video), other_first_question(video)):
             if questions:
                 qa = [questions[i] for i in rng.permutation(len(questions))]
                 turns = [(q["question"], q["answer"]) for q in qa]
