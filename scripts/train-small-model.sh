@@ -107,5 +107,6 @@ fi
     --report "$WORK/eval/eval/full/report.json" --dest "$DEST" --corpus "$WORK/corpus" \
     --val-report "$WORK/eval/eval/full-val/report.json" --test-corpus "$WORK/test/defaults" \
     "${rows[@]}" \
-    --command "scripts/train-small-model.sh (videopanda $TRAIN)" --limits "${LIMITS:-}" \
+    --command "scripts/train-small-model.sh (videopanda ${TRAIN//"$WORK"/\$WORK})" \
+    --limits "${LIMITS:-}" \
     "${args[@]}"
