@@ -343,6 +343,11 @@ def _shape_question(shape: Shape, alone: bool = False) -> QA:
     return ("shape", f"What shape is the {shape.colour} object?", shape.kind, shape.colour)
 
 
+def _first_question(a: str, b: str, answer: str) -> QA:
+    """Asks which of the kinds ``a`` and ``b`` appears first, in that order."""
+    return ("first", f"Which shape appears first, the {a} or the {b}?", answer, None)
+
+
 def _absent_question(video: SynthVideo, rng: np.random.Generator) -> QA:
     """Asks the colour of a kind the clip lacks, or the kind of a colour it lacks (a coin
     decides); the answer is the fixed "there is no ..." phrase."""
@@ -389,7 +394,7 @@ def make_questions(video: SynthVideo, rng: np.random.Generator) -> tuple[dict[st
         early = [s for s in shapes if s.appear == 0]
         pair = [early[int(rng.integers(len(early)))], late[0]]
         a, b = (pair[i].kind for i in rng.permutation(2))
-        qa.append(("first", f"Which shape appears first, the {a} or the {b}?", pair[0].kind, None))
+        qa.append(_first_question(a, b, pair[0].kind))
     qa.append(_absent_question(video, rng))
     return _as_dicts(qa)
 
@@ -456,11 +461,10 @@ def other_first_question(video: SynthVideo) -> tuple[dict[str, str], ...]:
         return ()
     other = next(s for s in early if s.kind != asked["answer"])
     late = next(s for s in video.shapes if s.appear > 0)
-    was_first = not asked["question"].endswith(f"the {asked['answer']}?")
-    a, b = (late.kind, other.kind) if was_first else (other.kind, late.kind)
-    return _as_dicts(
-        [("first", f"Which shape appears first, the {a} or the {b}?", other.kind, None)]
-    )
+    _, answer_first, _, _ = _first_question(asked["answer"], late.kind, asked["answer"])
+    answer_slot_first = asked["question"] == answer_first
+    a, b = (late.kind, other.kind) if answer_slot_first else (other.kind, late.kind)
+    return _as_dicts([_first_question(a, b, other.kind)])
 
 
 def training_records(videos: list[SynthVideo], seed: int) -> dict[str, list[dict[str, Any]]]:
