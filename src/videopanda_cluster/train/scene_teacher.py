@@ -59,40 +59,49 @@ class SceneTeacherOptions:
 
 
 def _planes(video: SynthVideo, index: int, options: SceneTeacherOptions) -> np.ndarray:
-    """(H, W, channels) float32 cover of frame ``index`` at the source resolution."""
+    """(channels, H, W) float32 cover of frame ``index`` at the source resolution."""
     h, w = video.options.height, video.options.width
-    planes = np.zeros((h, w, len(CHANNELS)), np.float32)
+    planes = np.zeros((len(CHANNELS), h, w), np.float32)
     covered = np.zeros((h, w), bool)
+    canvas = np.zeros((h, w, 3), np.uint8)
     for shape in video.shapes:
         if index < shape.appear:
             continue
-        canvas = np.zeros((h, w, 3), np.uint8)
+        canvas[:] = 0
         draw_shape(
             canvas, shape.kind, (1, 1, 1), shape.centre(index, video.options.frames), shape.radius
         )
-        mask = canvas[..., 0] > 0
-        planes[mask, CHANNELS.index(f"kind:{shape.kind}")] = options.kind_weight
-        planes[mask, CHANNELS.index(f"colour:{shape.colour}")] = 1.0
-        planes[mask, CHANNELS.index(f"motion:{shape.motion}")] = options.motion_weight
+        ys, xs = np.nonzero(canvas[..., 0])  # the pixels the shape covers
+        planes[CHANNELS.index(f"kind:{shape.kind}"), ys, xs] = options.kind_weight
+        planes[CHANNELS.index(f"colour:{shape.colour}"), ys, xs] = 1.0
+        planes[CHANNELS.index(f"motion:{shape.motion}"), ys, xs] = options.motion_weight
         if shape.appear > 0:
-            planes[mask, CHANNELS.index("late")] = 1.0
-        covered |= mask
-    planes[~covered, CHANNELS.index("background")] = options.background_weight
+            planes[CHANNELS.index("late"), ys, xs] = 1.0
+        covered[ys, xs] = True
+    planes[CHANNELS.index("background"), ~covered] = options.background_weight
     return planes
 
 
 def _letterboxed_cells(planes: np.ndarray, options: SceneTeacherOptions) -> np.ndarray:
-    """Source-size planes → (cells·cells, channels): resized and pasted like the letterbox,
-    padding zero, then averaged over each cell."""
-    h, w, channels = planes.shape
+    """Source-size (channels, H, W) planes → (cells·cells, channels): resized and pasted like
+    the letterbox, padding zero, then averaged over each cell. An all-zero plane stays zero and
+    equal planes are resized once (the result is the same as resizing each)."""
+    channels, h, w = planes.shape
     geom = compute_geometry(w, h, options.image_size)
     size = options.image_size
     square = np.zeros((size, size, channels), np.float32)
     x0, y0 = geom.offset
     rw, rh = geom.resize
+    resized: dict[bytes, np.ndarray] = {}
     for c in range(channels):
-        resized = Image.fromarray(planes[..., c]).resize((rw, rh), Image.Resampling.BILINEAR)
-        square[y0 : y0 + rh, x0 : x0 + rw, c] = np.asarray(resized)
+        plane = planes[c]
+        if not plane.any():
+            continue
+        key = plane.tobytes()
+        if key not in resized:
+            image = Image.fromarray(plane).resize((rw, rh), Image.Resampling.BILINEAR)
+            resized[key] = np.asarray(image)
+        square[y0 : y0 + rh, x0 : x0 + rw, c] = resized[key]
     n = options.cells
     return square.reshape(n, size // n, n, size // n, channels).mean((1, 3)).reshape(n * n, -1)
 
