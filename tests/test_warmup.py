@@ -23,7 +23,7 @@ from videopanda_cluster.train.scene_teacher import (
     SceneTeacherOptions,
     scene_features,
 )
-from videopanda_cluster.train.synth import SynthOptions, load_metadata, make_video
+from videopanda_cluster.train.synth import SynthOptions, load_metadata, make_video, video_path
 from videopanda_cluster.train.warmup import (
     GROUPS,
     PAIRS,
@@ -35,6 +35,7 @@ from videopanda_cluster.train.warmup import (
     pair_sets,
     warm_up,
 )
+from videopanda_cluster.video.errors import VideoDecodeError
 from videopanda_cluster.video.normalize import to_model_input
 from videopanda_cluster.video.samples import SHAPES
 from videopanda_cluster.video.sampling import sample_positions
@@ -133,6 +134,16 @@ def test_labels_follow_the_scene_and_the_token_grid(corpus, init):
         motions = {MOTIONS[i] for f in clip.labels for i in f["motion"].tolist() if i < 5}
         assert video.shapes[0].motion in motions
         assert motions <= {video.shapes[0].motion, "still"}
+
+
+def test_an_unreadable_video_stops_the_labelling_with_its_decode_error(corpus, init, tmp_path):
+    """The decode that runs ahead of the labelling raises a broken file's error as before."""
+    broken = tmp_path / "corpus"
+    shutil.copytree(corpus, broken)
+    videos = [v for v, split in load_metadata(broken) if split == "train"]
+    (broken / video_path(videos[1].name)).write_bytes(b"not a video")
+    with pytest.raises(VideoDecodeError):
+        load_clips(broken, _model(init), WarmupConfig())
 
 
 @pytest.mark.slow

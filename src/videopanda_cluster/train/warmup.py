@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from .data import FrameCache
 from .distill import align_targets, frame_grid, student_positions
 from .scene_teacher import CHANNELS, SceneTeacherOptions, scene_features
 from .stages import autocast
-from .synth import load_metadata, video_path
+from .synth import SynthVideo, load_metadata, video_path
 
 GROUPS: dict[str, tuple[int, ...]] = {  # label group → its CHANNELS indices
     group: tuple(i for i, name in enumerate(CHANNELS) if name.startswith(f"{group}:"))
@@ -160,21 +161,29 @@ def load_clips(
         motion_weight=1.0,
         background_weight=1.0,
     )
-    frames = frames if frames is not None else FrameCache()
-    clips = []
-    for video, split in load_metadata(corpus):
-        if split != cfg.split:
-            continue
-        pixels, geometry = frames.decode(
+    cache = frames if frames is not None else FrameCache()
+    videos = [video for video, split in load_metadata(corpus) if split == cfg.split]
+
+    def decode(video: SynthVideo) -> tuple[np.ndarray, Any]:
+        return cache.decode(
             Path(corpus) / video_path(video.name), config.num_frames, config.image_size
         )
-        masks = to_model_input(pixels, geometry, config.num_frames)[:, 3]
-        cover = scene_features(video, options).tokens
-        labels = []
-        for k in range(config.num_frames):
-            aligned = align_targets(cover[k], masks[k], frame_grid(masks[k], config), config)
-            labels.append(cell_labels(aligned, cfg.min_cover, cfg.peak_share))
-        clips.append(_Clip(pixels, geometry, labels))
+
+    clips = []
+    # One thread decodes ahead, in order (its decoder process uses the other core), while this
+    # one labels the clip before: the same clips, in less time.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmup-decode")
+    try:
+        for video, (pixels, geometry) in zip(videos, pool.map(decode, videos), strict=True):
+            masks = to_model_input(pixels, geometry, config.num_frames)[:, 3]
+            cover = scene_features(video, options).tokens
+            labels = []
+            for k in range(config.num_frames):
+                aligned = align_targets(cover[k], masks[k], frame_grid(masks[k], config), config)
+                labels.append(cell_labels(aligned, cfg.min_cover, cfg.peak_share))
+            clips.append(_Clip(pixels, geometry, labels))
+    finally:
+        pool.shutdown(cancel_futures=True)
     if not clips:
         raise ValueError(f"{corpus}: no {cfg.split} videos to warm up on")
     return clips
