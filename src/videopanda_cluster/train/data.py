@@ -223,7 +223,8 @@ class VideoConversationDataset:
     unflipped), with the coin drawn from the ``seed`` given to :meth:`load`. Decoded frames (uint8,
     before flip and normalisation) are kept in ``frames`` (a new :class:`FrameCache` of
     ``cache_bytes`` when None), so later epochs skip the decoder; what is cached is exactly what
-    a fresh decode gives, so results do not change.
+    a fresh decode gives, so results do not change. A record's token ids and labels are likewise
+    computed once.
     """
 
     def __init__(
@@ -245,6 +246,7 @@ class VideoConversationDataset:
         self.num_frames, self.size, self.system = num_frames, size, system
         self.flip, self.isolate = flip, isolate
         self.frames = frames if frames is not None else FrameCache(cache_bytes)
+        self._encoded: dict[int, tuple[list[int], list[int]]] = {}  # by record index
 
     def __len__(self) -> int:
         return len(self.records)
@@ -252,7 +254,10 @@ class VideoConversationDataset:
     def load(self, index: int, seed: int | None = None) -> Sample:
         """Raises :class:`SampleError` (text) or ``VideoDecodeError`` (video)."""
         record = self.records[index]
-        ids, labels = encode_record(record, self.tokenizer, self.num_frames, self.system)
+        if index not in self._encoded:  # a SampleError is raised again on every load
+            encoded = encode_record(record, self.tokenizer, self.num_frames, self.system)
+            self._encoded[index] = encoded
+        ids, labels = (list(part) for part in self._encoded[index])
         flip = self.flip and seed is not None and random.Random(seed).random() < 0.5
         frames, geometry = self.frames.decode(
             self.video_root / record.video, self.num_frames, self.size, self.isolate
