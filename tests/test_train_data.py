@@ -172,3 +172,19 @@ def test_decoded_frames_are_cached_within_the_byte_budget(tmp_path):
         assert torch.equal(cached.load(i, seed=i).pixels, first[i])
     with pytest.raises(VideoDecodeError):
         uncached.load(0)
+
+
+def test_every_load_gives_a_records_own_tokens_and_a_bad_record_fails_each_time(tmp_path):
+    _, tokenizer, data = build(tmp_path, count=2)
+    ds = dataset(data, tokenizer)
+    bad = parse_records([{**ROW, "id": "bad", "conversations": [{"from": "gpt", "value": "x"}]}])
+    ds.records.append(bad[0])
+    first = ds.load(0)
+    assert (first.input_ids, first.labels) == encode_record(ds.records[0], tokenizer, 4)
+    first.input_ids.append(7)  # a caller's change does not reach the next load
+    first.labels.clear()
+    again = ds.load(0)
+    assert (again.input_ids, again.labels) == encode_record(ds.records[0], tokenizer, 4)
+    for _ in range(2):
+        with pytest.raises(SampleError, match="bad"):
+            ds.load(len(ds) - 1)
