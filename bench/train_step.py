@@ -4,11 +4,11 @@
 
 What a larger input would cost the recipe (docs/training.md, "Twenty-fourth run"): one step is
 16 square clips of 8 frames through STAB and the projector, their projected cell tokens plus 60
-text positions through the 2-layer Llama, forward and backward of a mean over the logits (the
-recipe's losses add little beside this). Random weights and inputs, fp32. Each size is warmed up
-with one step, then ``--repeats`` steps are timed and the median is kept; each figure is printed
-with the 1-minute load average when it was taken. Both sides of a ratio are the same model, batch
-and text length, differing only in the input size (asserted).
+text positions through the 2-layer Llama, forward and backward of a mean over the logits (not
+the recipe's extra losses, data loading or optimiser). Random weights and inputs, fp32. Each size
+is warmed up with one step, then ``--repeats`` steps are timed and the median is kept; each
+figure is printed with the 1-minute load average when it was taken. Both sides of a ratio are
+the same model, batch and text length, differing only in the input size (asserted).
 """
 
 from __future__ import annotations
