@@ -53,15 +53,16 @@ DEFAULT_VOCAB = 512
 # Per-stage settings of the bundled small model (random init, CPU, global batch 16): the
 # reference's learning rates are for a warm-started 7B model and leave a small random one at
 # chance. A short stage 1 (the LLM is random and frozen there), one caption epoch, then up to 5
-# QA epochs, capped at 1,100 steps (within the 60-minute budget on 2 cores); see docs/training.md
-# ("Bundled model") for the runs behind these numbers.
+# QA epochs, capped at 1,100 steps (below); see docs/training.md ("Bundled model") for the runs
+# behind these numbers.
 SMALL_HPARAMS: dict[str, dict[str, Any]] = {
     "prealign": {"epochs": 1, "max_steps": 50, "visual_lr": 1e-3, "warmup_ratio": 0.1},
     "pretrain": {"epochs": 1, "visual_lr": 1e-3, "llm_lr": 1e-3, "warmup_ratio": 0.1},
     "finetune": {
         "epochs": 5,
-        # At 224 px the 60-minute budget on 2 cores leaves 1,100 steps after the warm-up (about
-        # 2.8 epochs of the bundled corpus's 6,371 records; docs/training.md, "Thirteenth round").
+        # At 224 px about the 60-minute budget on 2 cores (about 2.6 epochs of the bundled
+        # corpus's 6,756 finetune records); 1,000 steps lose "first" and absent-object questions
+        # (docs/training.md, "Twenty-fifth run").
         "max_steps": 1100,
         "visual_lr": 1e-3,
         "llm_lr": 1e-3,
