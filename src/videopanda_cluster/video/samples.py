@@ -11,6 +11,7 @@ from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 import numpy as np
@@ -199,7 +200,8 @@ def encode_video(path: Path, spec: SampleSpec, render: Callable[[int], np.ndarra
     """
     # bitexact: no random Matroska segment UID or other run-dependent bytes
     with av.open(str(path), mode="w", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream(spec.codec, rate=spec.fps)
+        # spec.codec is always a video encoder; the stubs type a plain str as any stream kind
+        stream = cast(av.VideoStream, container.add_stream(spec.codec, rate=spec.fps))
         stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, spec.pix_fmt
         tick = 1 / spec.fps
         stream.codec_context.gop_size = spec.gop or max(1, int(2 * spec.fps))
