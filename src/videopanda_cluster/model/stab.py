@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +50,10 @@ class LocalMHRA(nn.Module):
             nn.Conv3d(reduced, reduced, kernel_size=(3, 1, 1), padding=(1, 0, 0), groups=reduced),
             nn.Conv3d(reduced, width, kernel_size=1),
         )
-        nn.init.zeros_(self.pos_embed[3].weight)
-        nn.init.zeros_(self.pos_embed[3].bias)
+        up = cast(nn.Conv3d, self.pos_embed[3])
+        assert up.bias is not None  # bias=True
+        nn.init.zeros_(up.weight)
+        nn.init.zeros_(up.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, h, w) -> same
         return self.pos_embed(x)
@@ -78,7 +81,7 @@ class GSTRA(nn.Module):
                 c_proj=nn.Linear(hidden, width),
             )
         )
-        for layer in (self.attn.out_proj, self.mlp.c_proj):
+        for layer in (self.attn.out_proj, cast(nn.Linear, self.mlp.c_proj)):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -179,6 +182,7 @@ class STAB(nn.Module):
             # loads strictly. Its BN stats stay at mean 0 / var 1, an integrity check.
             self.lmhra2 = LocalMHRA(width, config.dw_reduction)
             self.dpe = nn.Conv3d(width, width, kernel_size=3, padding=1, groups=width)
+            assert self.dpe.bias is not None  # bias=True
             nn.init.zeros_(self.dpe.bias)
         self.dec = self.proj = None
         if gstra:
@@ -236,10 +240,12 @@ class STAB(nn.Module):
             return patches, None
         v = patches.unflatten(0, (b, t)).transpose(1, 2)  # (B, C, T, gh, gw)
         if self.lmhra1 is not None:
+            assert self.dpe is not None  # LSTE creates lmhra1 and dpe together
             v = v + self.lmhra1(v)  # LSTE, temporal conv zero-padded at clip edges
             v = v + self.dpe(v)
         clip_tokens = None
         if self.dec is not None:
+            assert self.temporal_cls_token is not None  # GSTRA creates dec and the query together
             tokens = v.flatten(2).transpose(1, 2)  # (B, T·gh·gw, C), t-major
             query = self.temporal_cls_token.expand(b, 1, -1)
             clip_tokens = self.dec(query, tokens)[:, 0]  # GSTRA: (B, C)
@@ -274,12 +280,15 @@ class STAB(nn.Module):
         no clip token (T = 1, no_gstra), proj(GSTRA) under no_fsra, None when neither exists."""
         frame = None
         if self.global_attention is not None:
+            assert self.class_embedding is not None  # FSRA creates both
             frame = self.global_attention(self.class_embedding.to(self.dtype), spatial)  # (G, C)
         if clip_tokens is None:
             return frame
         clip = clip_tokens[clip_index]  # (G, C)
+        assert self.proj is not None  # clip tokens come from GSTRA, which creates proj
         if frame is None:
             return self.proj(clip)
+        assert self.balance is not None  # FSRA and GSTRA both present
         alpha = torch.sigmoid(self.balance)
         return self.proj(alpha * frame + (1 - alpha) * clip)
 
