@@ -18,12 +18,16 @@ import shutil
 from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
 from torch import nn
 
 from .config import VideoPandaConfig
+
+if TYPE_CHECKING:
+    from .modeling import VideoPanda
 
 SKIPPED_PREFIXES = (
     "model.video_tower_compressor.",
@@ -319,12 +323,13 @@ def load_pretrained(
     return model
 
 
-def _finish(model: nn.Module, device: torch.device, dtype: torch.dtype, with_llm: bool) -> None:
+def _finish(model: VideoPanda, device: torch.device, dtype: torch.dtype, with_llm: bool) -> None:
     """Recompute non-persistent buffers (rotary frequencies) and re-tie shared weights."""
     llm = model.llm
     if with_llm:
         from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
+        assert llm is not None  # VideoPanda(with_llm=True) builds the Llama
         llm.model.rotary_emb = LlamaRotaryEmbedding(config=llm.config, device=device)
         if llm.config.tie_word_embeddings:
             llm.tie_weights()

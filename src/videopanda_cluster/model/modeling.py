@@ -34,9 +34,13 @@ from .stab import STAB
 if TYPE_CHECKING:  # transformers is imported only with the LLM
     from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
+    from .checkpoint import LoadReport
+
 
 class VideoPanda(nn.Module):
     """The whole model. ``video_tower`` is the STAB module; ``llm`` a transformers Llama."""
+
+    load_report: LoadReport  # set by load_pretrained only
 
     def __init__(self, config: VideoPandaConfig, with_llm: bool = True) -> None:
         """``with_llm=False``: the visual path only (``llm`` is None, transformers not imported),
