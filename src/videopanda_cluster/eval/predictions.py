@@ -11,6 +11,7 @@ import ast
 import io
 import json
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 from .benchmarks import EvalItem
 
@@ -41,7 +42,8 @@ def prediction_record(item: EvalItem, preds: Sequence[str]) -> dict[str, str]:
         return {"id": item.id, "question": item.question, "answer": item.answer, "pred": preds[0]}
     record = {"id": item.id, "video_name": item.video_name}
     if item.subset == "consistency":
-        return {**record, "Q1": item.question, "Q2": item.question2, "A": item.answer,
+        question2 = cast(str, item.question2)  # the loader sets it for every consistency item
+        return {**record, "Q1": item.question, "Q2": question2, "A": item.answer,
                 "pred1": preds[0], "pred2": preds[1]}  # fmt: skip
     return {**record, "Q": item.question, "A": item.answer, "pred": preds[0]}
 

@@ -485,7 +485,9 @@ def _pick(answers: list[Answer], count: int, seed: int) -> list[Answer]:
 
 
 def _thumbnail(frame: np.ndarray) -> str:
-    image = Image.fromarray(frame).resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.BILINEAR)
+    image = Image.fromarray(frame).resize(
+        (THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BILINEAR
+    )
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=75)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
