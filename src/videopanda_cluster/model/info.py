@@ -23,6 +23,7 @@ def model_info(config: VideoPandaConfig) -> dict:
 
     with torch.device("meta"):
         model = VideoPanda(config)
+    assert model.llm is not None  # with_llm defaults to True
     stab = _count(model.video_tower)
     unused = model.video_tower.lmhra2  # None under no_lste
     info = {

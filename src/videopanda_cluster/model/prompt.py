@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -119,6 +118,6 @@ def postprocess(text: str) -> str:
     return text.strip()
 
 
-def decode_new_tokens(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
+def decode_new_tokens(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
     """Decode generated ids (special tokens skipped) into the final answer text."""
     return postprocess(tokenizer.decode(ids, skip_special_tokens=True))
