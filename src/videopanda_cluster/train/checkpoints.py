@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -32,7 +33,10 @@ def checkpoint_prefix(prefix: str, step: int) -> str:
 
 def rng_state() -> dict:
     """Python, NumPy and torch (CPU and CUDA) generator states, as torch-loadable values."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # the global RandomState is MT19937, whose legacy state is this tuple
+    kind, keys, pos, has_gauss, gauss = cast(
+        tuple[str, np.ndarray, int, int, float], np.random.get_state()
+    )
     state = {
         "python": random.getstate(),
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),

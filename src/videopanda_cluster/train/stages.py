@@ -157,7 +157,7 @@ def param_groups(
 ) -> list[dict]:
     """Trainable parameters in two groups, visual (STAB + projector, and the distillation
     ``compressor`` when given) and LLM (with the training-only ``llm_heads``), with their LRs."""
-    groups = {"visual": [], "llm": []}
+    groups: dict[str, list[nn.Parameter]] = {"visual": [], "llm": []}
     for name, p in model.named_parameters():
         if p.requires_grad:
             groups["visual" if is_visual(name) else "llm"].append(p)

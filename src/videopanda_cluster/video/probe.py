@@ -291,7 +291,7 @@ def video_stream(
         s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
     ]
     if not streams:
-        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        kinds: list[str] = sorted({s.type for s in container.streams}) or ["none"]
         raise VideoDecodeError(
             Reason.NO_VIDEO_STREAM, f"no video stream (streams: {', '.join(kinds)})"
         )
