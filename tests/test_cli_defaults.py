@@ -35,6 +35,7 @@ def test_train_defaults_are_the_recipe_configs():
     as_field = {"ablate": lambda v: tuple(v or ()), "warmup_steps": lambda v: v or None}
     as_field["stage_steps"] = as_field["ablate"]  # a list of STAGE=N, none by default
     as_field["stage_set"] = as_field["ablate"]  # a list of STAGE.SETTING=NUMBER, none by default
+    as_field["stage_precision"] = as_field["ablate"]  # a list of STAGE=PRECISION, none by default
     library = RecipeConfig()
     fields = {f.name for f in dataclasses.fields(RecipeConfig)}
     checked = set()

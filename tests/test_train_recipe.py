@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -171,6 +172,10 @@ def test_cli_help_and_run(corpus, tmp_path):
     assert bad.exit_code == 2 and "cannot set 'seeds'" in bad.output
     bad = runner.invoke(app, [*args, "--precision", "fp16"], env={"COLUMNS": "200"})
     assert bad.exit_code == 2 and "'fp16' is not one of" in bad.output
+    bad = runner.invoke(app, [*args, "--stage-precision", "finetune"], env={"COLUMNS": "200"})
+    assert bad.exit_code == 2 and "--stage-precision takes STAGE=PRECISION" in bad.output
+    bad = runner.invoke(app, [*args, "--stage-precision", "finetune=fp16"], env={"COLUMNS": "200"})
+    assert bad.exit_code == 2 and "precision must be one of bf16, fp32, got 'fp16'" in bad.output
     bad = runner.invoke(app, [*args, "--hparams", "nope"], env={"COLUMNS": "200"})
     assert (
         bad.exit_code == 2
@@ -187,6 +192,8 @@ def test_cli_help_and_run(corpus, tmp_path):
         ({"stage_steps": [("warmup", 5)]}, "stage_steps needs a stage of prealign"),
         ({"stage_steps": [("finetune", 0)]}, "got finetune=0"),
         ({"precision": "fp16"}, "precision must be one of bf16, fp32, got 'fp16'"),
+        ({"stage_precision": [("warmup", "bf16")]}, "stage_precision needs a stage of prealign"),
+        ({"stage_precision": [("finetune", "fp16")]}, "precision must be one of bf16, fp32"),
     ],
 )
 def test_recipe_config_refuses_bad_options(changes, message):
@@ -201,6 +208,23 @@ def test_the_recipe_precision_reaches_a_warm_up_that_sets_none():
     assert RecipeConfig(warmup=WarmupConfig(steps=3)).warmup.precision is None  # the device's
     own = RecipeConfig(precision="bf16", warmup=WarmupConfig(steps=3, precision="fp32"))
     assert own.warmup.precision == "fp32"  # a warm-up's own setting stands
+
+
+def test_stage_precision_sets_one_stages_arithmetic_and_leaves_the_warm_up():
+    from videopanda_cluster.train.warmup import WarmupConfig
+
+    options = RecipeConfig(
+        hparams="small",
+        precision="fp32",
+        stage_precision=[("finetune", "bf16")],
+        warmup=WarmupConfig(steps=3),
+    )
+    got = {c.name: c for c in stage_configs(options, RECIPE_STAGES)}
+    plain = {c.name: c for c in stage_configs(replace(options, stage_precision=()), RECIPE_STAGES)}
+    assert got["finetune"].precision == "bf16" and plain["finetune"].precision == "fp32"
+    assert got["finetune"] == replace(plain["finetune"], precision="bf16")  # nothing else
+    assert got["prealign"] == plain["prealign"] and got["pretrain"] == plain["pretrain"]
+    assert options.warmup is not None and options.warmup.precision == "fp32"
 
 
 @pytest.mark.parametrize("max_steps", [None, 9])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -53,6 +53,13 @@ def _stage_set(text: str) -> tuple[str, str, float]:
     if not name.strip() or not setting.strip() or number is None:
         raise typer.BadParameter(f"--stage-set takes STAGE.SETTING=NUMBER, got {text!r}")
     return name.strip(), setting.strip(), number
+
+
+def _stage_precision(text: str) -> tuple[str, Precision]:
+    name, _, precision = text.partition("=")
+    if not name.strip() or not precision.strip():
+        raise typer.BadParameter(f"--stage-precision takes STAGE=PRECISION, got {text!r}")
+    return name.strip(), cast(Precision, precision.strip())  # checked by RecipeConfig
 
 
 def train(
@@ -144,6 +151,10 @@ def train(
             "(bf16 autocast; weights stay fp32). Default: bf16 on GPUs, fp32 on CPUs.",
         ),
     ] = RecipeConfig.precision,
+    stage_precision: Annotated[
+        list[str] | None,
+        Opt(help="STAGE=PRECISION: one stage's arithmetic, over --precision (repeatable)."),
+    ] = None,
 ) -> None:
     """Train the small Video-Panda on a corpus, stage by stage, and export the final model."""
     from .train.recipe import RECIPE_STAGES, run_recipe
@@ -184,6 +195,7 @@ def train(
             else None,
             attention=attention,
             precision=precision,
+            stage_precision=tuple(_stage_precision(text) for text in stage_precision or ()),
         )
         stages = RECIPE_STAGES if stage == "all" else (stage,)
         training = run_recipe(corpus, output, stages, options, on_stage=_print_stage)

@@ -51,6 +51,8 @@ class RecipeConfig:
     # (stage, StageConfig field, value): one stage's numeric setting over the hparams' and
     # the options' (stages.STAGE_SETTINGS names the fields), e.g. ("finetune", "llm_lr", 5e-4)
     stage_set: tuple[tuple[str, str, float], ...] = ()
+    # (stage, precision): one stage's arithmetic over ``precision`` (the warm-up keeps that)
+    stage_precision: tuple[tuple[str, Precision], ...] = ()
     image_size: int = 112  # input frame size of a new model
     seed: int = 0  # initial weights and every stage's data order
     global_batch: int = 16  # samples per optimiser step
@@ -98,6 +100,13 @@ class RecipeConfig:
                 )
             if STAGE_SETTINGS[setting] is int and value != int(value):
                 raise ValueError(f"{name}.{setting} takes a whole number, got {value}")
+        object.__setattr__(self, "stage_precision", tuple(tuple(p) for p in self.stage_precision))
+        for name, precision in self.stage_precision:
+            if name not in RECIPE_STAGES:
+                raise ValueError(
+                    f"stage_precision needs a stage of {', '.join(RECIPE_STAGES)}, got {name}"
+                )
+            check_precision(precision)
         if self.hparams not in HPARAMS:
             raise ValueError(f"hparams must be small or reference, got {self.hparams!r}")
         if self.workers < 0:

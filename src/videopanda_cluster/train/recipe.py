@@ -270,8 +270,8 @@ def _stage_summary(
 
 def stage_configs(options: RecipeConfig, stages: Sequence[str]) -> list[StageConfig]:
     """Each stage's StageConfig: the shared options, then the hparams' per-stage settings
-    (less ``epochs``/``max_steps`` when the options give them), then ``stage_steps``, then
-    ``stage_set``."""
+    (less ``epochs``/``max_steps`` when the options give them), then ``stage_steps``,
+    ``stage_precision`` and ``stage_set``."""
     shared = dict(
         global_batch=options.global_batch,
         micro_batch=options.micro_batch,
@@ -282,6 +282,7 @@ def stage_configs(options: RecipeConfig, stages: Sequence[str]) -> list[StageCon
         precision=options.precision,
     )
     capped = dict(options.stage_steps)
+    precisions = dict(options.stage_precision)
     configs = []
     for name in stages:
         per_stage = dict(SMALL_HPARAMS[name]) if options.hparams == "small" else {}
@@ -291,6 +292,8 @@ def stage_configs(options: RecipeConfig, stages: Sequence[str]) -> list[StageCon
             per_stage.pop("max_steps", None)
         if name in capped:
             per_stage["max_steps"] = capped[name]
+        if name in precisions:
+            per_stage["precision"] = precisions[name]
         for stage, setting, value in options.stage_set:  # checked by RecipeConfig
             if stage == name:
                 per_stage[setting] = STAGE_SETTINGS[setting](value)
