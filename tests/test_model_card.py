@@ -142,11 +142,13 @@ def test_card_names_the_warm_start_and_the_distillation(tmp_path):
     assert "Warm start" not in card and "Distillation" not in card and "Limits" not in card
     assert "(all three stages)" in card
     assert "Question-focus" not in card and "attention while training" not in card
+    assert "bf16" not in card
     assert "Shape-attention" not in card and "Question-copy" not in card
     training["stages"][0]["config"] |= {"focus_weight": 1.0, "focus_layer": 1}
     training["stages"][0]["config"] |= {"copy_weight": 2.0, "copy_layer": 1}
     training["stages"][0]["config"] |= {"attend_weight": 1.0, "attend_layer": 2}
     training["attention"] = "sdpa"
+    training["stages"][0]["config"]["precision"] = "bf16"
     (model / "training.json").write_text(json.dumps(training))
     write_card(model, tmp_path / "r.json", tmp_path / "focus", "cmd")
     card = (tmp_path / "focus" / "README.md").read_text()
@@ -156,6 +158,7 @@ def test_card_names_the_warm_start_and_the_distillation(tmp_path):
     assert "Llama layer 2's attention" in card
     assert "Question-copy loss (`train/question_copy.py`) with weight 2 in finetune" in card
     assert "some head of Llama layer 1 should attend" in card
+    assert "- bf16 autocast in finetune (`--precision`" in card
 
 
 def test_a_stage_without_a_recorded_time_shows_a_dash(tmp_path):

@@ -264,6 +264,14 @@ def _warm_start_lines(training: dict[str, Any]) -> list[str]:
             )
     if training.get("attention", "eager") != "eager":
         lines.append(f"- Llama attention while training: {training['attention']}.")
+    in_bf16 = [s["stage"] for s in training["stages"] if s["config"].get("precision") == "bf16"]
+    if warmup and warmup["config"].get("precision") == "bf16":
+        in_bf16.insert(0, "the warm-up")
+    if in_bf16:
+        lines.append(
+            f"- bf16 autocast in {' and '.join(in_bf16)} (`--precision`, `--stage-precision`; "
+            "weights, gradients and optimiser state stay fp32)."
+        )
     return lines
 
 
