@@ -8,6 +8,7 @@ import torch
 from tests.test_train_helpers import Stop, build, dataset, tiny_model
 from videopanda_cluster import VideoPanda
 from videopanda_cluster.storage import LocalStore
+from videopanda_cluster.train.forward import TrainingModel
 from videopanda_cluster.train.loop import epoch_order, train_stage
 from videopanda_cluster.train.stages import stage_config
 
@@ -107,6 +108,32 @@ def test_prealign_trains_only_the_visual_path_and_pretrain_the_llm(setup, tmp_pa
     train_stage(model, ds, cfg, store, "s2", resume=False)
     llm = _changed(before, model, "llm.")
     assert sum(llm) == len(llm)  # one AdamW step moves every LLM weight
+
+
+def test_a_padded_micro_batch_trains_as_its_samples_one_at_a_time(setup):
+    """Pads on the right reach no real token: a micro-batch of two samples of different
+    lengths has the summed loss, supervised tokens and gradients of the two passed alone."""
+    _, tokenizer, data = setup
+    ds = dataset(data, tokenizer)
+    model = tiny_model(tokenizer).train()
+    net = TrainingModel(model)
+    samples, seeds = [ds.load(0, 5), ds.load(1, 6)], [5, 6]
+    assert len(samples[0].input_ids) != len(samples[1].input_ids)  # one pads the other
+
+    def run(batch, batch_seeds):
+        model.zero_grad(set_to_none=True)
+        loss, count, _ = net(batch, batch_seeds, 4096, "truncate")
+        loss.backward()
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        return float(loss), count, grads
+
+    loss, count, grads = run(samples, seeds)
+    alone = [run([sample], [seed]) for sample, seed in zip(samples, seeds, strict=True)]
+    assert count == sum(a[1] for a in alone) > 0
+    assert loss == pytest.approx(sum(a[0] for a in alone), rel=1e-5)
+    assert grads.keys() == alone[0][2].keys() and "llm.lm_head.weight" in grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, alone[0][2][name] + alone[1][2][name], msg=name)
 
 
 def test_too_long_samples_are_counted_whether_skipped_or_truncated(setup, tmp_path):

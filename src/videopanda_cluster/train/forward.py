@@ -162,6 +162,10 @@ class TrainingModel(nn.Module):
         batch = pad_batch(embeds, labels, side="right")
         labels_out = batch.pop("labels")[:, 1:]
         hidden = distill or bool(asked) or attend is not None or copier is not None
+        # Pads on the right come after every real token, so the causal mask alone keeps them
+        # from every real token: without the padding mask sdpa takes its causal kernel, which
+        # skips the masked blocks. Real tokens' outputs are unchanged; pads' are ignored.
+        batch.pop("attention_mask")
         out = llm(**batch, output_hidden_states=hidden)
         loss = F.cross_entropy(
             out.logits[:, :-1].float().flatten(0, 1),
